@@ -1,0 +1,13 @@
+"""Numba kernels: the twins of kernels/*.pyx, with the same names, signatures and maths."""
+import numba
+
+from .adam import adam  # noqa: F401
+
+
+def set_num_threads(n):
+    """Threads of Numba's parallel kernels (capped at NUMBA_NUM_THREADS, fixed at import)."""
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def get_num_threads():
+    return numba.get_num_threads()

@@ -1,0 +1,48 @@
+"""Adam / AdamW / AMSGrad in Numba: the twin of kernels/adam.pyx, same signature and maths."""
+import numpy as np
+from numba import prange
+
+from ._compile import serial_and_parallel
+
+
+def _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+          decoupled, amsgrad, maximize, grad_scale, bias_correction1, bias_correction2):
+    """Adam step in place.
+
+    g = grad_scale * grad (negated if maximize); g += wd * p (Adam) | p *= 1 - lr * wd (AdamW)
+    m += (1 - b1) * (g - m);  v = b2 * v + (1 - b2) * g * g;  vmax = max(vmax, v) if amsgrad
+    p -= (lr / bc1) * m / (sqrt(v or vmax) / sqrt(bc2) + eps)
+    """
+    n = param.shape[0]
+    # Scalars are cast to the array's type once, so float32 arrays are computed in float32 (as
+    # the reference and torch do) instead of being promoted to float64 element by element.
+    real = param.dtype.type
+    gs = real(-grad_scale if maximize else grad_scale)
+    coupled = weight_decay != 0.0 and not decoupled
+    wd = real(weight_decay)
+    decay = real(1.0 - lr * weight_decay) if decoupled else real(1.0)
+    omb1 = real(1.0 - beta1)
+    b2 = real(beta2)
+    omb2 = real(1.0 - beta2)
+    e = real(eps)
+    step_size = real(lr / bias_correction1)
+    rbc2 = real(1.0 / np.sqrt(bias_correction2))
+    for i in prange(n):
+        pi = param[i]
+        gi = grad[i] * gs
+        if coupled:
+            gi = gi + wd * pi
+        pi = pi * decay
+        mi = exp_avg[i] + omb1 * (gi - exp_avg[i])
+        vi = b2 * exp_avg_sq[i] + omb2 * gi * gi
+        exp_avg[i] = mi
+        exp_avg_sq[i] = vi
+        if amsgrad:
+            if max_exp_avg_sq[i] > vi:
+                vi = max_exp_avg_sq[i]
+            max_exp_avg_sq[i] = vi
+        d = np.sqrt(vi) * rbc2 + e
+        param[i] = pi - step_size * mi / d
+
+
+adam = serial_and_parallel(_adam)

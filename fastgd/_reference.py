@@ -1,0 +1,38 @@
+"""The NumPy reference: the readable specification of every update rule, and the test oracle.
+
+Each function here has the same name and signature as the compiled kernels of the Cython and
+Numba backends (bottleneck's "slow twin"), updates its arrays in place, and is written to be
+read: one NumPy expression per line of the rule as DESIGN.md states it. Scalars that depend on
+the step count (bias corrections) are computed by fastgd.functional and passed in.
+Arithmetic happens in the arrays' dtype (NumPy keeps float32 with Python-float scalars).
+"""
+import math
+
+import numpy as np
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+         decoupled, amsgrad, maximize, grad_scale, bias_correction1, bias_correction2):
+    """Adam (Kingma & Ba 2015), AdamW (Loshchilov & Hutter 2019) and AMSGrad, as torch.optim.Adam.
+
+    g = grad_scale * grad, negated if maximize
+    Adam:  g = g + weight_decay * p          AdamW:  p = p * (1 - lr * weight_decay)
+    m = m + (1 - beta1) * (g - m)            (= beta1 * m + (1 - beta1) * g, torch's lerp form)
+    v = beta2 * v + (1 - beta2) * g^2
+    AMSGrad: vmax = max(vmax, v), and vmax is used for v below
+    p = p - (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),   bc1 = 1 - beta1^t, bc2 = 1 - beta2^t
+    """
+    g = grad * (-grad_scale if maximize else grad_scale)
+    if weight_decay != 0 and not decoupled:
+        g = g + weight_decay * param
+    if decoupled:
+        param *= 1 - lr * weight_decay
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    v = exp_avg_sq
+    if amsgrad:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        v = max_exp_avg_sq
+    denom = np.sqrt(v) * (1 / math.sqrt(bias_correction2)) + eps
+    param -= (lr / bias_correction1) * exp_avg / denom

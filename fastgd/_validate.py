@@ -1,0 +1,122 @@
+"""The one validation layer: everything a kernel is given passes through here first.
+
+A kernel updates 1-D contiguous arrays of one float dtype in place. These checks turn any
+C-contiguous array into such a view without copying, and refuse, with an error naming the
+argument, what cannot be viewed that way. They run before any write, so a call that raises has
+changed nothing.
+"""
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def array(name, a, *, like=None, writable=True):
+    """``a`` as a flat view (no copy), after checking type, dtype, layout and writability.
+
+    ``like``: the array ``a`` must match in dtype and shape (usually the parameter).
+    """
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray; got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64 (native byte order); got {a.dtype}")
+    if like is not None:
+        if a.dtype != like.dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but the parameter has {like.dtype}")
+        if a.shape != like.shape:
+            raise ValueError(f"{name} has shape {a.shape} but the parameter has {like.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (strides {a.strides} for shape {a.shape}); "
+                         "an optimizer updates arrays in place and cannot do that through a copy")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only; it is updated in place")
+    return a.reshape(-1)
+
+
+def matching(name, a, like, *, writable=False):
+    """``array(name, a, like=like)`` with a fast path for the common case of a plain valid array.
+
+    ``like`` must itself be valid. The optimizers call this for every gradient at every step.
+    """
+    if type(a) is np.ndarray and a.dtype == like.dtype and a.shape == like.shape:
+        flags = a.flags
+        if flags.c_contiguous and (flags.writeable or not writable):
+            return a.reshape(-1)
+    return array(name, a, like=like, writable=writable)
+
+
+def no_overlap(**arrays):
+    """Refuse any two of the named arrays sharing memory (a state aliasing param or grad)."""
+    items = [(k, v) for k, v in arrays.items() if v is not None and v.size]
+    for i, (name_a, a) in enumerate(items):
+        for name_b, b in items[i + 1:]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{name_a} and {name_b} share memory; each must be its own array")
+
+
+def _real(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    return value
+
+
+def nonnegative(name, value):
+    """A finite real >= 0 (lr, weight_decay, momentum, ...)."""
+    value = _real(name, value)
+    if not (0.0 <= value < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value}")
+    return value
+
+
+def positive(name, value):
+    """A finite real > 0 (eps, max_norm, ...)."""
+    value = _real(name, value)
+    if not (0.0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0; got {value}")
+    return value
+
+
+def finite(name, value):
+    """Any finite real (grad_scale, ...)."""
+    value = _real(name, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value}")
+    return value
+
+
+def unit_interval(name, value):
+    """A real in [0, 1) (betas, alpha, ...)."""
+    value = _real(name, value)
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be in [0, 1); got {value}")
+    return value
+
+
+def betas(value, name="betas"):
+    """A pair (beta1, beta2), each in [0, 1)."""
+    try:
+        b1, b2 = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair (beta1, beta2); got {value!r}") from None
+    return unit_interval(f"{name}[0]", b1), unit_interval(f"{name}[1]", b2)
+
+
+def step(value):
+    """The 1-based step count."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"step must be an int; got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"step must be >= 1 (it is 1-based); got {value}")
+    return int(value)
+
+
+def flag(name, value):
+    """A bool option (numpy bools too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
+    return bool(value)

@@ -1,0 +1,33 @@
+"""Timing for benchmarks: round-robin medians, so drift on a shared machine hits every row alike.
+
+The machine this runs on is noisy and its bandwidth drifts within minutes; timing candidates one
+after another would compare different moments. ``round_robin`` times every candidate once per
+round, for several rounds, and reports medians: the numbers of one call are comparable.
+"""
+import statistics
+import time
+
+
+def round_robin(candidates, rounds=7, min_seconds=0.02, warmup=1):
+    """Median seconds per call of each zero-argument callable in ``candidates`` (a dict).
+
+    Each round calls every candidate enough times to run at least ``min_seconds``.
+    """
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    reps = {}
+    for name, fn in candidates.items():
+        t0 = time.perf_counter()
+        fn()
+        one = max(time.perf_counter() - t0, 1e-7)
+        reps[name] = max(1, int(min_seconds / one))
+    samples = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            k = reps[name]
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / k)
+    return {name: statistics.median(s) for name, s in samples.items()}

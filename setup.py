@@ -1,0 +1,119 @@
+"""Build of the Cython kernels only; all metadata lives in pyproject.toml.
+
+Every ``kernels/<name>.pyx`` becomes the extension ``fastgd._cython.<name>``, compiled with
+OpenMP and optimisation flags. By default the code is tuned for the CPU it is built on
+(``-march=native``): the package is built on the machine that runs it. Set
+``FASTGD_MARCH=portable`` (or any ``-march`` value, e.g. ``x86-64-v3``) for a binary that runs
+elsewhere. The flags and the build host's SIMD features are written to ``build_info.json`` next
+to the extensions, so ``fastgd info`` can show them and the registry can refuse (instead of
+crashing with an illegal instruction) an extension built for a CPU this one is not.
+"""
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# SIMD feature names from /proc/cpuinfo that -march=native can make the compiler use.
+SIMD_PREFIXES = ("sse", "ssse", "avx", "fma", "f16c", "bmi", "popcnt", "lzcnt", "abm", "movbe", "adx")
+
+
+def _march():
+    value = os.environ.get("FASTGD_MARCH", "native").strip()
+    return None if value in ("", "portable", "none", "0") else value
+
+
+def _openmp():
+    return os.environ.get("FASTGD_OPENMP", "1").strip() not in ("0", "no", "false")
+
+
+def _cpu_simd_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return sorted(x for x in line.split(":", 1)[1].split() if x.startswith(SIMD_PREFIXES))
+    except OSError:
+        pass
+    return []
+
+
+def _compile_args():
+    # -fno-math-errno lets sqrt vectorise (no errno branch); -fno-trapping-math lets the
+    # compiler if-convert max/min. Neither changes a result for finite or non-finite inputs.
+    args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-inline-functions", "-fno-inline-functions-called-once"]
+    if _march():
+        args.append(f"-march={_march()}")
+    if _openmp():
+        args.append("-fopenmp")
+    return args
+
+
+def _link_args():
+    return ["-fopenmp"] if _openmp() else []
+
+
+class BuildExtWithInfo(build_ext):
+    """build_ext that also records how the kernels were compiled."""
+
+    def run(self):
+        super().run()
+        if not self.extensions:
+            return
+        target = os.path.join(os.path.dirname(self.get_ext_fullpath(self.extensions[0].name)), "build_info.json")
+        try:
+            cc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        except (OSError, IndexError):
+            cc = "unknown"
+        info = {
+            "compile_args": _compile_args(),
+            "link_args": _link_args(),
+            "march": _march(),
+            "openmp": _openmp(),
+            "compiler": cc,
+            "machine": platform.machine(),
+            "build_cpu_simd_flags": _cpu_simd_flags() if _march() == "native" else [],
+            "cython": __import__("Cython").__version__,
+            "python": sys.version.split()[0],
+        }
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w") as f:
+            json.dump(info, f, indent=1)
+
+
+def _extensions():
+    sources = sorted(glob.glob(os.path.join("kernels", "*.pyx")))
+    exts = [
+        Extension(
+            f"fastgd._cython.{os.path.splitext(os.path.basename(src))[0]}",
+            [src],
+            include_dirs=[numpy.get_include(), "kernels"],
+            extra_compile_args=_compile_args(),
+            extra_link_args=_link_args(),
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        )
+        for src in sources
+    ]
+    return cythonize(
+        exts,
+        include_path=["kernels"],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+            "nonecheck": False,
+        },
+    )
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExtWithInfo})
