@@ -11,18 +11,31 @@ import math
 import numpy as np
 
 
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-         decoupled, amsgrad, maximize, grad_scale, bias_correction1, bias_correction2):
+def read_grad(grad, grad_acc, grad_scale, maximize, use_acc):
+    """The gradient every rule sees: g = grad_scale * grad, negated if maximize.
+
+    With use_acc, the last micro-batch's grad is added to the accumulated sum grad_acc as it is
+    read, and grad_acc is reset to zero (gradient accumulation fused into the step).
+    """
+    g = grad * (-grad_scale if maximize else grad_scale)
+    if use_acc:
+        g = (grad_acc + grad) * (-grad_scale if maximize else grad_scale)
+        grad_acc[...] = 0
+    return g
+
+
+def adam(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_scale, maximize, use_acc,
+         lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, bias_correction1, bias_correction2):
     """Adam (Kingma & Ba 2015), AdamW (Loshchilov & Hutter 2019) and AMSGrad, as torch.optim.Adam.
 
-    g = grad_scale * grad, negated if maximize
+    g = read_grad(...)   (grad_scale * grad, negated if maximize; plus grad_acc if use_acc)
     Adam:  g = g + weight_decay * p          AdamW:  p = p * (1 - lr * weight_decay)
     m = m + (1 - beta1) * (g - m)            (= beta1 * m + (1 - beta1) * g, torch's lerp form)
     v = beta2 * v + (1 - beta2) * g^2
     AMSGrad: vmax = max(vmax, v), and vmax is used for v below
     p = p - (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),   bc1 = 1 - beta1^t, bc2 = 1 - beta2^t
     """
-    g = grad * (-grad_scale if maximize else grad_scale)
+    g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
     if weight_decay != 0 and not decoupled:
         g = g + weight_decay * param
     if decoupled:

@@ -41,5 +41,5 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999)
         vmax = v
     check.no_overlap(param=p, grad=g, exp_avg=m, exp_avg_sq=v,
                      max_exp_avg_sq=vmax if amsgrad else None)
-    kernel("adam")(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
-                   grad_scale, 1.0 - beta1 ** t, 1.0 - beta2 ** t)
+    kernel("adam")(p, g, p, m, v, vmax, grad_scale, maximize, False, lr, beta1, beta2, eps,
+                   weight_decay, decoupled, amsgrad, 1.0 - beta1 ** t, 1.0 - beta2 ** t)

@@ -267,10 +267,10 @@ class Adam(Optimizer):
         t = state["step"]
         beta1, beta2 = group["betas"]
         v = state["exp_avg_sq"]
-        kernel("adam")(p, g, state["exp_avg"], v, state.get("max_exp_avg_sq", v), float(group["lr"]),
-                       beta1, beta2, float(group["eps"]), float(group["weight_decay"]),
-                       group["decoupled_weight_decay"], group["amsgrad"], group["maximize"],
-                       grad_scale, 1.0 - beta1 ** t, 1.0 - beta2 ** t)
+        kernel("adam")(p, g, p, state["exp_avg"], v, state.get("max_exp_avg_sq", v), grad_scale,
+                       group["maximize"], False, float(group["lr"]), beta1, beta2, float(group["eps"]),
+                       float(group["weight_decay"]), group["decoupled_weight_decay"], group["amsgrad"],
+                       1.0 - beta1 ** t, 1.0 - beta2 ** t)
 
 
 class AdamW(Adam):

@@ -1,6 +1,7 @@
 """Adam / AdamW / AMSGrad: one fused pass over param, grad and the moments.
 
-    g = grad_scale * grad (negated if maximize); g += wd * p (Adam) | p *= 1 - lr * wd (AdamW)
+    g = gs * grad  (gs = grad_scale, negated if maximize; with use_acc: gs * (acc + grad), acc = 0)
+    g += wd * p (Adam) | p *= 1 - lr * wd (AdamW)
     m += (1 - b1) * (g - m);  v = b2 * v + (1 - b2) * g * g;  vmax = max(vmax, v) if amsgrad
     p -= (lr / bc1) * m / (sqrt(v or vmax) / sqrt(bc2) + eps)
 """
@@ -22,17 +23,21 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
-cdef void _adam_piece(floating* p, const floating* g, floating* m, floating* v, floating* vmax,
-                      Py_ssize_t n, floating gs, floating wd, floating decay, floating omb1,
-                      floating b2, floating omb2, floating step_size, floating rbc2, floating eps,
-                      bint coupled, bint amsgrad) noexcept nogil:
+cdef void _adam_piece(floating* p, const floating* g, floating* acc, floating* m, floating* v,
+                      floating* vmax, Py_ssize_t n, floating gs, bint use_acc, floating wd,
+                      floating decay, floating omb1, floating b2, floating omb2, floating step_size,
+                      floating rbc2, floating eps, bint coupled, bint amsgrad) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating gi, pi, mi, vi, d
-    # coupled/amsgrad are loop invariant: the compiler unswitches them, so each variant is a
-    # branch-free vector loop. rbc2 = 1/sqrt(bc2) is hoisted: one sqrt and one division per element.
+    # use_acc/coupled/amsgrad are loop invariant: the compiler unswitches them, so each variant is
+    # a branch-free vector loop. rbc2 = 1/sqrt(bc2) is hoisted: one sqrt, one division per element.
     for i in range(n):
         pi = p[i]
-        gi = g[i] * gs
+        if use_acc:
+            gi = (acc[i] + g[i]) * gs
+            acc[i] = 0
+        else:
+            gi = g[i] * gs
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
@@ -48,10 +53,11 @@ cdef void _adam_piece(floating* p, const floating* g, floating* m, floating* v, 
         p[i] = pi - step_size * mi / d
 
 
-cdef void _adam(floating* p, const floating* g, floating* m, floating* v, floating* vmax,
-                Py_ssize_t n, double lr, double beta1, double beta2, double eps, double weight_decay,
-                bint decoupled, bint amsgrad, bint maximize, double grad_scale,
-                double bias_correction1, double bias_correction2) noexcept nogil:
+cdef void _adam(floating* p, const floating* g, floating* acc, floating* m, floating* v,
+                floating* vmax, Py_ssize_t n, double grad_scale, bint maximize, bint use_acc,
+                double lr, double beta1, double beta2, double eps, double weight_decay,
+                bint decoupled, bint amsgrad, double bias_correction1,
+                double bias_correction2) noexcept nogil:
     cdef Py_ssize_t lo, hi
     cdef int t, nthreads = threads_for(n)
     cdef floating gs = -grad_scale if maximize else grad_scale
@@ -60,30 +66,34 @@ cdef void _adam(floating* p, const floating* g, floating* m, floating* v, floati
     cdef floating step_size = lr / bias_correction1
     cdef floating rbc2 = 1.0 / sqrt(bias_correction2)
     if nthreads == 1:
-        _adam_piece(p, g, m, v, vmax, n, gs, <floating>weight_decay, decay, <floating>(1.0 - beta1),
+        _adam_piece(p, g, acc, m, v, vmax, n, gs, use_acc, <floating>weight_decay, decay,
+                    <floating>(1.0 - beta1),
                     <floating>beta2, <floating>(1.0 - beta2), step_size, rbc2, <floating>eps,
                     coupled, amsgrad)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
         piece(n, nthreads, t, &lo, &hi)
         if hi > lo:
-            _adam_piece(p + lo, g + lo, m + lo, v + lo, vmax + lo, hi - lo, gs, <floating>weight_decay,
+            _adam_piece(p + lo, g + lo, acc + lo, m + lo, v + lo, vmax + lo, hi - lo, gs, use_acc,
+                        <floating>weight_decay,
                         decay, <floating>(1.0 - beta1), <floating>beta2, <floating>(1.0 - beta2),
                         step_size, rbc2, <floating>eps, coupled, amsgrad)
 
 
-def adam(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg, cnp.ndarray exp_avg_sq,
-         cnp.ndarray max_exp_avg_sq, double lr, double beta1, double beta2, double eps,
-         double weight_decay, bint decoupled, bint amsgrad, bint maximize, double grad_scale,
-         double bias_correction1, double bias_correction2):
+def adam(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray exp_avg,
+         cnp.ndarray exp_avg_sq, cnp.ndarray max_exp_avg_sq, double grad_scale, bint maximize,
+         bint use_acc, double lr, double beta1, double beta2, double eps, double weight_decay,
+         bint decoupled, bint amsgrad, double bias_correction1, double bias_correction2):
     """Adam step in place (module docstring); arrays validated by fastgd.functional.
 
-    max_exp_avg_sq is read only if amsgrad (pass exp_avg_sq otherwise).
+    grad_acc is read (and zeroed) only if use_acc, max_exp_avg_sq only if amsgrad; pass param and
+    exp_avg_sq in their places otherwise (writable arrays of the right kind, never touched).
     """
     cdef Py_ssize_t n = cnp.PyArray_SIZE(param)
     cdef int typenum = float_typenum(param)
     cdef void* p = data_of(param, n, typenum)
     cdef void* g = data_of(grad, n, typenum, False)
+    cdef void* acc = data_of(grad_acc, n, typenum, use_acc)
     cdef void* m = data_of(exp_avg, n, typenum)
     cdef void* v = data_of(exp_avg_sq, n, typenum)
     cdef void* vmax = data_of(max_exp_avg_sq, n, typenum)
@@ -91,9 +101,10 @@ def adam(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg, cnp.ndarray e
         return
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            _adam(<float*>p, <float*>g, <float*>m, <float*>v, <float*>vmax, n, lr, beta1, beta2, eps,
-                  weight_decay, decoupled, amsgrad, maximize, grad_scale, bias_correction1, bias_correction2)
+            _adam(<float*>p, <float*>g, <float*>acc, <float*>m, <float*>v, <float*>vmax, n,
+                  grad_scale, maximize, use_acc, lr, beta1, beta2, eps, weight_decay, decoupled,
+                  amsgrad, bias_correction1, bias_correction2)
         else:
-            _adam(<double*>p, <double*>g, <double*>m, <double*>v, <double*>vmax, n, lr, beta1, beta2,
-                  eps, weight_decay, decoupled, amsgrad, maximize, grad_scale, bias_correction1,
-                  bias_correction2)
+            _adam(<double*>p, <double*>g, <double*>acc, <double*>m, <double*>v, <double*>vmax, n,
+                  grad_scale, maximize, use_acc, lr, beta1, beta2, eps, weight_decay, decoupled,
+                  amsgrad, bias_correction1, bias_correction2)

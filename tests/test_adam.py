@@ -66,3 +66,19 @@ def test_adam_any_shape_updates_in_place(backend, dtype, rng):
 def test_empty_arrays_are_a_no_op(backend):
     p = np.empty(0, np.float32)
     F.adam_(p, p.copy(), p.copy(), p.copy(), step=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("n", (7, 100_003))
+def test_fused_accumulation_in_the_kernel(backend, dtype, n, rng):
+    """use_acc: the kernel steps with gs * (acc + grad) and zeroes acc in the same pass."""
+    from fastgd.backends import kernel
+    p, g, acc, m = random_arrays(rng, n, dtype, 4)
+    v, vmax = random_arrays(rng, n, dtype, 2, positive=(0, 1))
+    ref = [a.copy() for a in (p, g, acc, m, v, vmax)]
+    args = (0.5, True, True, 1e-2, 0.9, 0.99, 1e-8, 0.01, True, True, 0.3, 0.2)
+    kernel("adam", backend)(p, g, acc, m, v, vmax, *args)
+    kernel("adam", "numpy")(*ref, *args)
+    assert not np.any(acc)
+    assert_close(p, ref[0], dtype)
+    assert_close(m, ref[3], dtype)

@@ -5,11 +5,12 @@ from numba import prange
 from ._compile import serial_and_parallel
 
 
-def _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-          decoupled, amsgrad, maximize, grad_scale, bias_correction1, bias_correction2):
+def _adam(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_scale, maximize, use_acc,
+          lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, bias_correction1, bias_correction2):
     """Adam step in place.
 
-    g = grad_scale * grad (negated if maximize); g += wd * p (Adam) | p *= 1 - lr * wd (AdamW)
+    g = gs * grad  (gs = grad_scale, negated if maximize; with use_acc: gs * (acc + grad), acc = 0)
+    g += wd * p (Adam) | p *= 1 - lr * wd (AdamW)
     m += (1 - b1) * (g - m);  v = b2 * v + (1 - b2) * g * g;  vmax = max(vmax, v) if amsgrad
     p -= (lr / bc1) * m / (sqrt(v or vmax) / sqrt(bc2) + eps)
     """
@@ -29,7 +30,11 @@ def _adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, ep
     rbc2 = real(1.0 / np.sqrt(bias_correction2))
     for i in prange(n):
         pi = param[i]
-        gi = grad[i] * gs
+        if use_acc:
+            gi = (grad_acc[i] + grad[i]) * gs
+            grad_acc[i] = 0
+        else:
+            gi = grad[i] * gs
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
