@@ -87,13 +87,17 @@ class Optimizer:
         """
         if grad_scale != 1.0:
             grad_scale = check.finite("grad_scale", grad_scale)
-        work = self._gather(grads)
-        for group, index, p, g in work:
+        self._apply(self._gather(grads), grad_scale)
+
+    def _apply(self, work, grad_scale, accs=None):
+        """Run the kernels over checked work; ``accs[i]``: flat accumulated gradient of work item i
+        to add to its grad (and zero) in the same pass, or None."""
+        for i, (group, index, p, g) in enumerate(work):
             state = self.state.get(index)
             if state is None:
                 state = self.state[index] = self._init_state(group, p)
             state["step"] += 1
-            self._update(group, state, p, g, grad_scale)
+            self._update(group, state, p, g, grad_scale, None if accs is None else accs[i])
 
     def _gather(self, grads):
         """Check every parameter, gradient and group before any write; return the work list."""
@@ -141,8 +145,12 @@ class Optimizer:
         """Fresh state for a parameter (flat arrays of its dtype) with ``step`` = 0."""
         raise NotImplementedError
 
-    def _update(self, group, state, p, g, grad_scale):
-        """Run the kernel on flat views ``p``, ``g`` with ``state["step"]`` already advanced."""
+    def _update(self, group, state, p, g, grad_scale, acc):
+        """Run the kernel on flat views ``p``, ``g`` with ``state["step"]`` already advanced.
+
+        ``acc``: None, or a flat accumulated gradient that the kernel adds to ``g`` and zeroes in
+        the same pass (pass ``p, use_acc=False`` to the kernel when None; kernels/CONTRACT.md).
+        """
         raise NotImplementedError
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -263,12 +271,13 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = np.zeros(p.size, p.dtype)
         return state
 
-    def _update(self, group, state, p, g, grad_scale):
+    def _update(self, group, state, p, g, grad_scale, acc):
         t = state["step"]
         beta1, beta2 = group["betas"]
         v = state["exp_avg_sq"]
-        kernel("adam")(p, g, p, state["exp_avg"], v, state.get("max_exp_avg_sq", v), grad_scale,
-                       group["maximize"], False, float(group["lr"]), beta1, beta2, float(group["eps"]),
+        kernel("adam")(p, g, p if acc is None else acc, state["exp_avg"], v,
+                       state.get("max_exp_avg_sq", v), grad_scale, group["maximize"], acc is not None,
+                       float(group["lr"]), beta1, beta2, float(group["eps"]),
                        float(group["weight_decay"]), group["decoupled_weight_decay"], group["amsgrad"],
                        1.0 - beta1 ** t, 1.0 - beta2 ** t)
 
