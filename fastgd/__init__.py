@@ -18,3 +18,4 @@ __all__ = [
     "Adam", "AdamW", "BackendUnavailable", "Optimizer", "available_backends", "backend_status",
     "functional", "get_backend", "get_num_threads", "set_backend", "set_num_threads", "use_backend",
 ]
+from . import schedules, train  # noqa: E402  (the gradient-descent toolkit)
