@@ -101,7 +101,8 @@ def run_logistic_comparison(n=2000, d=20, seed=0, gtol=1e-6):
     return out
 
 
-def demo_quadratic(plot=None, out=sys.stdout):
+def demo_quadratic(plot=None, out=None):
+    out = out or sys.stdout  # looked up at call time (redirections, capture)
     print("Minimise f(theta) = (theta - 3)^2 from theta = 0; stop when |f'(theta)| <= 1e-6", file=out)
     results = run_quadratic()
     print(f"  {'method':<18} {'iterations':>10} {'final theta':>20}", file=out)
@@ -163,7 +164,8 @@ def train_digits(model_name, epochs, *, seed=0, data=None, progress=False, lr=No
     return model, hist
 
 
-def demo_digits(plot=None, epochs=20, out=sys.stdout):
+def demo_digits(plot=None, epochs=20, out=None):
+    out = out or sys.stdout  # looked up at call time (redirections, capture)
     data = load_digits_split()
     print(f"Digits: {len(data[0])} training and {len(data[1])} test images (8x8), 10 classes; "
           "mini-batch Adam, batch 32", file=out)
@@ -194,10 +196,10 @@ def demo_digits(plot=None, epochs=20, out=sys.stdout):
 
 # --- explode -------------------------------------------------------------------------------------
 
-def demo_explode(plot=None, out=sys.stdout):
+def demo_explode(plot=None, out=None, *, depth=12, width=64, epochs=15, n=512):
+    out = out or sys.stdout  # looked up at call time (redirections, capture)
     from .train import study
-    X, y = study.make_classification()
-    depth, width = 12, 64
+    X, y = study.make_classification(n=n)
     print(f"Deep MLP: {depth} hidden layers of {width}; gradient norm ||dL/dW_l|| per layer at "
           "initialisation (layer 1 = input side)", file=out)
     norms = study.init_study(X, y, depth=depth, width=width)
@@ -214,8 +216,8 @@ def demo_explode(plot=None, out=sys.stdout):
     if _optimizer("SGD") is None:
         print("\n(training part skipped: fastgd.SGD is not in this build)", file=out)
     else:
-        print("\nTraining with SGD (lr 0.05, batch 64, 15 epochs):", file=out)
-        runs = study.training_study(X, y, depth=depth, width=width)
+        print(f"\nTraining with SGD (lr 0.05, batch 64, {epochs} epochs):", file=out)
+        runs = study.training_study(X, y, depth=depth, width=width, epochs=epochs)
         for label, run in runs.items():
             h = run["history"]
             first = f"{h.loss[0]:.4g}" if h.loss else "-"
