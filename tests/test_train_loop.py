@@ -57,6 +57,13 @@ def test_accumulation_equals_one_big_batch(rng):
     np.testing.assert_allclose(h2.grad_norm, h1.grad_norm, rtol=1e-10)
 
 
+def test_float32_model_trains_in_float32(rng):
+    X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
+    model = MLP([4, 8, 3], "sigmoid", dtype=np.float32, seed=0)
+    h = fit(model, fastgd.AdamW([model.params], lr=0.05), X, y, epochs=10, batch_size=8)
+    assert model.params.dtype == np.float32 and h.loss[-1] < h.loss[0]
+
+
 def test_accumulation_scale_is_one_over_k(rng):
     X, y = _regression(rng, n=32)
     model = LinearRegression(5)
@@ -192,6 +199,7 @@ def test_minimize_adam_on_quadratic_nd(rng):
     ({"batch_size": 0}, ValueError),
     ({"val_data": (np.zeros((2, 3)),)}, TypeError),
     ({"val_data": (np.zeros((2, 3)), [0, 9])}, ValueError),   # validation label out of range
+    ({"val_data": (np.zeros((2, 4)), [0, 1])}, ValueError),   # validation features != model's
 ])
 def test_bad_fit_options(rng, kw, err):
     model = SoftmaxRegression(3, 2)

@@ -181,12 +181,16 @@ def fit(model, optimizer, X, y, *, epochs=10, batch_size=None, shuffle=True, see
             raise ValueError(f"clip_grad_norm must be a finite number > 0; got {clip_grad_norm!r}")
     if tol is not None and not (isinstance(tol, numbers.Real) and tol >= 0):
         raise ValueError(f"tol must be a number >= 0; got {tol!r}")
+    # Everything the model would refuse (feature count, labels out of range) fails now, before
+    # any step, not after an epoch of work. X is cast to the model's dtype once, not per batch.
+    X = model._input(X)
+    model._targets(y, X.shape[0])
     if val_data is not None:
         if not (isinstance(val_data, (tuple, list)) and len(val_data) == 2):
             raise TypeError("val_data must be a pair (X_val, y_val)")
         Xv, yv = check_xy(*val_data, name="validation data")
-        model._targets(yv, Xv.shape[0])  # labels out of range etc.: fail now, not after an epoch
-    model._targets(y, X.shape[0])
+        Xv = model._input(Xv)
+        model._targets(yv, Xv.shape[0])
     for g in groups:
         if not (isinstance(g.get("lr"), numbers.Real) and g["lr"] >= 0):
             raise ValueError(f"learning rate must be >= 0; got {g.get('lr')!r}")
