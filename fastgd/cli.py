@@ -50,8 +50,10 @@ def _show_table(title, columns, rows, *, sections=None, caption=None, header=Tru
     """columns: [(header, justify)]; rows: lists of str; sections: row indices starting a section."""
     sections = set(sections or ())
     if _rich is not None:
-        table = Table(title=title, caption=caption, title_justify="left", caption_justify="left",
-                      show_header=header)
+        from rich.text import Text
+        console = _console()
+        console.print(Text(title, style="bold"))
+        table = Table(caption=caption, caption_justify="left", show_header=header)
         for i, (name, justify) in enumerate(columns):
             table.add_column(name, justify=justify, no_wrap=justify == "right" or i == 0,
                              overflow="fold")
@@ -59,7 +61,7 @@ def _show_table(title, columns, rows, *, sections=None, caption=None, header=Tru
             if i in sections and i:
                 table.add_section()
             table.add_row(*row)
-        _console().print(table)
+        console.print(table)
         return
     widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, (h, _) in enumerate(columns)]
 
