@@ -43,6 +43,7 @@ JSON schema (``fastgd bench --json FILE``), ``"schema": "fastgd-bench/1"``::
        "fraction_of_bandwidth",   # gbps / bandwidth_gbps; null when the data fit in the L3 cache
        "speedup_vs_numpy",        # reference seconds / seconds (null without a reference row)
        "speedup_vs_best_peer",    # fastest peer's seconds / seconds (null without peers)
+       "speedup_vs_torch_fused",  # torch fused's seconds / seconds (null without that row)
        "estimated",               # true: timed on a subsample and scaled (quick-mode reference)
        "note"}                    # null or a short remark
     ],
@@ -310,14 +311,18 @@ def _many_layout(arrays, dtype):
     if flat_cls is not None:
         try:
             fp = flat_cls(arrays)
-            buf = None
-            for attr in ("flat", "buffer", "data", "param"):
-                cand = getattr(fp, attr, None)
-                if isinstance(cand, np.ndarray) and cand.size == total:
-                    buf = cand
-                    break
+            def flat_attr(names):
+                for attr in names:
+                    cand = getattr(fp, attr, None)
+                    if isinstance(cand, np.ndarray) and cand.size == total:
+                        return cand
+                return None
+            buf = flat_attr(("flat", "buffer", "data", "param", "flat_param", "params_flat"))
             if buf is not None:
-                grad = _random(total, dtype, 1).reshape(buf.shape)
+                grad = flat_attr(("grad", "flat_grad", "grad_buffer", "grads_flat"))
+                if grad is None or np.may_share_memory(grad, buf):
+                    grad = np.empty_like(buf)
+                grad[...] = _random(total, dtype, 1).reshape(buf.shape)
                 return [buf], [grad], "FlatParams"
             note = "FlatParams exposes no flat buffer attribute this benchmark knows"
         except Exception as exc:  # an API this code does not know: fall back, and say so
@@ -420,8 +425,8 @@ def _deepspeed_optimizer(rule):
     unsupported = sorted(k for k, v in options.items() if k not in supported and v)
     if unsupported:
         raise Skip(f"DeepSpeed {name} has no {', '.join(unsupported)}")
-    import logging
-    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    # Without an accelerator named, DeepSpeed logs a warning to stdout while it probes for GPUs.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         cls = getattr(importlib.import_module(module), name)
     except Exception as exc:  # a broken deepspeed install: a skipped row, with the reason
@@ -610,6 +615,8 @@ def run_bench(*, rules, sizes, dtype, threads, backends, rounds=7, min_seconds=0
                             "fraction_of_bandwidth": None if in_cache else gbps / bw,
                             "speedup_vs_numpy": (ref / t) if (ref and backend != "stream") else None,
                             "speedup_vs_best_peer": (best_peer / t) if (best_peer and backend != "stream") else None,
+                            "speedup_vs_torch_fused": (times["torch-fused"] / t)
+                            if ("torch-fused" in times and backend != "stream") else None,
                             "estimated": backend in estimated,
                             "note": note,
                         })

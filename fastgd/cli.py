@@ -202,6 +202,7 @@ def _bench_tables(data):
         last_group = None
         sub = [r for r in results if r["size"] == size]
         layout = next((r["layout"] for r in sub if r["kind"] == "fastgd"), None)
+        fused = any(r["backend"] == "torch-fused" for r in sub)
         for r in sub:
             group = (r["rule"], r["threads"])
             if group != last_group:
@@ -216,6 +217,7 @@ def _bench_tables(data):
                 _fmt(r["gbps"], ".1f"),
                 _fmt(r["fraction_of_bandwidth"], ".2f", "in cache"),
                 "" if stream else _fmt(r["speedup_vs_numpy"], ".1f"),
+            ] + (["" if stream else _fmt(r.get("speedup_vs_torch_fused"), ".2f")] if fused else []) + [
                 "" if stream else _fmt(r["speedup_vs_best_peer"], ".2f"),
             ])
         sub0 = sub[0]
@@ -225,9 +227,11 @@ def _bench_tables(data):
         if any(r["estimated"] for r in sub):
             caption = ("~ NumPy reference timed on a 1M-element subsample and scaled (quick mode); "
                        "run without --quick for a measured reference.")
-        _show_table(title, [("rule", "left"), ("thr", "right"), ("backend", "left"), ("time", "right"),
-                            ("GB/s", "right"), ("of bw", "right"), ("x numpy", "right"),
-                            ("x best peer", "right")], rows, sections=sections, caption=caption)
+        columns = [("rule", "left"), ("thr", "right"), ("backend", "left"), ("time", "right"),
+                   ("GB/s", "right"), ("of bw", "right"), ("x numpy", "right")]
+        columns += [("x torch fused", "right")] if fused else []
+        columns += [("x best peer", "right")]
+        _show_table(title, columns, rows, sections=sections, caption=caption)
     skipped = {}
     for s in data.get("skipped", []):
         skipped.setdefault((s["backend"], s["reason"]), []).append(s["rule"])

@@ -218,3 +218,17 @@ def test_demo_forwards_argv(monkeypatch):
     monkeypatch.setattr(fastgd, "demo", fake, raising=False)
     assert cli.main(["demo", "digits", "--plot", "x.png"]) == 0
     assert seen == [["digits", "--plot", "x.png"]]
+
+
+def test_a_rule_added_to_RULES_is_benchmarked_and_verified(monkeypatch, tmp_path, capsys):
+    from fastgd.rules import Rule
+    monkeypatch.setitem(RULES, "adam_maximize", Rule("adam_maximize", "Adam", {"maximize": True}, 28, 3,
+                                                     torch="Adam", torch_fused=True))
+    monkeypatch.setitem(RULES, "no_peer", Rule("no_peer", "AdamW", {}, 28, 3))
+    path = tmp_path / "run.json"
+    assert cli.main(TINY + ["--sizes", "1e3", "--rules", "adam_maximize,no_peer", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    check_schema(data, ["adam_maximize", "no_peer"], ["1,000"], ["cython", "numba", "numpy"], [1])
+    assert cli.main(["verify", "--rules", "adam_maximize,no_peer"]) == 0
+    out = capsys.readouterr().out
+    assert "adam_maximize" in out and "no_peer" in out
