@@ -331,13 +331,15 @@ def _many_layout(arrays, dtype):
     return arrays, [_random(a.size, dtype, 1).reshape(a.shape) for a in arrays], "list"
 
 
-def make_arrays(size, dtype):
-    """(params, grads, layout) for a Size."""
+def make_arrays(size, dtype, flat=True):
+    """(params, grads, layout) for a Size; ``flat=False``: peers get the separate tensors."""
     if size.tensors == 1:
         return [_random(size.elements, dtype, 0)], [_random(size.elements, dtype, 1)], "array"
     per = size.per_tensor
     pool = _random(size.elements, dtype, 0)
     arrays = [pool[i * per:(i + 1) * per].copy() for i in range(size.tensors)]
+    if not flat:
+        return arrays, [_random(a.size, dtype, 1) for a in arrays], "list"
     return _many_layout(arrays, dtype)
 
 
@@ -385,7 +387,7 @@ def _torch_case(rule, mode, size, dtype):
     cls = getattr(torch.optim, rule.torch, None)
     if cls is None:
         raise Skip(f"torch.optim has no {rule.torch}")
-    params, grads, layout = make_arrays(size, dtype)
+    params, grads, layout = make_arrays(size, dtype, flat=False)
     tensors = []
     for p, g in zip(params, grads):
         t = torch.from_numpy(p).requires_grad_()
@@ -396,7 +398,7 @@ def _torch_case(rule, mode, size, dtype):
         opt.step()
     except Exception as exc:  # torch refuses this variant/dtype: a skipped row, with torch's words
         raise Skip(f"torch.optim.{rule.torch}({mode}=True): {type(exc).__name__}: {str(exc)[:120]}") from None
-    return opt.step, layout.replace("FlatParams", "list")
+    return opt.step, layout
 
 
 # DeepSpeed's CPU optimizers, by the torch.optim class they stand in for, with the options of
@@ -439,7 +441,7 @@ def _deepspeed_case(rule, size, dtype):
         raise Skip("DeepSpeed's CPU optimizers step float32 parameters only")
     cls, kwargs = _deepspeed_optimizer(rule)
     import torch
-    params, grads, layout = make_arrays(size, dtype)
+    params, grads, layout = make_arrays(size, dtype, flat=False)
     tensors = []
     for p, g in zip(params, grads):
         t = torch.nn.Parameter(torch.from_numpy(p))
@@ -450,7 +452,7 @@ def _deepspeed_case(rule, size, dtype):
         opt.step()
     except Exception as exc:  # the JIT build failed, or a variant DeepSpeed refuses
         raise Skip(f"DeepSpeed {cls.__name__}: {type(exc).__name__}: {str(exc)[:160]}") from None
-    return opt.step, layout.replace("FlatParams", "list")
+    return opt.step, layout
 
 
 def make_case(rule, backend, size, dtype):

@@ -232,3 +232,17 @@ def test_a_rule_added_to_RULES_is_benchmarked_and_verified(monkeypatch, tmp_path
     assert cli.main(["verify", "--rules", "adam_maximize,no_peer"]) == 0
     out = capsys.readouterr().out
     assert "adam_maximize" in out and "no_peer" in out
+
+
+def test_many_tensors_use_FlatParams_when_it_exists(monkeypatch, tmp_path):
+    import numpy as np
+
+    class FakeFlatParams:   # the shape of fastgd.FlatParams: one buffer, one grad buffer, views
+        def __init__(self, arrays):
+            self.flat = np.concatenate([a.ravel() for a in arrays])
+            self.grad = np.zeros_like(self.flat)
+    monkeypatch.setattr(fastgd, "FlatParams", FakeFlatParams, raising=False)
+    path = tmp_path / "run.json"
+    assert cli.main(TINY + ["--sizes", "3x300", "--rules", "adam", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]
+    assert {r["layout"] for r in rows if r["kind"] in ("fastgd", "reference")} == {"FlatParams"}
