@@ -191,6 +191,9 @@ def _header(env, settings):
     for peer, why in (env.get("peers") or {}).items():
         if why:
             lines.append(f"No {peer} rows: {why}")
+    if settings is not None and "deepspeed" in settings["backends"]:
+        lines.append("DeepSpeed rows: its CPU optimizers JIT-build C++ on first use (a few minutes, "
+                     "then cached in ~/.cache/torch_extensions)")
     return lines
 
 
@@ -454,8 +457,9 @@ def cmd_verify(args, argv):
 # --- demo ----------------------------------------------------------------------------------------
 
 def cmd_demo(argv):
+    import importlib
     try:
-        from . import demo
+        demo = importlib.import_module("fastgd.demo")
     except ModuleNotFoundError as exc:
         if exc.name in ("fastgd.demo", "fastgd"):
             _print("fastgd demo: this install of fastgd has no demos (fastgd.demo is missing)", err=True)
@@ -489,7 +493,7 @@ def build_parser():
     b.add_argument("--plot", metavar="FILE.png", help="write a matplotlib chart (fraction of bandwidth)")
     b.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="ratio table of two --json runs")
     b.add_argument("--stream-size", metavar="N", help=f"float32 elements per stream array "
-                   f"(default {B.STREAM_ELEMENTS:.0e}: far larger than the L3 cache)")
+                   f"(default {B.STREAM_ELEMENTS:,}: far larger than the L3 cache)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     v = sub.add_parser("verify", help="check every backend against the NumPy reference for every rule")
     v.add_argument("--rules", help=f"comma-separated rules (default all). Known: {rules}")

@@ -205,7 +205,7 @@ def test_verify_fails_on_a_broken_backend(monkeypatch, capsys, mode):
 
 
 def test_demo_missing_module_says_so(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "fastgd.demo", None)   # import of it raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "fastgd.demo", None)   # importing it raises ModuleNotFoundError
     assert cli.main(["demo", "quadratic"]) == 2
     assert "fastgd.demo is missing" in capsys.readouterr().err
 
