@@ -246,3 +246,14 @@ def test_many_tensors_use_FlatParams_when_it_exists(monkeypatch, tmp_path):
     assert cli.main(TINY + ["--sizes", "3x300", "--rules", "adam", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["results"]
     assert {r["layout"] for r in rows if r["kind"] in ("fastgd", "reference")} == {"FlatParams"}
+
+
+def test_missing_extras_say_what_to_install(monkeypatch, tmp_path, capsys):
+    from fastgd import benchmarks
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # importing it raises ImportError
+    assert cli.main(TINY + ["--plot", str(tmp_path / "x.png")]) == 2
+    assert "pip install fastgd[bench]" in capsys.readouterr().err
+    monkeypatch.setattr(benchmarks, "peer_status", lambda: {
+        "torch": "torch is not installed (pip install fastgd[torch])", "deepspeed": "no"})
+    assert cli.main(["bench", "--backends", "cython,torch"]) == 2
+    assert "pip install fastgd[torch]" in capsys.readouterr().err
