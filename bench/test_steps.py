@@ -14,7 +14,7 @@ from fastgd.benchmarks import (FASTGD_BACKENDS, PEERS, REFERENCE_SUBSAMPLE, Skip
                                bytes_per_element, make_case, release_pool, set_threads)
 from fastgd.rules import RULES
 
-from conftest import DTYPES, QUICK, SIZES, THREADS
+from _bench_config import DTYPES, QUICK, SIZES, THREADS
 
 BACKENDS = ("stream",) + FASTGD_BACKENDS + PEERS
 
