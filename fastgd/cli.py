@@ -46,8 +46,9 @@ def _print(text="", err=False):
     print(text, file=sys.stderr if err else sys.stdout)
 
 
-def _show_table(title, columns, rows, *, sections=None, caption=None, header=True):
-    """columns: [(header, justify)]; rows: lists of str; sections: row indices starting a section."""
+def _show_table(title, columns, rows, *, sections=None, caption=None, header=True, fold=None):
+    """columns: [(header, justify)]; rows: lists of str; sections: row indices starting a section;
+    fold: index of the one column that may wrap (free text), the others never do."""
     sections = set(sections or ())
     if _rich is not None:
         from rich.text import Text
@@ -55,8 +56,7 @@ def _show_table(title, columns, rows, *, sections=None, caption=None, header=Tru
         console.print(Text(title, style="bold"))
         table = Table(caption=caption, caption_justify="left", show_header=header)
         for i, (name, justify) in enumerate(columns):
-            table.add_column(name, justify=justify, no_wrap=justify == "right" or i == 0,
-                             overflow="fold")
+            table.add_column(name, justify=justify, no_wrap=i != fold, overflow="fold" if i == fold else "ellipsis")
         for i, row in enumerate(rows):
             if i in sections and i:
                 table.add_section()
@@ -215,10 +215,10 @@ def _bench_tables(data):
             rows.append([
                 r["rule"] if stream else "",
                 str(r["threads"]) if stream else "",
-                "stream (bandwidth)" if stream else r["backend"],
+                "stream (bw)" if stream else r["backend"],
                 ("floor " if stream else ("~" if r["estimated"] else "")) + _fmt_time(r["seconds"]),
                 _fmt(r["gbps"], ".1f"),
-                _fmt(r["fraction_of_bandwidth"], ".2f", "in cache"),
+                _fmt(r["fraction_of_bandwidth"], ".2f", "cache"),
                 "" if stream else _fmt(r["speedup_vs_numpy"], ".1f"),
             ] + (["" if stream else _fmt(r.get("speedup_vs_torch_fused"), ".2f")] if fused else []) + [
                 "" if stream else _fmt(r["speedup_vs_best_peer"], ".2f"),
@@ -226,14 +226,17 @@ def _bench_tables(data):
         sub0 = sub[0]
         title = (f"{size} elements" + (f" ({sub0['tensors']:,} tensors, {layout})" if sub0["tensors"] > 1 else "")
                  + f", {sub0['dtype']}")
-        caption = None
+        notes = ["floor: this rule's bytes at the stream bandwidth; of bw: GB/s / stream GB/s "
+                 "(cache: the data fit in the L3 cache); x numpy, x fused (torch fused), x peer (fastest "
+                 "of torch/DeepSpeed): speedups"]
         if any(r["estimated"] for r in sub):
-            caption = ("~ NumPy reference timed on a 1M-element subsample and scaled (quick mode); "
-                       "run without --quick for a measured reference.")
+            notes.append("~ NumPy reference timed on a 1M-element subsample and scaled (quick mode); "
+                         "run without --quick for a measured reference.")
+        caption = "\n".join(notes)
         columns = [("rule", "left"), ("thr", "right"), ("backend", "left"), ("time", "right"),
                    ("GB/s", "right"), ("of bw", "right"), ("x numpy", "right")]
-        columns += [("x torch fused", "right")] if fused else []
-        columns += [("x best peer", "right")]
+        columns += [("x fused", "right")] if fused else []
+        columns += [("x peer", "right")]
         _show_table(title, columns, rows, sections=sections, caption=caption)
     skipped = {}
     for s in data.get("skipped", []):
@@ -404,7 +407,7 @@ def cmd_info(args, argv):
                          f"{pool['num_threads']} threads ({os.path.basename(pool['filepath'])})"])
     except ImportError:
         pass
-    _show_table("fastgd info", [("", "left"), ("", "left")], rows, header=False)
+    _show_table("fastgd info", [("", "left"), ("", "left")], rows, header=False, fold=1)
     return 0
 
 
@@ -446,7 +449,7 @@ def cmd_verify(args, argv):
     _show_table(f"fastgd verify: every backend against the NumPy reference ({B.VERIFY_STEPS} steps, "
                 f"lengths {lengths}, random data)",
                 [("rule", "left"), ("dtype", "left"), ("backend", "left"), ("result", "left"),
-                 ("err/tol", "right"), ("detail", "left")], rows, sections=sections)
+                 ("err/tol", "right"), ("detail", "left")], rows, sections=sections, fold=5)
     if failures:
         _print(f"{failures} FAILED", err=True)
         return 1

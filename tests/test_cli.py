@@ -70,7 +70,7 @@ def test_bench_every_rule_table_and_json(bench_json):
     assert code == 0
     for line in ("fastgd ", "CPU:", "Build:", "Run:"):
         assert line in out
-    assert "stream (bandwidth)" in out
+    assert "stream (bw)" in out
     for name in RULES:
         assert name in out
     assert f"wrote {path}" in out
@@ -84,7 +84,7 @@ def test_bench_plain_text_without_rich(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_rich", None)
     assert cli.main(TINY[:2] + ["--sizes", "1e3"] + TINY[4:] + ["--rules", "adam"]) == 0
     out = capsys.readouterr().out
-    assert "stream (bandwidth)" in out and "x numpy" in out
+    assert "stream (bw)" in out and "x numpy" in out
     assert "pip install fastgd[bench]" in out
     assert "┃" not in out and "│" not in out
 
