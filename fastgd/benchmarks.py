@@ -561,10 +561,17 @@ def run_bench(*, rules, sizes, dtype, threads, backends, rounds=7, min_seconds=0
                             if size.tensors > 1 else Size(size.label, REFERENCE_SUBSAMPLE)
                         estimated[backend] = size.elements / case_size.elements
                     try:
-                        cases[backend], layouts[backend] = make_case(rule, backend, case_size, dtype)
+                        fn, layout = make_case(rule, backend, case_size, dtype)
+                        fn()   # lazy state, Numba's cache load; and a step that fails is reported
                     except Skip as why:
                         skipped.append({"rule": name, "size": size.label, "backend": backend,
                                         "reason": str(why)})
+                        continue
+                    except Exception as exc:  # a broken case must not end the whole run: report it
+                        skipped.append({"rule": name, "size": size.label, "backend": backend,
+                                        "reason": f"FAILED: {type(exc).__name__}: {str(exc)[:160]}"})
+                        continue
+                    cases[backend], layouts[backend] = fn, layout
                 # Reference timed once (it is single-threaded NumPy) when estimated.
                 reference_once = {}
                 for nthreads in threads:

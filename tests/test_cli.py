@@ -257,3 +257,14 @@ def test_missing_extras_say_what_to_install(monkeypatch, tmp_path, capsys):
         "torch": "torch is not installed (pip install fastgd[torch])", "deepspeed": "no"})
     assert cli.main(["bench", "--backends", "cython,torch"]) == 2
     assert "pip install fastgd[torch]" in capsys.readouterr().err
+
+
+def test_a_failing_case_is_reported_not_fatal(monkeypatch, tmp_path, capsys):
+    from fastgd.rules import Rule
+    monkeypatch.setitem(RULES, "not_built", Rule("not_built", "NoSuchOptimizer", {}, 12, 1))
+    path = tmp_path / "run.json"
+    assert cli.main(TINY + ["--sizes", "1e3", "--rules", "adam,not_built", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert {r["rule"] for r in data["results"] if r["backend"] != "stream"} == {"adam"}
+    assert any(s["rule"] == "not_built" and s["reason"].startswith("FAILED") for s in data["skipped"])
+    assert "FAILED" in capsys.readouterr().out
