@@ -1,0 +1,67 @@
+"""One optimizer step of every rule in fastgd.rules.RULES, per backend, size and dtype.
+
+Nothing is listed here: a rule added to RULES is benchmarked, with its torch and DeepSpeed peers
+where they exist (rows that cannot run here are skipped with the reason). See conftest.py.
+"""
+import time
+
+import numpy as np
+import pytest
+
+import fastgd
+from fastgd import backends as _backends
+from fastgd.benchmarks import (FASTGD_BACKENDS, PEERS, REFERENCE_SUBSAMPLE, Skip, Stream,
+                               bytes_per_element, make_case, release_pool, set_threads)
+from fastgd.rules import RULES
+
+from _bench_config import DTYPES, QUICK, SIZES, THREADS
+
+BACKENDS = ("stream",) + FASTGD_BACKENDS + PEERS
+
+
+@pytest.fixture
+def restore_backend():
+    previous = _backends._state["active"]
+    yield
+    _backends._state["active"] = previous
+    release_pool()
+
+
+def _quick_pedantic(benchmark, fn):
+    """5 rounds of about 10 ms each: enough for a median, quick enough for ~200 rows."""
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    benchmark.pedantic(fn, rounds=5, iterations=max(1, int(0.01 / one)), warmup_rounds=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("size", SIZES, ids=[s.label.replace(",", "_") for s in SIZES])
+@pytest.mark.parametrize("rule", list(RULES))
+def test_step(benchmark, restore_backend, rule, size, backend, dtype):
+    rule = RULES[rule]
+    if QUICK and backend == "numpy" and size.elements > REFERENCE_SUBSAMPLE:
+        pytest.skip("quick mode: the NumPy reference is timed at the small size only")
+    set_threads(THREADS)
+    bpe = bytes_per_element(rule, dtype)
+    if backend == "stream":
+        # The rule's access pattern over the same bytes, trivial arithmetic: the memory floor.
+        fn, _, _ = Stream(size.elements).case(rule.written, dtype)
+        layout = "stream"
+    else:
+        try:
+            fn, layout = make_case(rule, backend, size, np.dtype(dtype))
+        except Skip as why:
+            pytest.skip(str(why))
+    fn()  # first call: lazy state, Numba's cache load, DeepSpeed's JIT build
+    benchmark.group = f"{rule.name} {size.label} {dtype}"
+    benchmark.extra_info.update(rule=rule.name, size=size.label, elements=size.elements,
+                                tensors=size.tensors, layout=layout, dtype=dtype, backend=backend,
+                                threads=THREADS, bytes_per_element=bpe, fastgd=fastgd.__version__)
+    if QUICK:
+        _quick_pedantic(benchmark, fn)
+    else:
+        benchmark(fn)
+    if benchmark.stats is not None:   # None under --benchmark-disable (a smoke run)
+        benchmark.extra_info["gbps"] = bpe * size.elements / benchmark.stats.stats.median / 1e9

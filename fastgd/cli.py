@@ -1,0 +1,528 @@
+"""The ``fastgd`` command (also ``python -m fastgd``): bench, verify, info, demo.
+
+    fastgd bench [--rules adam,sgd,...] [--sizes 1e3,16e6,many] [--dtype float32|float64]
+                 [--threads 1,2] [--backends cython,numba,numpy,torch,deepspeed] [--repeat N]
+                 [--quick] [--json FILE] [--plot FILE.png] [--stream-size N]
+    fastgd bench --compare A.json B.json
+    fastgd verify [--rules ...] [--backends cython,numba]
+    fastgd info
+    fastgd demo quadratic|digits|explode [--plot FILE]
+
+``bench`` measures, in the same rounds, the memory bandwidth of a stream kernel with each rule's
+access pattern and the step of every rule on every backend, and prints the median time, GB/s,
+the fraction of that bandwidth, and the speedups over the NumPy reference and over the fastest
+peer present (torch fused/foreach, DeepSpeed). The JSON schema is in fastgd/benchmarks.py.
+Bad arguments print a message and exit with status 2; ``verify`` exits 1 when a backend
+disagrees with the reference.
+"""
+import argparse
+import datetime
+import os
+import sys
+
+import numpy as np
+
+from . import benchmarks as B
+from .rules import RULES
+
+try:  # rich is optional (pip install fastgd[bench]); without it the tables are plain text
+    import rich
+    from rich.console import Console
+    from rich.table import Table
+    _rich = rich
+except ImportError:  # pragma: no cover - exercised by monkeypatching _rich in the tests
+    _rich = None
+
+BENCH_EXTRA = "pip install fastgd[bench]"
+
+
+# --- output: rich when present, plain text otherwise ----------------------------------------------
+
+def _console(stderr=False):
+    return Console(stderr=stderr, width=None if sys.stdout.isatty() else 132, highlight=False)
+
+
+def _print(text="", err=False):
+    print(text, file=sys.stderr if err else sys.stdout)
+
+
+def _show_table(title, columns, rows, *, sections=None, caption=None, header=True, fold=None):
+    """columns: [(header, justify)]; rows: lists of str; sections: row indices starting a section;
+    fold: index of the one column that may wrap (free text), the others never do."""
+    sections = set(sections or ())
+    if _rich is not None:
+        from rich.text import Text
+        console = _console()
+        console.print(Text(title, style="bold"))
+        table = Table(caption=caption, caption_justify="left", show_header=header)
+        for i, (name, justify) in enumerate(columns):
+            table.add_column(name, justify=justify, no_wrap=i != fold, overflow="fold" if i == fold else "ellipsis")
+        for i, row in enumerate(rows):
+            if i in sections and i:
+                table.add_section()
+            table.add_row(*row)
+        console.print(table)
+        return
+    widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, (h, _) in enumerate(columns)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if just == "right" else c.ljust(w)
+                         for c, w, (_, just) in zip(cells, widths, columns)).rstrip()
+    _print(title)
+    if header:
+        _print(line([h for h, _ in columns]))
+        _print("  ".join("-" * w for w in widths))
+    for i, row in enumerate(rows):
+        if i in sections and i:
+            _print()
+        _print(line(row))
+    if caption:
+        _print(caption)
+    _print()
+
+
+class _Progress:
+    """A progress bar on stderr (rich), or one line per step in plain text."""
+
+    def __init__(self, total, quiet=False):
+        self.total, self.done, self.quiet = total, 0, quiet
+        self._bar = None
+        if _rich is not None and not quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=_console(stderr=True), transient=True)
+            self._task = self._bar.add_task("starting", total=total)
+
+    def __enter__(self):
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, description):
+        if self._bar is not None:
+            if self.done:
+                self._bar.advance(self._task)
+            self._bar.update(self._task, description=description)
+        elif not self.quiet:
+            _print(f"[{self.done + 1}/{self.total}] {description}", err=True)
+        self.done += 1
+
+
+def _fmt_time(s):
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def _fmt(x, spec, missing="-"):
+    return missing if x is None else format(x, spec)
+
+
+def _mib(n):
+    return "?" if not n else f"{n / 1024 ** 2:.0f} MiB"
+
+
+# --- argument checks ---------------------------------------------------------------------------------
+
+def _writable(path, what):
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise B.UsageError(f"{what} {path} is a directory")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise B.UsageError(f"{what}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise B.UsageError(f"{what}: cannot write {path}")
+    return path
+
+
+def _backend_list(text, allowed):
+    names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise B.UsageError(f"unknown backend(s) {', '.join(unknown) or '(none given)'}; "
+                           f"choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(names))
+
+
+def _check_requested_backends(names):
+    """Refuse (exit 2, with the install hint) a backend the user asked for that cannot run here."""
+    status = None
+    for name in names:
+        if name in B.FASTGD_BACKENDS:
+            status = status or B._backends.backend_status()
+            ok, why = status[name]
+            if not ok:
+                raise B.UsageError(f"backend {name} is unusable here: {why}")
+        elif name in ("torch", "deepspeed"):
+            why = B.peer_status()[name]
+            if why:
+                raise B.UsageError(why)
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+def _header(env, settings):
+    build = env.get("build") or {}
+    torch_v = env.get("torch") or "absent"
+    ds = env.get("deepspeed") or "absent"
+    lines = [
+        f"fastgd {env['fastgd']}  Python {env['python']}  NumPy {env['numpy']}  "
+        f"Numba {env.get('numba')} ({env.get('numba_threading_layer')})  torch {torch_v}  DeepSpeed {ds}",
+        f"CPU: {env['cpu']}, {env['cores']} cores, L3 {_mib(env.get('l3_bytes'))}, "
+        f"SIMD {' '.join(env['simd']) or '?'}",
+        f"Build: {build.get('compiler', 'no build_info.json')}; {' '.join(build.get('compile_args', []))}; "
+        f"OpenMP {env.get('openmp_version')}",
+    ]
+    if settings is not None:
+        lines.append(
+            f"Run: dtype {settings['dtype']}, threads {','.join(map(str, settings['threads']))}, "
+            f"{settings['rounds']} round-robin rounds (medians), stream arrays of "
+            f"{settings['stream_elements']:,} float32"
+            + ("; QUICK mode" if settings["quick"] else ""))
+    for peer, why in (env.get("peers") or {}).items():
+        if why:
+            lines.append(f"No {peer} rows: {why}")
+    if settings is not None and "deepspeed" in settings["backends"]:
+        lines.append("DeepSpeed rows: its CPU optimizers JIT-build C++ on first use (a few minutes, "
+                     "then cached in ~/.cache/torch_extensions)")
+    return lines
+
+
+def _bench_tables(data):
+    results = data["results"]
+    sizes = list(dict.fromkeys(r["size"] for r in results))
+    for size in sizes:
+        rows, sections = [], []
+        last_group = None
+        sub = [r for r in results if r["size"] == size]
+        layout = next((r["layout"] for r in sub if r["kind"] == "fastgd"), None)
+        fused = any(r["backend"] == "torch-fused" for r in sub)
+        for r in sub:
+            group = (r["rule"], r["threads"])
+            if group != last_group:
+                sections.append(len(rows))
+                last_group = group
+            stream = r["backend"] == "stream"
+            rows.append([
+                r["rule"] if stream else "",
+                str(r["threads"]) if stream else "",
+                "stream (bw)" if stream else r["backend"],
+                ("floor " if stream else ("~" if r["estimated"] else "")) + _fmt_time(r["seconds"]),
+                _fmt(r["gbps"], ".1f"),
+                _fmt(r["fraction_of_bandwidth"], ".2f", "cache"),
+                "" if stream else _fmt(r["speedup_vs_numpy"], ".1f"),
+            ] + (["" if stream else _fmt(r.get("speedup_vs_torch_fused"), ".2f")] if fused else []) + [
+                "" if stream else _fmt(r["speedup_vs_best_peer"], ".2f"),
+            ])
+        sub0 = sub[0]
+        title = (f"{size} elements" + (f" ({sub0['tensors']:,} tensors, {layout})" if sub0["tensors"] > 1 else "")
+                 + f", {sub0['dtype']}")
+        notes = ["floor: this rule's bytes at the stream bandwidth; of bw: GB/s / stream GB/s "
+                 "(cache: the data fit in the L3 cache); x numpy, x fused (torch fused), x peer (fastest "
+                 "of torch/DeepSpeed): speedups"]
+        if any(r["estimated"] for r in sub):
+            notes.append("~ NumPy reference timed on a 1M-element subsample and scaled (quick mode); "
+                         "run without --quick for a measured reference.")
+        caption = "\n".join(notes)
+        columns = [("rule", "left"), ("thr", "right"), ("backend", "left"), ("time", "right"),
+                   ("GB/s", "right"), ("of bw", "right"), ("x numpy", "right")]
+        columns += [("x fused", "right")] if fused else []
+        columns += [("x peer", "right")]
+        _show_table(title, columns, rows, sections=sections, caption=caption)
+    skipped = {}
+    for s in data.get("skipped", []):
+        skipped.setdefault((s["backend"], s["reason"]), []).append(s["rule"])
+    if skipped:
+        _print("Rows not measured:")
+        for (backend, reason), rules in skipped.items():
+            _print(f"  {backend}: {reason} ({', '.join(dict.fromkeys(rules))})")
+
+
+def _plot(data, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in data["results"] if r["backend"] != "stream"]
+    panels = list(dict.fromkeys((r["size"], r["threads"]) for r in rows))
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.1 * len(rules) * max(1, len(backends)) / 2), 3.2 * len(panels)),
+                             squeeze=False)
+    width = 0.8 / max(1, len(backends))
+    for ax, (size, threads) in zip(axes[:, 0], panels):
+        sub = [r for r in rows if r["size"] == size and r["threads"] == threads]
+        use_bw = any(r["fraction_of_bandwidth"] is not None for r in sub)
+        key = "fraction_of_bandwidth" if use_bw else "speedup_vs_numpy"
+        for j, backend in enumerate(backends):
+            ys = []
+            for rule in rules:
+                r = next((r for r in sub if r["rule"] == rule and r["backend"] == backend), None)
+                ys.append(r[key] if r and r[key] is not None else 0.0)
+            ax.bar(np.arange(len(rules)) + (j - (len(backends) - 1) / 2) * width, ys, width, label=backend)
+        if use_bw:
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks(np.arange(len(rules)))
+        ax.set_xticklabels(rules, rotation=30, ha="right")
+        ax.set_ylabel("fraction of stream bandwidth" if use_bw else "speedup over NumPy")
+        ax.set_title(f"{size} elements, {sub[0]['dtype']}, {threads} thread(s)")
+    axes[0, 0].legend(ncol=min(len(backends), 6), fontsize="small")
+    fig.suptitle(f"fastgd bench, {data['environment']['cpu']}, {data['created'][:16]} UTC", fontsize="medium")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / len(panels) / 3.2))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _compare(path_a, path_b):
+    a, b = B.load_json(path_a), B.load_json(path_b)
+
+    def key(r):
+        return (r["rule"], r["size"], r["dtype"], r["threads"], r["backend"])
+    index_b = {key(r): r for r in b["results"]}
+    rows, sections, last = [], [], None
+    for ra in a["results"]:
+        rb = index_b.get(key(ra))
+        if rb is None:
+            continue
+        group = key(ra)[:4]
+        if group != last:
+            sections.append(len(rows))
+            last = group
+        ratio = ra["seconds"] / rb["seconds"] if rb["seconds"] else None
+        rows.append([ra["rule"], ra["size"], str(ra["threads"]), ra["backend"], _fmt_time(ra["seconds"]),
+                     _fmt_time(rb["seconds"]), _fmt(ratio, ".2f"),
+                     _fmt(ra["fraction_of_bandwidth"], ".2f"), _fmt(rb["fraction_of_bandwidth"], ".2f")])
+    if not rows:
+        raise B.UsageError(f"{path_a} and {path_b} have no row in common (rule, size, dtype, threads, backend)")
+    _print(f"A: {path_a} ({a['created'][:16]}, {a['environment']['cpu']})")
+    _print(f"B: {path_b} ({b['created'][:16]}, {b['environment']['cpu']})")
+    _show_table("B against A (A time / B time: > 1 means B is faster)",
+                [("rule", "left"), ("size", "right"), ("thr", "right"), ("backend", "left"), ("A", "right"),
+                 ("B", "right"), ("A/B", "right"), ("A of bw", "right"), ("B of bw", "right")],
+                rows, sections=sections)
+    return 0
+
+
+def cmd_bench(args, argv):
+    if args.compare:
+        return _compare(*args.compare)
+    rules = B.parse_rules(args.rules)
+    sizes = B.parse_sizes(args.sizes or (B.QUICK_SIZES if args.quick else B.DEFAULT_SIZES))
+    threads = B.parse_threads(args.threads) if args.threads else B.default_threads()
+    if args.backends:
+        backends = _backend_list(args.backends, B.BACKEND_CHOICES)
+        _check_requested_backends(backends)
+    else:
+        backends = B.default_backends()
+    if args.repeat is not None and args.repeat < 1:
+        raise B.UsageError(f"--repeat must be >= 1; got {args.repeat}")
+    stream_elements = B._count(args.stream_size, "--stream-size") if args.stream_size else B.STREAM_ELEMENTS
+    json_path = _writable(args.json, "--json") if args.json else None
+    plot_path = _writable(args.plot, "--plot") if args.plot else None
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise B.UsageError(f"--plot needs matplotlib, which is not installed ({BENCH_EXTRA})") from None
+    if B._backends.backend_status()["cython"][0] is False:
+        raise B.UsageError("the bandwidth is measured with the Cython stream kernel, and the Cython "
+                           f"extension is unusable: {B._backends.backend_status()['cython'][1]}")
+    rounds = args.repeat or (3 if args.quick else 7)
+    min_seconds = 0.005 if args.quick else 0.05
+    settings = {"rules": rules, "sizes": [{"label": s.label, "elements": s.elements, "tensors": s.tensors}
+                                          for s in sizes],
+                "dtype": args.dtype, "threads": threads, "backends": backends, "rounds": rounds,
+                "min_seconds": min_seconds, "quick": bool(args.quick), "stream_elements": stream_elements}
+    env = B.environment()
+    for line in _header(env, settings):
+        _print(line)
+    if _rich is None:
+        _print(f"(plain-text tables: {BENCH_EXTRA} for rich tables and a progress bar)")
+    _print()
+    with _Progress(len(sizes) * len(rules) * len(threads), quiet=args.no_progress) as progress:
+        results, skipped = B.run_bench(rules=rules, sizes=sizes, dtype=args.dtype, threads=threads,
+                                       backends=backends, rounds=rounds, min_seconds=min_seconds,
+                                       quick=args.quick, stream_elements=stream_elements,
+                                       progress=progress)
+    data = {"schema": B.SCHEMA,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "argv": list(argv), "environment": env, "settings": settings,
+            "results": results, "skipped": skipped}
+    _bench_tables(data)
+    if json_path:
+        import json
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=1)
+        _print(f"wrote {json_path}")
+    if plot_path:
+        _plot(data, plot_path)
+        _print(f"wrote {plot_path}")
+    return 0
+
+
+# --- info ----------------------------------------------------------------------------------------
+
+def cmd_info(args, argv):
+    import fastgd
+    env = B.environment()
+    status = fastgd.backend_status()
+    build = env.get("build") or {}
+    rows = [
+        ["fastgd", f"{env['fastgd']} ({os.path.dirname(fastgd.__file__)})"],
+        ["active backend", _active_backend()],
+        ["threads", f"{fastgd.get_num_threads()} (cores: {env['cores']})"],
+        ["Python / NumPy", f"{env['python']} / {env['numpy']}"],
+        ["Numba", f"{env.get('numba')}, threading layer {env.get('numba_threading_layer')}"],
+        ["OpenMP (Cython build)", f"{env.get('openmp_version')}"],
+        ["compiler", build.get("compiler", "- (no build_info.json: extension not built)")],
+        ["compile flags", " ".join(build.get("compile_args", [])) or "-"],
+        ["-march", str(build.get("march")) + (" (specialised for the build CPU)" if build.get("march") == "native" else "")],
+        ["CPU", env["cpu"]],
+        ["SIMD", " ".join(env["simd"]) or "-"],
+        ["L3 cache", _mib(env.get("l3_bytes"))],
+    ]
+    for name in fastgd.backends.ORDER:
+        ok, why = status[name]
+        rows.append([f"backend {name}", "usable" if ok else f"UNUSABLE: {why}"])
+    for peer, why in env["peers"].items():
+        version = env.get(peer)
+        if why is None and peer == "deepspeed":
+            why_text = f"{version}: CPUAdam/CPUAdagrad rows in bench (JIT-built with g++ on first use, then cached)"
+        else:
+            why_text = version if why is None else why
+        rows.append([f"peer {peer}", why_text])
+    try:
+        from threadpoolctl import threadpool_info
+        for pool in threadpool_info():
+            rows.append([f"thread pool {pool['user_api']}",
+                         f"{pool['internal_api']} {pool.get('version') or ''} "
+                         f"{pool['num_threads']} threads ({os.path.basename(pool['filepath'])})"])
+    except ImportError:
+        pass
+    _show_table("fastgd info", [("", "left"), ("", "left")], rows, header=False, fold=1)
+    return 0
+
+
+def _active_backend():
+    import fastgd
+    try:
+        return fastgd.get_backend()
+    except Exception as exc:  # FASTGD_BACKEND names an unusable backend: say so, don't crash info
+        return f"none: {exc}"
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+def cmd_verify(args, argv):
+    import fastgd
+    rules = B.parse_rules(args.rules)
+    compiled = [b for b in fastgd.backends.ORDER if b != "numpy"]
+    explicit = bool(args.backends)
+    backends = _backend_list(args.backends, compiled) if explicit else compiled
+    status = fastgd.backend_status()
+    if not status["numpy"][0]:
+        raise B.UsageError(f"the reference backend is unusable: {status['numpy'][1]}")
+    rows, failures, sections = [], 0, []
+    lengths = ", ".join(f"{n:,}" for n in B.VERIFY_LENGTHS)
+    for name in rules:
+        sections.append(len(rows))
+        for dtype in ("float32", "float64"):
+            for backend in backends:
+                ok, why = status[backend]
+                if not ok:
+                    if explicit:
+                        failures += 1
+                    rows.append([name, dtype, backend, "FAIL" if explicit else "skip", "-", f"unusable: {why}"])
+                    continue
+                passed, worst, message = B.verify_one(RULES[name], backend, dtype)
+                failures += not passed
+                rows.append([name, dtype, backend, "ok" if passed else "FAIL",
+                             "-" if worst == float("inf") else f"{worst:.2g}", message])
+    _show_table(f"fastgd verify: every backend against the NumPy reference ({B.VERIFY_STEPS} steps, "
+                f"lengths {lengths}, random data)",
+                [("rule", "left"), ("dtype", "left"), ("backend", "left"), ("result", "left"),
+                 ("err/tol", "right"), ("detail", "left")], rows, sections=sections, fold=5)
+    if failures:
+        _print(f"{failures} FAILED", err=True)
+        return 1
+    _print(f"all {len(rows)} checks passed")
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+def cmd_demo(argv):
+    import importlib
+    try:
+        demo = importlib.import_module("fastgd.demo")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("fastgd.demo", "fastgd"):
+            _print("fastgd demo: this install of fastgd has no demos (fastgd.demo is missing)", err=True)
+        else:
+            _print(f"fastgd demo: needs {exc.name}, which is not installed (pip install fastgd[demo])", err=True)
+        return 2
+    return demo.main(list(argv))
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastgd", description="fastgd: fused CPU optimizer steps. "
+                                     "Benchmark, verify, and inspect this install.")
+    sub = parser.add_subparsers(dest="command", metavar="{bench,verify,info,demo}")
+    sub.required = True
+    rules = ", ".join(RULES)
+    b = sub.add_parser("bench", help="time every rule on every backend against the measured memory bandwidth",
+                       description="Time optimizer steps against a stream kernel measured in the same run.")
+    b.add_argument("--rules", help=f"comma-separated rules, or all (default). Known: {rules}")
+    b.add_argument("--sizes", help=f"comma-separated sizes: elements (1e3, 16e6), 'many' (1,000 tensors of "
+                   f"1,000) or KxN (K tensors of N). Default {B.DEFAULT_SIZES} ({B.QUICK_SIZES} with --quick)")
+    b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    b.add_argument("--threads", help="comma-separated thread counts (default 1,<cores>)")
+    b.add_argument("--backends", help="comma-separated, from cython, numba, numpy, torch (fused and "
+                   "foreach rows), deepspeed (default: every one usable here)")
+    b.add_argument("--repeat", type=int, help="round-robin rounds; medians are reported (default 7, quick 3)")
+    b.add_argument("--quick", action="store_true", help="fewer rounds, smaller default sizes, NumPy reference "
+                   "timed on a 1M-element subsample and scaled (marked ~)")
+    b.add_argument("--json", metavar="FILE", help="write every row to FILE (schema: fastgd/benchmarks.py)")
+    b.add_argument("--plot", metavar="FILE.png", help="write a matplotlib chart (fraction of bandwidth)")
+    b.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="ratio table of two --json runs")
+    b.add_argument("--stream-size", metavar="N", help=f"float32 elements per stream array "
+                   f"(default {B.STREAM_ELEMENTS:,}: far larger than the L3 cache)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    v = sub.add_parser("verify", help="check every backend against the NumPy reference for every rule")
+    v.add_argument("--rules", help=f"comma-separated rules (default all). Known: {rules}")
+    v.add_argument("--backends", help="comma-separated compiled backends (default cython,numba)")
+    sub.add_parser("info", help="versions, backends and why unusable, build flags, OpenMP, CPU, threads")
+    sub.add_parser("demo", help="training demos: fastgd demo quadratic|digits|explode [--plot FILE]",
+                   add_help=False)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo":
+        return cmd_demo(argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a bad argument (2, message printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    handler = {"bench": cmd_bench, "verify": cmd_verify, "info": cmd_info}[args.command]
+    try:
+        return handler(args, argv)
+    except B.UsageError as exc:
+        _print(f"fastgd {args.command}: error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        _print("interrupted", err=True)
+        return 130
