@@ -85,23 +85,41 @@ FGD_SUM_BLOCK(fgd_sumsq_f64, double, f64, fgd_sq, l[i - nfull] + a * a)
 FGD_SUM_BLOCK(fgd_sumabs_f32, float, f32, fgd_sabs, l[i - nfull] + fabs(a))
 FGD_SUM_BLOCK(fgd_sumabs_f64, double, f64, fgd_sabs, l[i - nfull] + fabs(a))
 
-/* max |x[i] (+ y[i])| over a block; NaN if any is NaN. */
+/* max |x[i] (+ y[i])| over a block; NaN if any is NaN. Max is exact, so any order gives the
+ * same result; four independent vectors keep the compare-and-select chains short. */
+static inline fgd_v4d fgd_vmax(fgd_v4d m, fgd_v4d v, fgd_v4l* nan) {
+    fgd_v4l gt = v > m;
+    *nan |= (v != v);
+    return (fgd_v4d)((gt & (fgd_v4l)v) | (~gt & (fgd_v4l)m));
+}
+
 #define FGD_MAX_BLOCK(NAME, T, SUF)                                                               \
 static inline double NAME(const T* x, const T* y, ptrdiff_t n, int use_y) {                      \
-    fgd_v4d m = {0, 0, 0, 0}, v;                                                                  \
-    fgd_v4l nan = {0, 0, 0, 0}, gt;                                                               \
-    double l[4], best = 0, a;                                                                     \
+    fgd_v4d m0 = {0, 0, 0, 0}, m1 = m0, m2 = m0, m3 = m0;                                       \
+    fgd_v4l nan = {0, 0, 0, 0};                                                                   \
+    double l[16], best = 0, a;                                                                    \
     long long bad[4];                                                                             \
-    ptrdiff_t i, nfull = n - n % 4;                                                               \
+    ptrdiff_t i, nfull = n - n % 16;                                                              \
     int j, nans = 0;                                                                              \
-    for (i = 0; i < nfull; i += 4) {                                                              \
-        v = fgd_abs(use_y ? fgd_ld2_##SUF(x + i, y + i) : fgd_ld_##SUF(x + i));                 \
-        gt = v > m;                                                                               \
-        m = (fgd_v4d)((gt & (fgd_v4l)v) | (~gt & (fgd_v4l)m));                                   \
-        nan |= (v != v);                                                                          \
+    if (use_y) {                                                                                  \
+        for (i = 0; i < nfull; i += 16) {                                                         \
+            m0 = fgd_vmax(m0, fgd_abs(fgd_ld2_##SUF(x + i, y + i)), &nan);                        \
+            m1 = fgd_vmax(m1, fgd_abs(fgd_ld2_##SUF(x + i + 4, y + i + 4)), &nan);                \
+            m2 = fgd_vmax(m2, fgd_abs(fgd_ld2_##SUF(x + i + 8, y + i + 8)), &nan);                \
+            m3 = fgd_vmax(m3, fgd_abs(fgd_ld2_##SUF(x + i + 12, y + i + 12)), &nan);              \
+        }                                                                                         \
+    } else {                                                                                      \
+        for (i = 0; i < nfull; i += 16) {                                                         \
+            m0 = fgd_vmax(m0, fgd_abs(fgd_ld_##SUF(x + i)), &nan);                                \
+            m1 = fgd_vmax(m1, fgd_abs(fgd_ld_##SUF(x + i + 4)), &nan);                            \
+            m2 = fgd_vmax(m2, fgd_abs(fgd_ld_##SUF(x + i + 8)), &nan);                            \
+            m3 = fgd_vmax(m3, fgd_abs(fgd_ld_##SUF(x + i + 12)), &nan);                           \
+        }                                                                                         \
     }                                                                                             \
-    memcpy(l, &m, 32); memcpy(bad, &nan, 32);                                                     \
-    for (j = 0; j < 4; j++) { best = l[j] > best ? l[j] : best; nans |= bad[j] != 0; }           \
+    memcpy(l, &m0, 32); memcpy(l + 4, &m1, 32); memcpy(l + 8, &m2, 32); memcpy(l + 12, &m3, 32); \
+    memcpy(bad, &nan, 32);                                                                        \
+    for (j = 0; j < 16; j++) best = l[j] > best ? l[j] : best;                                    \
+    for (j = 0; j < 4; j++) nans |= bad[j] != 0;                                                  \
     for (i = nfull; i < n; i++) {                                                                 \
         T t = use_y ? (T)(x[i] + y[i]) : x[i];                                                    \
         a = fabs((double)t);                                                                      \

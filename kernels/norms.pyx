@@ -45,7 +45,7 @@ cdef enum:
 
 
 cdef inline double _tree(double* lanes) noexcept nogil:
-    """Fixed pairwise sum of the 16 lanes."""
+    """Fixed pairwise sum of the 16 lanes (the same tree as fgd_tree in _lanes.h)."""
     cdef int j
     cdef double s[8]
     for j in range(8):
@@ -55,41 +55,19 @@ cdef inline double _tree(double* lanes) noexcept nogil:
     return (s[0] + s[2]) + (s[1] + s[3])
 
 
-cdef inline double _block_sum(const floating* x, const floating* y, Py_ssize_t n, bint use_y, int kind,
-                              double p) noexcept nogil:
-    """sum f(x[i] (+ y[i])) over one block, in LANES lanes; f = square, abs or |.|^p.
-
-    Inlined only where kind and use_y are constants (_block), so each variant compiles to its
-    own branch-free vector loop.
-    """
+cdef double _block_pow(const floating* x, const floating* y, Py_ssize_t n, bint use_y,
+                       double p) noexcept nogil:
+    """sum |x[i] (+ y[i])|^p over one block, in the LANES lanes of _lanes.h (scalar: pow does not
+    vectorise without fast-math, and a p other than 1, 2, inf is rare)."""
     cdef double lanes[LANES]
-    cdef Py_ssize_t c, i, nfull = n - n % LANES
+    cdef Py_ssize_t i
     cdef int j
     cdef floating v
-    cdef double a
     for j in range(LANES):
         lanes[j] = 0
-    # kind and use_y are loop invariant: gcc unswitches, each variant a branch-free vector loop.
-    for c in range(nfull // LANES):
-        i = c * LANES
-        for j in range(LANES):
-            v = x[i + j] + y[i + j] if use_y else x[i + j]
-            a = v
-            if kind == KIND_SQ:
-                lanes[j] += a * a
-            elif kind == KIND_ABS:
-                lanes[j] += fabs(a)
-            else:
-                lanes[j] += pow(fabs(a), p)
-    for j in range(n - nfull):
-        v = x[nfull + j] + y[nfull + j] if use_y else x[nfull + j]
-        a = v
-        if kind == KIND_SQ:
-            lanes[j] += a * a
-        elif kind == KIND_ABS:
-            lanes[j] += fabs(a)
-        else:
-            lanes[j] += pow(fabs(a), p)
+    for i in range(n):
+        v = x[i] + y[i] if use_y else x[i]
+        lanes[i % LANES] += pow(fabs(<double>v), p)
     return _tree(lanes)
 
 
@@ -110,9 +88,7 @@ cdef double _block(const floating* x, const floating* y, Py_ssize_t n, bint use_
             return fgd_sumabs_f64(x, y, n, use_y)
         if kind == KIND_MAX:
             return fgd_maxabs_f64(x, y, n, use_y)
-    if use_y:
-        return _block_sum(x, y, n, True, KIND_POW, p)
-    return _block_sum(x, x, n, False, KIND_POW, p)
+    return _block_pow(x, y, n, use_y, p)
 
 
 cdef double _norm_partial(const floating* x, const floating* y, Py_ssize_t n, bint use_y, int kind,

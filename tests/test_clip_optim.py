@@ -172,3 +172,10 @@ def test_a_subclass_gets_clipping_without_listing_it(rng):
     assert opt.last_grad_norm == pytest.approx(np.linalg.norm(g))
     with pytest.raises(TypeError):
         _PlainSGD([p], momentum=0.9)
+
+
+def test_clip_rule_makes_a_clipping_optimizer():
+    from fastgd.rules import RULES
+    rule = RULES["clip_adam"]
+    opt = rule.make([np.zeros(3, np.float32)])
+    assert opt.max_grad_norm == rule.options["max_grad_norm"] and rule.bytes_per_element == 32
