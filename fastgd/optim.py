@@ -58,9 +58,12 @@ def _with_base_options(init):
         self.max_grad_norm, self.norm_type, self.error_if_nonfinite = clip
 
     sig = inspect.signature(init)
+    clash = sorted(set(BASE_OPTIONS) & set(sig.parameters))
+    if clash:
+        raise TypeError(f"{init.__qualname__} must not declare {', '.join(clash)}: the Optimizer base "
+                        "class takes it for every subclass")
     params = [q for q in sig.parameters.values() if q.kind is not q.VAR_KEYWORD]
-    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in BASE_OPTIONS.items()
-             if k not in sig.parameters]
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in BASE_OPTIONS.items()]
     var_kw = [q for q in sig.parameters.values() if q.kind is q.VAR_KEYWORD]
     __init__.__signature__ = sig.replace(parameters=params + extra + var_kw)
     __init__._fastgd_base_options = True

@@ -179,3 +179,10 @@ def test_clip_rule_makes_a_clipping_optimizer():
     rule = RULES["clip_adam"]
     opt = rule.make([np.zeros(3, np.float32)])
     assert opt.max_grad_norm == rule.options["max_grad_norm"] and rule.bytes_per_element == 32
+
+
+def test_a_subclass_may_not_redeclare_a_base_option():
+    with pytest.raises(TypeError, match="must not declare max_grad_norm"):
+        class _Bad(fastgd.Optimizer):
+            def __init__(self, params, lr=0.1, max_grad_norm=None):
+                super().__init__(params, lr=lr)
