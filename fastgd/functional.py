@@ -4,6 +4,10 @@ Each function checks every argument (fastgd._validate), derives the step-depende
 float64, and calls the active backend's kernel. A call that raises has changed nothing.
 Arrays may have any shape; they must be C-contiguous, writable, float32/float64, and all of the
 parameter's dtype and shape.
+
+Over lists of gradients (torch.nn.utils' clipping): global_norm, clip_grad_norm_,
+clip_grad_value_, accumulate_. A list has one dtype; its arrays may have any shapes (empty too).
+Norms are deterministic: the same bits at any thread count (kernels/CONTRACT.md).
 """
 import math
 

@@ -1,7 +1,8 @@
 """MultiSteps: gradient accumulation over k micro-batches, fused into the k-th step (optax.MultiSteps).
 
-    calls 1 .. k-1:  acc += grad_scale * grad                           (12 bytes/element, float32)
-    call k:          step with g = (acc + grad_scale * grad) / k, acc = 0  (one fused pass)
+    call 1:          acc = grad                                      (8 bytes/element, float32)
+    calls 2 .. k-1:  acc += (grad_scale / grad_scale_1) * grad        (12 bytes/element)
+    call k:          step with g = grad_scale_1 * (acc + grad) / k, acc = 0  (one fused pass)
 
 The last micro-batch is never added to ``acc`` in a separate pass: the optimizer's kernel reads
 ``acc`` and the last gradient, steps with their mean and zeroes ``acc`` as it goes (the kernel
@@ -59,7 +60,10 @@ class MultiSteps:
                 acc = self._acc.get(index)
                 if acc is None:
                     acc = self._acc[index] = np.zeros_like(p)
-                add(acc, g, rel)
+                if self.mini_step == 0:
+                    np.copyto(acc, g)        # acc is zero and rel is 1: a copy, not a read of acc
+                else:
+                    add(acc, g, rel)
             self.mini_step += 1
             return False
         return self._last(work, rel)
