@@ -15,6 +15,12 @@
 #include <string.h>
 #include <stddef.h>
 
+/* All functions here are static inline in one translation unit: the ABI note gcc gives for
+ * 32-byte vectors in a portable (non-AVX) build does not apply. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 typedef double fgd_v4d __attribute__((vector_size(32)));
 typedef float fgd_v4f __attribute__((vector_size(16)));
 typedef long long fgd_v4l __attribute__((vector_size(32)));
