@@ -49,3 +49,41 @@ def adam(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_scale,
         v = max_exp_avg_sq
     denom = np.sqrt(v) * (1 / math.sqrt(bias_correction2)) + eps
     param -= (lr / bias_correction1) * exp_avg / denom
+
+
+# --- gradient-wide operations (clipping, accumulation): the twins of kernels/norms.pyx ----------
+
+def norm_partial(x, y, use_y, norm_type):
+    """The part of a p-norm one array contributes, in float64: sum |v|^p, or max |v| for p = inf.
+
+    v = x + y (in the arrays' dtype) if use_y, else x. The norm of several arrays is
+    (sum of their partials)^(1/p) (max for p = inf). The compiled kernels sum in fixed blocks and
+    lanes so that the result does not depend on the thread count; here NumPy sums in float64.
+    NaN anywhere gives NaN (also for p = inf, as torch).
+    """
+    v = (x + y) if use_y else x
+    a = np.abs(v.astype(np.float64))
+    if a.size == 0:
+        return 0.0
+    if norm_type == math.inf:
+        return float(np.max(a))
+    if norm_type == 2.0:
+        return float(np.sum(a * a))
+    if norm_type == 1.0:
+        return float(np.sum(a))
+    return float(np.sum(a ** norm_type))
+
+
+def scale(x, s):
+    """x = s * x (the gradients scaled by the clipping coefficient)."""
+    x *= s
+
+
+def clamp(x, lo, hi):
+    """x = min(max(x, lo), hi); NaN stays NaN (torch.clamp)."""
+    np.clip(x, lo, hi, out=x)
+
+
+def accumulate(acc, grad, scale):
+    """acc = acc + scale * grad (gradient accumulation over micro-batches)."""
+    acc += scale * grad

@@ -120,3 +120,47 @@ def flag(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
     return bool(value)
+
+
+def norm_type(value):
+    """The p of a p-norm: a real > 0, or inf (also the string 'inf', as torch accepts)."""
+    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
+        return math.inf
+    value = _real("norm_type", value)
+    if not value > 0.0:
+        raise ValueError(f"norm_type must be > 0 or inf; got {value}")
+    return value
+
+
+def max_norm(name, value):
+    """A clipping threshold: a real > 0; inf is allowed (never clips, the norm is still measured)."""
+    value = _real(name, value)
+    if not value > 0.0:
+        raise ValueError(f"{name} must be > 0; got {value}")
+    return value
+
+
+def array_list(name, arrays, *, writable):
+    """A list of arrays of one float dtype (any shapes; None entries dropped) as flat views.
+
+    One array is accepted as a list of one. Raises before anything is written.
+    """
+    if isinstance(arrays, np.ndarray):
+        arrays = [arrays]
+    elif not isinstance(arrays, (list, tuple)):
+        try:
+            arrays = list(arrays)
+        except TypeError:
+            raise TypeError(f"{name} must be a list of numpy arrays; got {type(arrays).__name__}") from None
+    flats, dtype = [], None
+    for i, a in enumerate(arrays):
+        if a is None:
+            continue
+        f = array(f"{name}[{i}]", a, writable=writable)
+        if dtype is None:
+            dtype, first = a.dtype, i
+        elif a.dtype != dtype:
+            raise TypeError(f"{name}[{i}] has dtype {a.dtype} but {name}[{first}] has {dtype}; "
+                            "all arrays of one call must have one dtype")
+        flats.append(f)
+    return flats

@@ -7,14 +7,73 @@ can change ``lr`` between steps. ``opt.step(grads)`` takes gradients aligned wit
 
 A subclass names its kernel and declares its options, their checks, and its state arrays; this
 base does everything else once: grouping, validation before any write, lazy state creation,
-dispatch to the active backend, and checkpoints.
+dispatch to the active backend, global-norm clipping, and checkpoints.
+
+Options of the base, taken by every optimizer's constructor (keyword-only) without the subclass
+listing them, and held by the optimizer (not per group: the norm is over all parameters):
+
+- ``max_grad_norm=None``: clip by global norm inside the step. ``step(grads)`` first runs one
+  read-only norm pass over all gradients, then the update with ``grad_scale * coef``,
+  coef = min(1, max_grad_norm / (total + 1e-6)) (torch.nn.utils.clip_grad_norm_'s rule); the
+  gradients are not rewritten. ``opt.last_grad_norm`` is the total norm of the last step (of the
+  gradient as the update sees it, grad_scale included). ``inf`` measures without clipping.
+  A non-finite total norm skips the step: nothing changes (parameters, state, step counts) and
+  ``opt.skipped_steps`` counts it (torch's GradScaler, optax's apply_if_finite).
+- ``norm_type=2.0``: p of the norm (any p > 0, or inf).
+- ``error_if_nonfinite=False``: raise RuntimeError on a non-finite norm instead of skipping.
+
+They can be changed between steps (``opt.max_grad_norm = 0.5``) and are not part of state_dict
+(constructor configuration, as torch keeps them out of param_groups).
+
+``params`` may also be a ``fastgd.FlatParams`` (or contain some): each becomes one flat
+parameter, so the step is one kernel call over the whole buffer, and ``step()`` without grads
+reads the FlatParams' own gradient buffer.
 """
 import copy
+import functools
+import inspect
+import math
 
 import numpy as np
 
 from . import _validate as check
 from .backends import kernel
+from .flat import FlatParams
+from .functional import _clip_coef, _combine
+
+#: keyword-only options of every optimizer that the base class takes (see module docstring)
+BASE_OPTIONS = {"max_grad_norm": None, "norm_type": 2.0, "error_if_nonfinite": False}
+
+
+def _with_base_options(init):
+    """Wrap a subclass's __init__ so that it also takes BASE_OPTIONS as keyword-only arguments.
+
+    The subclass's own signature and body stay as they are; the wrapper checks the base options
+    first, runs the subclass's __init__ without them, then sets them on the optimizer.
+    """
+    @functools.wraps(init)
+    def __init__(self, *args, max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False, **kwargs):
+        clip = _check_clipping(max_grad_norm, norm_type, error_if_nonfinite)
+        init(self, *args, **kwargs)
+        self.max_grad_norm, self.norm_type, self.error_if_nonfinite = clip
+
+    sig = inspect.signature(init)
+    clash = sorted(set(BASE_OPTIONS) & set(sig.parameters))
+    if clash:
+        raise TypeError(f"{init.__qualname__} must not declare {', '.join(clash)}: the Optimizer base "
+                        "class takes it for every subclass")
+    params = [q for q in sig.parameters.values() if q.kind is not q.VAR_KEYWORD]
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in BASE_OPTIONS.items()]
+    var_kw = [q for q in sig.parameters.values() if q.kind is q.VAR_KEYWORD]
+    __init__.__signature__ = sig.replace(parameters=params + extra + var_kw)
+    __init__._fastgd_base_options = True
+    return __init__
+
+
+def _check_clipping(max_grad_norm, norm_type, error_if_nonfinite):
+    if max_grad_norm is not None:
+        max_grad_norm = check.max_norm("max_grad_norm", max_grad_norm)
+    return max_grad_norm, check.norm_type(norm_type), check.flag("error_if_nonfinite", error_if_nonfinite)
 
 
 class Optimizer:
@@ -23,14 +82,29 @@ class Optimizer:
     #: options that hold numbers/flags; subclasses list theirs, with their checks in _check_group
     defaults = {}
 
+    def __init_subclass__(cls, **kwargs):
+        # Every subclass's constructor takes the base options (BASE_OPTIONS) without listing them.
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_fastgd_base_options", False):
+            cls.__init__ = _with_base_options(init)
+
     def __init__(self, params, **defaults):
         self.defaults = dict(defaults)
         self.param_groups = []
         self.state = {}
         self._checked = {}
+        self._flat_grads = {}
+        self._max_grad_norm, self._norm_type, self._error_if_nonfinite = None, 2.0, False
+        #: total gradient norm of the last step (None until a step ran with max_grad_norm set)
+        self.last_grad_norm = None
+        #: steps skipped because the gradient norm was not finite (max_grad_norm set)
+        self.skipped_steps = 0
         if isinstance(params, np.ndarray):
             raise TypeError("params must be a list of arrays or of param-group dicts, not one array; "
                             "wrap it: [param]")
+        if isinstance(params, FlatParams):
+            params = [params]
         groups = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -48,7 +122,13 @@ class Optimizer:
         params = param_group.get("params")
         if params is None:
             raise ValueError("a param group needs a 'params' entry")
-        params = [params] if isinstance(params, np.ndarray) else list(params)
+        params = [params] if isinstance(params, (np.ndarray, FlatParams)) else list(params)
+        flat_grads = {}
+        for i, p in enumerate(params):
+            if isinstance(p, FlatParams):
+                # One flat parameter over the whole buffer; its grad buffer is step()'s default.
+                params[i] = p.data
+                flat_grads[id(p.data)] = p.grad
         unknown = set(param_group) - set(self.defaults) - {"params"}
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)} for {type(self).__name__}")
@@ -61,6 +141,7 @@ class Optimizer:
             seen.add(id(p))
         self._check_group(group)
         self.param_groups.append(group)
+        self._flat_grads.update(flat_grads)
 
     def _check_group(self, group):
         """Validate (and normalise) a group's options in place; raise naming the option."""
@@ -77,17 +158,84 @@ class Optimizer:
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
 
+    # --- base options: global-norm clipping --------------------------------------------------
+
+    @property
+    def max_grad_norm(self):
+        """Clip the global gradient norm to this inside the step (None: no norm pass)."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value):
+        self._max_grad_norm = None if value is None else check.max_norm("max_grad_norm", value)
+
+    @property
+    def norm_type(self):
+        """p of the clipping norm (> 0, or inf)."""
+        return self._norm_type
+
+    @norm_type.setter
+    def norm_type(self, value):
+        self._norm_type = check.norm_type(value)
+
+    @property
+    def error_if_nonfinite(self):
+        """Raise RuntimeError (instead of skipping the step) on a non-finite gradient norm."""
+        return self._error_if_nonfinite
+
+    @error_if_nonfinite.setter
+    def error_if_nonfinite(self, value):
+        self._error_if_nonfinite = check.flag("error_if_nonfinite", value)
+
     # --- the step -------------------------------------------------------------------------------
 
-    def step(self, grads, *, grad_scale=1.0):
+    def step(self, grads=None, *, grad_scale=1.0):
         """Update every parameter in place from ``grads`` (aligned with the parameters).
 
         ``grad_scale`` multiplies every gradient as it is read (loss scaling, accumulation
-        averaging) without an extra pass over memory.
+        averaging) without an extra pass over memory. ``grads`` may be omitted when every
+        parameter came from a FlatParams: its gradient buffer is used. With ``max_grad_norm``
+        set, the step is clipped (or skipped on a non-finite norm; module docstring).
         """
         if grad_scale != 1.0:
             grad_scale = check.finite("grad_scale", grad_scale)
-        self._apply(self._gather(grads), grad_scale)
+        self._step(self._gather(self._flat_grad_list() if grads is None else grads), grad_scale)
+
+    def _flat_grad_list(self):
+        """The gradient buffers of the FlatParams the parameters came from (step() without grads)."""
+        grads = [self._flat_grads.get(id(p)) for p in self._params()]
+        if any(g is None for g in grads):
+            raise TypeError("step() needs grads: only parameters given as a FlatParams have a "
+                            "gradient buffer to default to")
+        return grads
+
+    def _step(self, work, grad_scale, accs=None):
+        """Clip (if max_grad_norm is set), then run the kernels over checked ``work``.
+
+        Returns False when the step was skipped for a non-finite gradient norm (nothing changed).
+        """
+        if self._max_grad_norm is not None:
+            total = self._grad_norm(work, accs) * abs(grad_scale)
+            self.last_grad_norm = total
+            if not math.isfinite(total):
+                if self._error_if_nonfinite:
+                    raise RuntimeError(f"the total gradient norm of order {self._norm_type} is non-finite "
+                                       f"({total}); step not taken (error_if_nonfinite=True)")
+                self.skipped_steps += 1
+                return False
+            grad_scale = grad_scale * _clip_coef(total, self._max_grad_norm)
+        self._apply(work, grad_scale, accs)
+        return True
+
+    def _grad_norm(self, work, accs=None):
+        """Global norm of the gradients of ``work`` (plus ``accs[i]`` where given), before grad_scale."""
+        partial = kernel("norm_partial")
+        p = self._norm_type
+        parts = []
+        for i, (_, _, _, g) in enumerate(work):
+            acc = None if accs is None else accs[i]
+            parts.append(partial(g, g if acc is None else acc, acc is not None, p))
+        return _combine(parts, p)
 
     def _apply(self, work, grad_scale, accs=None):
         """Run the kernels over checked work; ``accs[i]``: flat accumulated gradient of work item i

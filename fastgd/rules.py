@@ -29,5 +29,9 @@ RULES = {
         Rule("adam", "Adam", {}, 28, 3, torch="Adam", torch_fused=True),
         Rule("adamw", "AdamW", {"weight_decay": 1e-2}, 28, 3, torch="AdamW", torch_fused=True),
         Rule("amsgrad", "Adam", {"amsgrad": True}, 36, 4, torch="Adam", torch_fused=True),
+        # Global-norm clipping fused into the step: a read-only norm pass (4) + Adam (28). The
+        # torch peer is clip_grad_norm_(foreach=True) then the optimizer: a peer that finds
+        # "max_grad_norm" in options pops it and clips first (torch.optim has no such option).
+        Rule("clip_adam", "Adam", {"max_grad_norm": 1.0}, 32, 3, torch="Adam", torch_fused=True),
     ]
 }

@@ -2,6 +2,7 @@
 import numba
 
 from .adam import adam  # noqa: F401
+from .norms import accumulate, clamp, norm_partial, scale  # noqa: F401
 
 
 def set_num_threads(n):
