@@ -394,12 +394,22 @@ def _torch_case(rule, mode, size, dtype):
         t = torch.from_numpy(p).requires_grad_()
         t.grad = torch.from_numpy(g)
         tensors.append(t)
+    options = dict(rule.options)
+    # fastgd's fused clipping has no torch.optim option: torch's way is a separate pass,
+    # clip_grad_norm_(foreach=True), before the step; that pair is the peer.
+    max_norm = options.pop("max_grad_norm", None)
     try:
-        opt = cls(tensors, **rule.options, **{mode: True})
+        opt = cls(tensors, **options, **{mode: True})
         opt.step()
     except Exception as exc:  # torch refuses this variant/dtype: a skipped row, with torch's words
         raise Skip(f"torch.optim.{rule.torch}({mode}=True): {type(exc).__name__}: {str(exc)[:120]}") from None
-    return opt.step, layout
+    if max_norm is None:
+        return opt.step, layout
+
+    def clip_and_step():
+        torch.nn.utils.clip_grad_norm_(tensors, max_norm, foreach=True)
+        opt.step()
+    return clip_and_step, layout
 
 
 # DeepSpeed's CPU optimizers, by the torch.optim class they stand in for, with the options of
