@@ -18,3 +18,8 @@ __all__ = [
     "Adam", "AdamW", "BackendUnavailable", "Optimizer", "available_backends", "backend_status",
     "functional", "get_backend", "get_num_threads", "set_backend", "set_num_threads", "use_backend",
 ]
+
+# The optimizer family (issue 4)
+from .optim import SGD, Adagrad, Adamax, Lion, NAdam, RAdam, RMSprop  # noqa: E402
+
+__all__ += ["Adagrad", "Adamax", "Lion", "NAdam", "RAdam", "RMSprop", "SGD"]

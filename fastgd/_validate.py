@@ -120,3 +120,11 @@ def flag(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
     return bool(value)
+
+
+def fraction(name, value):
+    """A real in [0, 1] (dampening, a running product of momentum coefficients, ...)."""
+    value = _real(name, value)
+    if not (0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1]; got {value}")
+    return value

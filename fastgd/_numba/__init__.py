@@ -2,6 +2,10 @@
 import numba
 
 from .adam import adam  # noqa: F401
+from .adagrad import adagrad, rmsprop  # noqa: F401
+from .adam_variants import adamax, nadam, radam  # noqa: F401
+from .lion import lion  # noqa: F401
+from .sgd import sgd  # noqa: F401
 
 
 def set_num_threads(n):
