@@ -354,3 +354,19 @@ def test_registry_lists_the_family():
             torch = pytest.importorskip("torch")
             cls = getattr(torch.optim, rule.torch)
             assert ("fused" in inspect.signature(cls).parameters) == rule.torch_fused, name
+
+
+@pytest.mark.parametrize("rule", list(SPECS))
+def test_nan_gradient_propagates_like_the_reference(backend, rule, rng):
+    """A NaN gradient shows up in the parameter (a diverged run is visible), as in the reference:
+    Adamax's max and Lion's sign are written so that they do not swallow it."""
+    out = {}
+    for b in ("numpy", backend):
+        p, states = _initial(rule, np.random.default_rng(5), 9, np.float64)
+        g = np.random.default_rng(6).standard_normal(9)
+        g[3] = np.nan
+        with fastgd.use_backend(b):
+            _functional_step(rule, p, g, states, 2, SPECS[rule][2], [1.0])
+        out[b] = p
+    assert np.isnan(out[backend][3])
+    np.testing.assert_array_equal(np.isnan(out[backend]), np.isnan(out["numpy"]))
