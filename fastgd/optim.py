@@ -312,9 +312,10 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False):
-        # ids of momentum buffers created mid-run (momentum switched on after the first step):
-        # like torch's buffer that is None until its first step, they start as buf = g.
-        self._fresh_buffers = set()
+        # Momentum buffers created mid-run (momentum switched on after the first step), by id:
+        # like torch's buffer that is None until its first step, they start as buf = g. The dict
+        # holds the arrays, so an id cannot be reused by another array while it is pending.
+        self._fresh_buffers = {}
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
 
@@ -340,20 +341,22 @@ class SGD(Optimizer):
 
     def _complete_state(self, group, state, p):
         if group["momentum"] != 0 and "momentum_buffer" not in state:
-            state["momentum_buffer"] = np.zeros(p.size, p.dtype)
-            self._fresh_buffers.add(id(state["momentum_buffer"]))
+            buf = state["momentum_buffer"] = np.zeros(p.size, p.dtype)
+            self._fresh_buffers[id(buf)] = buf
 
     def _update(self, group, state, p, g, grad_scale, acc):
         buf = state.get("momentum_buffer")
         first = state["step"] == 1
-        if buf is not None and self._fresh_buffers:
-            if id(buf) in self._fresh_buffers:
-                self._fresh_buffers.discard(id(buf))
-                first = True
+        if buf is not None and self._fresh_buffers and self._fresh_buffers.pop(id(buf), None) is buf:
+            first = True
         kernel("sgd")(p, g, p if acc is None else acc, p if buf is None else buf, grad_scale,
                       group["maximize"], acc is not None, float(group["lr"]),
                       float(group["momentum"]), float(group["dampening"]),
                       float(group["weight_decay"]), group["nesterov"], first)
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._fresh_buffers.clear()  # the loaded buffers carry their history
 
 
 class Adagrad(Optimizer):

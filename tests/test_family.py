@@ -370,3 +370,24 @@ def test_nan_gradient_propagates_like_the_reference(backend, rule, rng):
         out[b] = p
     assert np.isnan(out[backend][3])
     np.testing.assert_array_equal(np.isnan(out[backend]), np.isnan(out["numpy"]))
+
+
+@pytest.mark.parametrize("cls,kw", VARIANTS, ids=VARIANT_IDS)
+def test_step_allocates_nothing_once_state_exists(backend, rng, cls, kw):
+    import tracemalloc
+    n = 10_000
+    params = [rng.standard_normal(n).astype(np.float32) for _ in range(2)]
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(2)]
+    opt = getattr(fastgd, cls)(params, **kw)
+    for _ in range(3):
+        opt.step(grads)  # state created, kernels compiled and warm
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            opt.step(grads)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    # one array of n float32 is 40,000 bytes; a few small Python objects per step come and go
+    assert peak < 8192, f"{cls} step allocated {peak} bytes at peak"
