@@ -1,5 +1,5 @@
 """fastgd: gradient-descent optimizer steps at the speed of memory, on the CPU, from Python."""
-from . import functional
+from . import functional, schedules, train
 from .backends import (
     BackendUnavailable,
     available_backends,
@@ -12,12 +12,13 @@ from .backends import (
 )
 from .flat import FlatParams
 from .multistep import MultiSteps
-from .optim import Adam, AdamW, Optimizer
+from .optim import SGD, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam, RMSprop
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "BackendUnavailable", "FlatParams", "MultiSteps", "Optimizer", "available_backends",
-    "backend_status", "functional", "get_backend", "get_num_threads", "set_backend", "set_num_threads", "use_backend",
+    "SGD", "Adagrad", "Adam", "Adamax", "AdamW", "Lion", "NAdam", "Optimizer", "RAdam", "RMSprop",
+    "FlatParams", "MultiSteps", "BackendUnavailable", "available_backends", "backend_status",
+    "functional", "get_backend", "get_num_threads", "schedules", "set_backend", "set_num_threads",
+    "train", "use_backend",
 ]
-from . import schedules, train  # noqa: E402  (the gradient-descent toolkit)

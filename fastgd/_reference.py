@@ -87,3 +87,162 @@ def clamp(x, lo, hi):
 def accumulate(acc, grad, scale):
     """acc = acc + scale * grad (gradient accumulation over micro-batches)."""
     acc += scale * grad
+
+
+def sgd(param, grad, grad_acc, momentum_buffer, grad_scale, maximize, use_acc, lr, momentum,
+        dampening, weight_decay, nesterov, first):
+    """SGD with momentum (Polyak; Nesterov as Sutskever et al. 2013), as torch.optim.SGD.
+
+    g = read_grad(...)
+    g = g + weight_decay * p
+    momentum != 0:  buf = g                                   at the buffer's first step
+                    buf = momentum * buf + (1 - dampening) * g  after
+                    g = g + momentum * buf  (nesterov)  |  g = buf
+    p = p - lr * g
+    momentum_buffer is untouched when momentum == 0 (any array may be passed).
+    """
+    g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    if momentum != 0:
+        if first:
+            momentum_buffer[...] = g
+        else:
+            momentum_buffer *= momentum
+            momentum_buffer += (1 - dampening) * g
+        g = g + momentum * momentum_buffer if nesterov else momentum_buffer
+    param -= lr * g
+
+
+def adagrad(param, grad, grad_acc, state_sum, grad_scale, maximize, use_acc, clr, weight_decay,
+            eps):
+    """Adagrad (Duchi et al. 2011), as torch.optim.Adagrad.
+
+    g = read_grad(...)
+    g = g + weight_decay * p
+    s = s + g^2
+    p = p - clr * g / (sqrt(s) + eps),    clr = lr / (1 + (t - 1) * lr_decay)  (computed by the caller)
+    """
+    g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    state_sum += g * g
+    param -= clr * (g / (np.sqrt(state_sum) + eps))
+
+
+def rmsprop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, grad_scale, maximize,
+            use_acc, lr, alpha, eps, weight_decay, momentum, centered):
+    """RMSprop (Hinton 2012; centered: Graves 2013), as torch.optim.RMSprop.
+
+    g = read_grad(...)
+    g = g + weight_decay * p
+    sq = alpha * sq + (1 - alpha) * g^2
+    centered:  ga = ga + (1 - alpha) * (g - ga);  d = sqrt(sq - ga^2) + eps
+    else:      d = sqrt(sq) + eps
+    momentum > 0:  buf = momentum * buf + g / d;  p = p - lr * buf
+    else:          p = p - lr * g / d
+    momentum_buffer is untouched unless momentum > 0, grad_avg unless centered.
+    """
+    g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    square_avg *= alpha
+    square_avg += (1 - alpha) * g * g
+    if centered:
+        grad_avg += (1 - alpha) * (g - grad_avg)
+        d = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        d = np.sqrt(square_avg) + eps
+    if momentum > 0:
+        momentum_buffer *= momentum
+        momentum_buffer += g / d
+        param -= lr * momentum_buffer
+    else:
+        param -= lr * (g / d)
+
+
+def adamax(param, grad, grad_acc, exp_avg, exp_inf, grad_scale, maximize, use_acc, lr, beta1,
+           beta2, eps, weight_decay, bias_correction1):
+    """Adamax (Kingma & Ba 2015, section 7: Adam with the infinity norm), as torch.optim.Adamax.
+
+    g = read_grad(...)
+    g = g + weight_decay * p
+    m = m + (1 - beta1) * (g - m)
+    u = max(beta2 * u, |g| + eps)
+    p = p - (lr / bc1) * m / u,    bc1 = 1 - beta1^t
+    """
+    g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_inf *= beta2
+    np.maximum(exp_inf, np.abs(g) + eps, out=exp_inf)
+    param -= (lr / bias_correction1) * (exp_avg / exp_inf)
+
+
+def nadam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use_acc, lr, beta1,
+          beta2, eps, weight_decay, decoupled, grad_coef, avg_coef, bias_correction2):
+    """NAdam (Dozat 2016, with the momentum schedule mu_t), as torch.optim.NAdam.
+
+    g = read_grad(...)
+    NAdam: g = g + weight_decay * p          decoupled (NAdamW): p = p * (1 - lr * weight_decay)
+    m = m + (1 - beta1) * (g - m);  v = beta2 * v + (1 - beta2) * g^2
+    d = sqrt(v) / sqrt(bc2) + eps,   bc2 = 1 - beta2^t
+    p = p - grad_coef * g / d - avg_coef * m / d
+    with mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay)) (computed by the caller):
+    grad_coef = lr * (1 - mu_t) / (1 - mu_1 ... mu_t),  avg_coef = lr * mu_{t+1} / (1 - mu_1 ... mu_{t+1})
+    """
+    g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
+    if weight_decay != 0 and not decoupled:
+        g = g + weight_decay * param
+    if decoupled:
+        param *= 1 - lr * weight_decay
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    denom = np.sqrt(exp_avg_sq) * (1 / math.sqrt(bias_correction2)) + eps
+    param -= (grad_coef * g + avg_coef * exp_avg) / denom
+
+
+def radam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use_acc, lr, beta1,
+          beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2, adaptive, rect):
+    """RAdam (Liu et al. 2020, "On the Variance of the Adaptive Learning Rate"), as torch.optim.RAdam.
+
+    g = read_grad(...)
+    RAdam: g = g + weight_decay * p          decoupled (RAdamW): p = p * (1 - lr * weight_decay)
+    m = m + (1 - beta1) * (g - m);  v = beta2 * v + (1 - beta2) * g^2
+    adaptive (rho_t > 5):  p = p - lr * rect * (m / bc1) * sqrt(bc2) / (sqrt(v) + eps)
+    else (early steps):    p = p - lr * m / bc1
+    with rho_inf = 2 / (1 - beta2) - 1, rho_t = rho_inf - 2 t beta2^t / bc2 and
+    rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t)) (caller).
+    """
+    g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
+    if weight_decay != 0 and not decoupled:
+        g = g + weight_decay * param
+    if decoupled:
+        param *= 1 - lr * weight_decay
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    if adaptive:
+        param -= (lr * rect * math.sqrt(bias_correction2) / bias_correction1) * exp_avg / (
+            np.sqrt(exp_avg_sq) + eps)
+    else:
+        param -= (lr / bias_correction1) * exp_avg
+
+
+def lion(param, grad, grad_acc, exp_avg, grad_scale, maximize, use_acc, lr, beta1, beta2,
+         weight_decay):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"); torch has none.
+
+    g = read_grad(...)
+    c = beta1 * m + (1 - beta1) * g          (the update direction interpolates m and g)
+    p = p * (1 - lr * weight_decay) - lr * sign(c)
+    m = beta2 * m + (1 - beta2) * g          (the momentum tracks g more slowly)
+    """
+    g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
+    c = beta1 * exp_avg + (1 - beta1) * g
+    param *= 1 - lr * weight_decay
+    param -= lr * np.sign(c)
+    exp_avg *= beta2
+    exp_avg += (1 - beta2) * g

@@ -164,3 +164,11 @@ def array_list(name, arrays, *, writable):
                             "all arrays of one call must have one dtype")
         flats.append(f)
     return flats
+
+
+def fraction(name, value):
+    """A real in [0, 1] (dampening, a running product of momentum coefficients, ...)."""
+    value = _real(name, value)
+    if not (0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1]; got {value}")
+    return value

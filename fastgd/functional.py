@@ -159,3 +159,231 @@ def accumulate_(acc, grad, scale=1.0):
     run = kernel("accumulate")
     for af, gf in pairs:
         run(af, gf, scale)
+
+
+def _needed(name, a, param, why):
+    """A state array an option requires: refuse None with a message saying which option needs it."""
+    if a is None:
+        raise ValueError(f"{why} needs {name} (an array like param, initially zeros)")
+    return check.array(name, a, like=param)
+
+
+def sgd_(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, dampening=0.0,
+         weight_decay=0.0, nesterov=False, maximize=False, grad_scale=1.0):
+    """One SGD step in place, as torch.optim.SGD (step t is 1-based).
+
+    g = grad_scale * grad (negated if maximize);  g += weight_decay * p
+    momentum > 0: buf = g at t == 1, else buf = momentum * buf + (1 - dampening) * g
+                  g = g + momentum * buf (nesterov) | g = buf
+    p -= lr * g
+    momentum_buffer (an array like param; its contents are overwritten at t == 1) is required
+    when momentum > 0. nesterov needs momentum > 0 and dampening == 0.
+    """
+    t = check.step(step)
+    lr = check.nonnegative("lr", lr)
+    momentum = check.nonnegative("momentum", momentum)
+    dampening = check.fraction("dampening", dampening)
+    weight_decay = check.nonnegative("weight_decay", weight_decay)
+    nesterov = check.flag("nesterov", nesterov)
+    maximize = check.flag("maximize", maximize)
+    grad_scale = check.finite("grad_scale", grad_scale)
+    if nesterov and (momentum <= 0.0 or dampening != 0.0):
+        raise ValueError("nesterov=True requires momentum > 0 and dampening == 0 "
+                         f"(got momentum={momentum}, dampening={dampening})")
+    p = check.array("param", param)
+    g = check.array("grad", grad, like=param, writable=False)
+    if momentum > 0.0:
+        buf = _needed("momentum_buffer", momentum_buffer, param, f"momentum={momentum}")
+    else:
+        buf = None if momentum_buffer is None else check.array("momentum_buffer", momentum_buffer,
+                                                               like=param)
+    check.no_overlap(param=p, grad=g, momentum_buffer=buf)
+    kernel("sgd")(p, g, p, p if buf is None else buf, grad_scale, maximize, False, lr, momentum,
+                  dampening, weight_decay, nesterov, t == 1)
+
+
+def adagrad_(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
+             maximize=False, grad_scale=1.0):
+    """One Adagrad step in place, as torch.optim.Adagrad (step t is 1-based).
+
+    g = grad_scale * grad (negated if maximize);  g += weight_decay * p
+    s += g^2;  p -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(s) + eps)
+    """
+    t = check.step(step)
+    lr = check.nonnegative("lr", lr)
+    lr_decay = check.nonnegative("lr_decay", lr_decay)
+    weight_decay = check.nonnegative("weight_decay", weight_decay)
+    eps = check.positive("eps", eps)
+    maximize = check.flag("maximize", maximize)
+    grad_scale = check.finite("grad_scale", grad_scale)
+    p = check.array("param", param)
+    g = check.array("grad", grad, like=param, writable=False)
+    s = check.array("state_sum", state_sum, like=param)
+    check.no_overlap(param=p, grad=g, state_sum=s)
+    kernel("adagrad")(p, g, p, s, grad_scale, maximize, False, lr / (1.0 + (t - 1) * lr_decay),
+                      weight_decay, eps)
+
+
+def rmsprop_(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+             momentum=0.0, centered=False, momentum_buffer=None, grad_avg=None, maximize=False,
+             grad_scale=1.0):
+    """One RMSprop step in place, as torch.optim.RMSprop.
+
+    g = grad_scale * grad (negated if maximize);  g += weight_decay * p
+    sq = alpha * sq + (1 - alpha) * g^2
+    centered: ga = alpha * ga + (1 - alpha) * g;  d = sqrt(sq - ga^2) + eps;  else d = sqrt(sq) + eps
+    momentum > 0: buf = momentum * buf + g / d;  p -= lr * buf;  else p -= lr * g / d
+    momentum_buffer is required when momentum > 0, grad_avg when centered (arrays like param,
+    initially zeros).
+    """
+    lr = check.nonnegative("lr", lr)
+    alpha = check.unit_interval("alpha", alpha)
+    eps = check.positive("eps", eps)
+    weight_decay = check.nonnegative("weight_decay", weight_decay)
+    momentum = check.nonnegative("momentum", momentum)
+    centered = check.flag("centered", centered)
+    maximize = check.flag("maximize", maximize)
+    grad_scale = check.finite("grad_scale", grad_scale)
+    p = check.array("param", param)
+    g = check.array("grad", grad, like=param, writable=False)
+    sq = check.array("square_avg", square_avg, like=param)
+    buf = _needed("momentum_buffer", momentum_buffer, param, f"momentum={momentum}") \
+        if momentum > 0.0 else None
+    ga = _needed("grad_avg", grad_avg, param, "centered=True") if centered else None
+    check.no_overlap(param=p, grad=g, square_avg=sq, momentum_buffer=buf, grad_avg=ga)
+    kernel("rmsprop")(p, g, p, sq, sq if buf is None else buf, sq if ga is None else ga, grad_scale,
+                      maximize, False, lr, alpha, eps, weight_decay, momentum, centered)
+
+
+def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+            weight_decay=0.0, maximize=False, grad_scale=1.0):
+    """One Adamax step in place, as torch.optim.Adamax (step t is 1-based).
+
+    g = grad_scale * grad (negated if maximize);  g += weight_decay * p
+    m = beta1 * m + (1 - beta1) * g;  u = max(beta2 * u, |g| + eps)
+    p -= lr / (1 - beta1^t) * m / u
+    """
+    t = check.step(step)
+    lr = check.nonnegative("lr", lr)
+    beta1, beta2 = check.betas(betas)
+    eps = check.positive("eps", eps)
+    weight_decay = check.nonnegative("weight_decay", weight_decay)
+    maximize = check.flag("maximize", maximize)
+    grad_scale = check.finite("grad_scale", grad_scale)
+    p = check.array("param", param)
+    g = check.array("grad", grad, like=param, writable=False)
+    m = check.array("exp_avg", exp_avg, like=param)
+    u = check.array("exp_inf", exp_inf, like=param)
+    check.no_overlap(param=p, grad=g, exp_avg=m, exp_inf=u)
+    kernel("adamax")(p, g, p, m, u, grad_scale, maximize, False, lr, beta1, beta2, eps,
+                     weight_decay, 1.0 - beta1 ** t)
+
+
+def nadam_coefficients(step, mu_product, lr, beta1, momentum_decay):
+    """NAdam's step scalars in float64: (grad_coef, avg_coef, new mu_product).
+
+    mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay));  mu_product' = mu_product * mu_t
+    grad_coef = lr * (1 - mu_t) / (1 - mu_product');  avg_coef = lr * mu_{t+1} / (1 - mu_product' * mu_{t+1})
+    """
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    mu_product = mu_product * mu
+    return (lr * (1.0 - mu) / (1.0 - mu_product), lr * mu_next / (1.0 - mu_product * mu_next),
+            mu_product)
+
+
+def nadam_(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr=2e-3, betas=(0.9, 0.999),
+           eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
+           maximize=False, grad_scale=1.0):
+    """One NAdam step in place, as torch.optim.NAdam (step t is 1-based); returns the new mu_product.
+
+    mu_product: the product mu_1 ... mu_{t-1} (1.0 at the first step); pass the returned value
+    to the next step. With mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay)):
+    g = grad_scale * grad (negated if maximize)
+    NAdam: g += weight_decay * p;  decoupled_weight_decay (NAdamW): p *= 1 - lr * weight_decay
+    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2;  d = sqrt(v / (1 - beta2^t)) + eps
+    p -= lr * (1 - mu_t) / (1 - mu_1..mu_t) * g / d + lr * mu_{t+1} / (1 - mu_1..mu_{t+1}) * m / d
+    """
+    t = check.step(step)
+    mu_product = check.fraction("mu_product", mu_product)
+    lr = check.nonnegative("lr", lr)
+    beta1, beta2 = check.betas(betas)
+    eps = check.positive("eps", eps)
+    weight_decay = check.nonnegative("weight_decay", weight_decay)
+    momentum_decay = check.nonnegative("momentum_decay", momentum_decay)
+    decoupled = check.flag("decoupled_weight_decay", decoupled_weight_decay)
+    maximize = check.flag("maximize", maximize)
+    grad_scale = check.finite("grad_scale", grad_scale)
+    p = check.array("param", param)
+    g = check.array("grad", grad, like=param, writable=False)
+    m = check.array("exp_avg", exp_avg, like=param)
+    v = check.array("exp_avg_sq", exp_avg_sq, like=param)
+    check.no_overlap(param=p, grad=g, exp_avg=m, exp_avg_sq=v)
+    grad_coef, avg_coef, mu_product = nadam_coefficients(t, mu_product, lr, beta1, momentum_decay)
+    kernel("nadam")(p, g, p, m, v, grad_scale, maximize, False, lr, beta1, beta2, eps, weight_decay,
+                    decoupled, grad_coef, avg_coef, 1.0 - beta2 ** t)
+    return mu_product
+
+
+def radam_rectification(step, beta2):
+    """RAdam's variance rectification at step t: (adaptive, rect).
+
+    rho_inf = 2 / (1 - beta2) - 1;  rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)
+    adaptive = rho_t > 5;  rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+    """
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2 ** step / (1.0 - beta2 ** step)
+    if rho_t <= 5.0:
+        return False, 1.0
+    rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5
+    return True, rect
+
+
+def radam_(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+           weight_decay=0.0, decoupled_weight_decay=False, maximize=False, grad_scale=1.0):
+    """One RAdam step in place, as torch.optim.RAdam (step t is 1-based).
+
+    g = grad_scale * grad (negated if maximize)
+    RAdam: g += weight_decay * p;  decoupled_weight_decay (RAdamW): p *= 1 - lr * weight_decay
+    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
+    rho_t > 5: p -= lr * rect_t * m / (1 - beta1^t) * sqrt(1 - beta2^t) / (sqrt(v) + eps)
+    else:      p -= lr * m / (1 - beta1^t)            (radam_rectification gives rho_t, rect_t)
+    """
+    t = check.step(step)
+    lr = check.nonnegative("lr", lr)
+    beta1, beta2 = check.betas(betas)
+    eps = check.positive("eps", eps)
+    weight_decay = check.nonnegative("weight_decay", weight_decay)
+    decoupled = check.flag("decoupled_weight_decay", decoupled_weight_decay)
+    maximize = check.flag("maximize", maximize)
+    grad_scale = check.finite("grad_scale", grad_scale)
+    p = check.array("param", param)
+    g = check.array("grad", grad, like=param, writable=False)
+    m = check.array("exp_avg", exp_avg, like=param)
+    v = check.array("exp_avg_sq", exp_avg_sq, like=param)
+    check.no_overlap(param=p, grad=g, exp_avg=m, exp_avg_sq=v)
+    adaptive, rect = radam_rectification(t, beta2)
+    kernel("radam")(p, g, p, m, v, grad_scale, maximize, False, lr, beta1, beta2, eps, weight_decay,
+                    decoupled, 1.0 - beta1 ** t, 1.0 - beta2 ** t, adaptive, rect)
+
+
+def lion_(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False,
+          grad_scale=1.0):
+    """One Lion step in place (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
+
+    g = grad_scale * grad (negated if maximize)
+    c = beta1 * m + (1 - beta1) * g;  p = p * (1 - lr * weight_decay) - lr * sign(c)
+    m = beta2 * m + (1 - beta2) * g
+    Note: Lion's useful lr is 3-10x smaller than AdamW's and its weight_decay 3-10x larger (the
+    paper's advice), since every coordinate moves by exactly lr.
+    """
+    lr = check.nonnegative("lr", lr)
+    beta1, beta2 = check.betas(betas)
+    weight_decay = check.nonnegative("weight_decay", weight_decay)
+    maximize = check.flag("maximize", maximize)
+    grad_scale = check.finite("grad_scale", grad_scale)
+    p = check.array("param", param)
+    g = check.array("grad", grad, like=param, writable=False)
+    m = check.array("exp_avg", exp_avg, like=param)
+    check.no_overlap(param=p, grad=g, exp_avg=m)
+    kernel("lion")(p, g, p, m, grad_scale, maximize, False, lr, beta1, beta2, weight_decay)

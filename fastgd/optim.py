@@ -359,7 +359,8 @@ class Optimizer:
         """A checked private copy of one parameter's saved state."""
         if not isinstance(saved, dict) or "step" not in saved:
             raise ValueError(f"state of parameter {index} must be a dict with a 'step'")
-        expected = set(self._init_state(group, np.empty(0, p.dtype)))
+        fresh = self._init_state(group, np.empty(0, p.dtype))
+        expected = set(fresh)
         if set(saved) != expected:
             raise ValueError(f"state of parameter {index} has keys {sorted(saved)}; expected "
                              f"{sorted(expected)} for these options")
@@ -370,6 +371,12 @@ class Optimizer:
                 if step != v or step < 0:
                     raise ValueError(f"state of parameter {index}: step must be an int >= 0; got {v!r}")
                 out[k] = step
+                continue
+            if isinstance(fresh[k], float):
+                # Scalar state other than the step (NAdam's mu_product): a finite Python float.
+                if isinstance(v, np.ndarray) and v.size == 1:
+                    v = v.item()
+                out[k] = check.finite(f"state {k!r} of parameter {index}", v)
                 continue
             a = np.asarray(v)
             if a.size != p.size or a.dtype != p.dtype:
@@ -440,3 +447,291 @@ class AdamW(Adam):
                  amsgrad=False, *, maximize=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, as torch.optim.SGD.
+
+    g += weight_decay * p
+    momentum: buf = g at its first step, else buf = momentum * buf + (1 - dampening) * g
+              g = g + momentum * buf (nesterov) | g = buf
+    p -= lr * g
+    """
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False):
+        # Momentum buffers created mid-run (momentum switched on after the first step), by id:
+        # like torch's buffer that is None until its first step, they start as buf = g. The dict
+        # holds the arrays, so an id cannot be reused by another array while it is pending.
+        self._fresh_buffers = {}
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+
+    def _check_group(self, group):
+        check.nonnegative("lr", group["lr"])
+        momentum = check.nonnegative("momentum", group["momentum"])
+        dampening = check.fraction("dampening", group["dampening"])
+        check.nonnegative("weight_decay", group["weight_decay"])
+        nesterov = check.flag("nesterov", group["nesterov"])
+        check.flag("maximize", group["maximize"])
+        if nesterov and (momentum <= 0.0 or dampening != 0.0):
+            raise ValueError("nesterov=True requires momentum > 0 and dampening == 0 "
+                             f"(got momentum={momentum}, dampening={dampening})")
+
+    def _state_keys(self, group):
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _init_state(self, group, p):
+        state = {"step": 0}
+        if group["momentum"] != 0:
+            state["momentum_buffer"] = np.zeros(p.size, p.dtype)
+        return state
+
+    def _complete_state(self, group, state, p):
+        if group["momentum"] != 0 and "momentum_buffer" not in state:
+            buf = state["momentum_buffer"] = np.zeros(p.size, p.dtype)
+            self._fresh_buffers[id(buf)] = buf
+
+    def _update(self, group, state, p, g, grad_scale, acc):
+        buf = state.get("momentum_buffer")
+        first = state["step"] == 1
+        if buf is not None and self._fresh_buffers and self._fresh_buffers.pop(id(buf), None) is buf:
+            first = True
+        kernel("sgd")(p, g, p if acc is None else acc, p if buf is None else buf, grad_scale,
+                      group["maximize"], acc is not None, float(group["lr"]),
+                      float(group["momentum"]), float(group["dampening"]),
+                      float(group["weight_decay"]), group["nesterov"], first)
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._fresh_buffers.clear()  # the loaded buffers carry their history
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Duchi et al. 2011), as torch.optim.Adagrad.
+
+    g += weight_decay * p;  sum += g^2;  p -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)
+    The sum starts at initial_accumulator_value.
+    """
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
+                 eps=1e-10, *, maximize=False):
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value, eps=eps,
+                         maximize=maximize)
+
+    def _check_group(self, group):
+        check.nonnegative("lr", group["lr"])
+        check.nonnegative("lr_decay", group["lr_decay"])
+        check.nonnegative("weight_decay", group["weight_decay"])
+        check.nonnegative("initial_accumulator_value", group["initial_accumulator_value"])
+        check.positive("eps", group["eps"])
+        check.flag("maximize", group["maximize"])
+
+    def _state_keys(self, group):
+        return ("sum",)
+
+    def _init_state(self, group, p):
+        return {"step": 0, "sum": np.full(p.size, group["initial_accumulator_value"], p.dtype)}
+
+    def _update(self, group, state, p, g, grad_scale, acc):
+        clr = float(group["lr"]) / (1.0 + (state["step"] - 1) * float(group["lr_decay"]))
+        kernel("adagrad")(p, g, p if acc is None else acc, state["sum"], grad_scale,
+                          group["maximize"], acc is not None, clr, float(group["weight_decay"]),
+                          float(group["eps"]))
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton 2012; centered: Graves 2013), as torch.optim.RMSprop.
+
+    g += weight_decay * p;  square_avg = alpha * square_avg + (1 - alpha) * g^2
+    centered: grad_avg = alpha * grad_avg + (1 - alpha) * g;  d = sqrt(square_avg - grad_avg^2) + eps
+    else d = sqrt(square_avg) + eps
+    momentum > 0: momentum_buffer = momentum * momentum_buffer + g / d;  p -= lr * momentum_buffer
+    else p -= lr * g / d
+    """
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, *, maximize=False):
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered, maximize=maximize)
+
+    def _check_group(self, group):
+        check.nonnegative("lr", group["lr"])
+        check.unit_interval("alpha", group["alpha"])
+        check.positive("eps", group["eps"])
+        check.nonnegative("weight_decay", group["weight_decay"])
+        check.nonnegative("momentum", group["momentum"])
+        check.flag("centered", group["centered"])
+        check.flag("maximize", group["maximize"])
+
+    def _state_keys(self, group):
+        return (("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ())
+                + (("grad_avg",) if group["centered"] else ()))
+
+    def _init_state(self, group, p):
+        state = {"step": 0, "square_avg": np.zeros(p.size, p.dtype)}
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = np.zeros(p.size, p.dtype)
+        if group["centered"]:
+            state["grad_avg"] = np.zeros(p.size, p.dtype)
+        return state
+
+    def _update(self, group, state, p, g, grad_scale, acc):
+        sq = state["square_avg"]
+        momentum = float(group["momentum"])
+        centered = group["centered"]
+        kernel("rmsprop")(p, g, p if acc is None else acc, sq,
+                          state["momentum_buffer"] if momentum > 0 else sq,
+                          state["grad_avg"] if centered else sq, grad_scale, group["maximize"],
+                          acc is not None, float(group["lr"]), float(group["alpha"]),
+                          float(group["eps"]), float(group["weight_decay"]), momentum, centered)
+
+
+class Adamax(Optimizer):
+    """Adamax (Kingma & Ba 2015, section 7), as torch.optim.Adamax.
+
+    g += weight_decay * p;  m = beta1 * m + (1 - beta1) * g;  u = max(beta2 * u, |g| + eps)
+    p -= lr / (1 - beta1^t) * m / u          (state: exp_avg = m, exp_inf = u)
+    """
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+                 maximize=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         maximize=maximize)
+
+    def _check_group(self, group):
+        check.nonnegative("lr", group["lr"])
+        group["betas"] = check.betas(group["betas"])
+        check.positive("eps", group["eps"])
+        check.nonnegative("weight_decay", group["weight_decay"])
+        check.flag("maximize", group["maximize"])
+
+    def _state_keys(self, group):
+        return ("exp_avg", "exp_inf")
+
+    def _init_state(self, group, p):
+        return {"step": 0, "exp_avg": np.zeros(p.size, p.dtype), "exp_inf": np.zeros(p.size, p.dtype)}
+
+    def _update(self, group, state, p, g, grad_scale, acc):
+        beta1, beta2 = group["betas"]
+        kernel("adamax")(p, g, p if acc is None else acc, state["exp_avg"], state["exp_inf"],
+                         grad_scale, group["maximize"], acc is not None, float(group["lr"]), beta1,
+                         beta2, float(group["eps"]), float(group["weight_decay"]),
+                         1.0 - beta1 ** state["step"])
+
+
+class NAdam(Optimizer):
+    """NAdam (Dozat 2016), as torch.optim.NAdam; NAdamW with decoupled_weight_decay=True.
+
+    mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay));  mu_product = mu_1 ... mu_t (state)
+    g += weight_decay * p  |  p *= 1 - lr * weight_decay (decoupled)
+    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2;  d = sqrt(v / (1 - beta2^t)) + eps
+    p -= lr * (1 - mu_t) / (1 - mu_1..mu_t) * g / d + lr * mu_{t+1} / (1 - mu_1..mu_{t+1}) * m / d
+    mu_product is kept in float64 (torch keeps it in a tensor of the default dtype, float32).
+    """
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         momentum_decay=momentum_decay,
+                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+
+    def _check_group(self, group):
+        check.nonnegative("lr", group["lr"])
+        group["betas"] = check.betas(group["betas"])
+        check.positive("eps", group["eps"])
+        check.nonnegative("weight_decay", group["weight_decay"])
+        check.nonnegative("momentum_decay", group["momentum_decay"])
+        check.flag("decoupled_weight_decay", group["decoupled_weight_decay"])
+        check.flag("maximize", group["maximize"])
+
+    def _state_keys(self, group):
+        return ("mu_product", "exp_avg", "exp_avg_sq")
+
+    def _init_state(self, group, p):
+        return {"step": 0, "mu_product": 1.0, "exp_avg": np.zeros(p.size, p.dtype),
+                "exp_avg_sq": np.zeros(p.size, p.dtype)}
+
+    def _update(self, group, state, p, g, grad_scale, acc):
+        from .functional import nadam_coefficients
+        t = state["step"]
+        beta1, beta2 = group["betas"]
+        lr = float(group["lr"])
+        grad_coef, avg_coef, mu_product = nadam_coefficients(
+            t, state["mu_product"], lr, beta1, float(group["momentum_decay"]))
+        kernel("nadam")(p, g, p if acc is None else acc, state["exp_avg"], state["exp_avg_sq"],
+                        grad_scale, group["maximize"], acc is not None, lr, beta1, beta2,
+                        float(group["eps"]), float(group["weight_decay"]),
+                        group["decoupled_weight_decay"], grad_coef, avg_coef, 1.0 - beta2 ** t)
+        state["mu_product"] = mu_product
+
+
+class RAdam(Optimizer):
+    """RAdam (Liu et al. 2020), as torch.optim.RAdam; RAdamW with decoupled_weight_decay=True.
+
+    g += weight_decay * p  |  p *= 1 - lr * weight_decay (decoupled)
+    m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
+    rho_t > 5: p -= lr * rect_t * m / (1 - beta1^t) * sqrt(1 - beta2^t) / (sqrt(v) + eps)
+    else:      p -= lr * m / (1 - beta1^t)      (rho_t, rect_t: fastgd.functional.radam_rectification)
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, *, maximize=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+
+    def _check_group(self, group):
+        check.nonnegative("lr", group["lr"])
+        group["betas"] = check.betas(group["betas"])
+        check.positive("eps", group["eps"])
+        check.nonnegative("weight_decay", group["weight_decay"])
+        check.flag("decoupled_weight_decay", group["decoupled_weight_decay"])
+        check.flag("maximize", group["maximize"])
+
+    def _state_keys(self, group):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _init_state(self, group, p):
+        return {"step": 0, "exp_avg": np.zeros(p.size, p.dtype), "exp_avg_sq": np.zeros(p.size, p.dtype)}
+
+    def _update(self, group, state, p, g, grad_scale, acc):
+        from .functional import radam_rectification
+        t = state["step"]
+        beta1, beta2 = group["betas"]
+        adaptive, rect = radam_rectification(t, beta2)
+        kernel("radam")(p, g, p if acc is None else acc, state["exp_avg"], state["exp_avg_sq"],
+                        grad_scale, group["maximize"], acc is not None, float(group["lr"]), beta1,
+                        beta2, float(group["eps"]), float(group["weight_decay"]),
+                        group["decoupled_weight_decay"], 1.0 - beta1 ** t, 1.0 - beta2 ** t,
+                        adaptive, rect)
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"); torch has none.
+
+    c = beta1 * m + (1 - beta1) * g;  p = p * (1 - lr * weight_decay) - lr * sign(c)
+    m = beta2 * m + (1 - beta2) * g          (state: exp_avg = m)
+    Use an lr 3-10x smaller and a weight_decay 3-10x larger than for AdamW (the paper's advice).
+    """
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False):
+        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
+
+    def _check_group(self, group):
+        check.nonnegative("lr", group["lr"])
+        group["betas"] = check.betas(group["betas"])
+        check.nonnegative("weight_decay", group["weight_decay"])
+        check.flag("maximize", group["maximize"])
+
+    def _state_keys(self, group):
+        return ("exp_avg",)
+
+    def _init_state(self, group, p):
+        return {"step": 0, "exp_avg": np.zeros(p.size, p.dtype)}
+
+    def _update(self, group, state, p, g, grad_scale, acc):
+        beta1, beta2 = group["betas"]
+        kernel("lion")(p, g, p if acc is None else acc, state["exp_avg"], grad_scale,
+                       group["maximize"], acc is not None, float(group["lr"]), beta1, beta2,
+                       float(group["weight_decay"]))

@@ -35,3 +35,22 @@ RULES = {
         Rule("clip_adam", "Adam", {"max_grad_norm": 1.0}, 32, 3, torch="Adam", torch_fused=True),
     ]
 }
+
+
+# The optimizer family (issue 4). torch 2.13 has fused CPU kernels for SGD and Adagrad (and
+# Adam/AdamW) only; the others' fastest torch peer is foreach.
+for _r in [
+    Rule("sgd", "SGD", {}, 12, 1, torch="SGD", torch_fused=True),
+    Rule("sgd_momentum", "SGD", {"momentum": 0.9}, 20, 2, torch="SGD", torch_fused=True),
+    Rule("sgd_nesterov", "SGD", {"momentum": 0.9, "nesterov": True}, 20, 2, torch="SGD",
+         torch_fused=True),
+    Rule("adagrad", "Adagrad", {}, 20, 2, torch="Adagrad", torch_fused=True),
+    Rule("rmsprop", "RMSprop", {}, 20, 2, torch="RMSprop"),
+    Rule("rmsprop_centered", "RMSprop", {"centered": True}, 28, 3, torch="RMSprop"),
+    Rule("adamax", "Adamax", {}, 28, 3, torch="Adamax"),
+    Rule("nadam", "NAdam", {}, 28, 3, torch="NAdam"),
+    Rule("radam", "RAdam", {}, 28, 3, torch="RAdam"),
+    Rule("lion", "Lion", {}, 20, 2, torch=None),
+]:
+    RULES[_r.name] = _r
+del _r

@@ -1,0 +1,78 @@
+"""Adagrad and RMSprop in Numba: the twins of kernels/adagrad.pyx, same signatures and maths."""
+import numpy as np
+from numba import prange
+
+from ._compile import serial_and_parallel
+
+
+def _adagrad(param, grad, grad_acc, state_sum, grad_scale, maximize, use_acc, clr, weight_decay,
+             eps):
+    """Adagrad step in place: g += wd * p;  s += g * g;  p -= clr * g / (sqrt(s) + eps)."""
+    n = param.shape[0]
+    real = param.dtype.type
+    gs = real(-grad_scale if maximize else grad_scale)
+    decay = weight_decay != 0.0
+    wd = real(weight_decay)
+    step = real(clr)
+    e = real(eps)
+    for i in prange(n):
+        pi = param[i]
+        if use_acc:
+            gi = (grad_acc[i] + grad[i]) * gs
+            grad_acc[i] = 0
+        else:
+            gi = grad[i] * gs
+        if decay:
+            gi = gi + wd * pi
+        si = state_sum[i] + gi * gi
+        state_sum[i] = si
+        param[i] = pi - step * (gi / (np.sqrt(si) + e))
+
+
+adagrad = serial_and_parallel(_adagrad)
+
+
+def _rmsprop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, grad_scale, maximize,
+             use_acc, lr, alpha, eps, weight_decay, momentum, centered):
+    """RMSprop step in place.
+
+    g += wd * p;  sq = a * sq + (1 - a) * g * g
+    centered: ga += (1 - a) * (g - ga);  d = sqrt(sq - ga * ga) + eps;  else d = sqrt(sq) + eps
+    momentum > 0: buf = mu * buf + g / d;  p -= lr * buf;  else p -= lr * g / d
+    """
+    n = param.shape[0]
+    real = param.dtype.type
+    gs = real(-grad_scale if maximize else grad_scale)
+    decay = weight_decay != 0.0
+    use_momentum = momentum > 0.0
+    wd = real(weight_decay)
+    a = real(alpha)
+    oma = real(1.0 - alpha)
+    e = real(eps)
+    mu = real(momentum)
+    step = real(lr)
+    for i in prange(n):
+        pi = param[i]
+        if use_acc:
+            gi = (grad_acc[i] + grad[i]) * gs
+            grad_acc[i] = 0
+        else:
+            gi = grad[i] * gs
+        if decay:
+            gi = gi + wd * pi
+        si = a * square_avg[i] + oma * gi * gi
+        square_avg[i] = si
+        if centered:
+            ai = grad_avg[i] + oma * (gi - grad_avg[i])
+            grad_avg[i] = ai
+            si = si - ai * ai
+        d = np.sqrt(si) + e
+        if use_momentum:
+            bi = mu * momentum_buffer[i] + gi / d
+            momentum_buffer[i] = bi
+            param[i] = pi - step * bi
+        else:
+            param[i] = pi - step * (gi / d)
+
+
+rmsprop = serial_and_parallel(_rmsprop)

@@ -1,0 +1,119 @@
+"""Adamax, NAdam and RAdam in Numba: the twins of kernels/adam_variants.pyx."""
+import numpy as np
+from numba import prange
+
+from ._compile import serial_and_parallel
+
+
+def _adamax(param, grad, grad_acc, exp_avg, exp_inf, grad_scale, maximize, use_acc, lr, beta1,
+            beta2, eps, weight_decay, bias_correction1):
+    """Adamax step in place: g += wd * p;  m += (1 - b1) * (g - m);  u = max(b2 * u, |g| + eps);
+    p -= (lr / bc1) * m / u."""
+    n = param.shape[0]
+    real = param.dtype.type
+    gs = real(-grad_scale if maximize else grad_scale)
+    decay = weight_decay != 0.0
+    wd = real(weight_decay)
+    omb1 = real(1.0 - beta1)
+    b2 = real(beta2)
+    e = real(eps)
+    step_size = real(lr / bias_correction1)
+    for i in prange(n):
+        pi = param[i]
+        if use_acc:
+            gi = (grad_acc[i] + grad[i]) * gs
+            grad_acc[i] = 0
+        else:
+            gi = grad[i] * gs
+        if decay:
+            gi = gi + wd * pi
+        mi = exp_avg[i] + omb1 * (gi - exp_avg[i])
+        exp_avg[i] = mi
+        ui = b2 * exp_inf[i]
+        ai = np.abs(gi) + e
+        if not (ai <= ui):  # max that propagates a NaN gradient, as torch.maximum does
+            ui = ai
+        exp_inf[i] = ui
+        param[i] = pi - step_size * (mi / ui)
+
+
+adamax = serial_and_parallel(_adamax)
+
+
+def _nadam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use_acc, lr, beta1,
+           beta2, eps, weight_decay, decoupled, grad_coef, avg_coef, bias_correction2):
+    """NAdam step in place: g += wd * p | p *= 1 - lr * wd;  m, v as Adam;
+    p -= (grad_coef * g + avg_coef * m) / (sqrt(v) / sqrt(bc2) + eps)."""
+    n = param.shape[0]
+    real = param.dtype.type
+    gs = real(-grad_scale if maximize else grad_scale)
+    coupled = weight_decay != 0.0 and not decoupled
+    wd = real(weight_decay)
+    decay = real(1.0 - lr * weight_decay) if decoupled else real(1.0)
+    omb1 = real(1.0 - beta1)
+    b2 = real(beta2)
+    omb2 = real(1.0 - beta2)
+    e = real(eps)
+    rbc2 = real(1.0 / np.sqrt(bias_correction2))
+    cg = real(grad_coef)
+    cm = real(avg_coef)
+    for i in prange(n):
+        pi = param[i]
+        if use_acc:
+            gi = (grad_acc[i] + grad[i]) * gs
+            grad_acc[i] = 0
+        else:
+            gi = grad[i] * gs
+        if coupled:
+            gi = gi + wd * pi
+        pi = pi * decay
+        mi = exp_avg[i] + omb1 * (gi - exp_avg[i])
+        vi = b2 * exp_avg_sq[i] + omb2 * gi * gi
+        exp_avg[i] = mi
+        exp_avg_sq[i] = vi
+        d = np.sqrt(vi) * rbc2 + e
+        param[i] = pi - (cg * gi + cm * mi) / d
+
+
+nadam = serial_and_parallel(_nadam)
+
+
+def _radam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use_acc, lr, beta1,
+           beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2, adaptive, rect):
+    """RAdam step in place: g += wd * p | p *= 1 - lr * wd;  m, v as Adam;
+    adaptive: p -= (lr * rect * sqrt(bc2) / bc1) * m / (sqrt(v) + eps), else p -= (lr / bc1) * m."""
+    n = param.shape[0]
+    real = param.dtype.type
+    gs = real(-grad_scale if maximize else grad_scale)
+    coupled = weight_decay != 0.0 and not decoupled
+    wd = real(weight_decay)
+    decay = real(1.0 - lr * weight_decay) if decoupled else real(1.0)
+    omb1 = real(1.0 - beta1)
+    b2 = real(beta2)
+    omb2 = real(1.0 - beta2)
+    e = real(eps)
+    if adaptive:
+        step_size = real(lr * rect * np.sqrt(bias_correction2) / bias_correction1)
+    else:
+        step_size = real(lr / bias_correction1)
+    for i in prange(n):
+        pi = param[i]
+        if use_acc:
+            gi = (grad_acc[i] + grad[i]) * gs
+            grad_acc[i] = 0
+        else:
+            gi = grad[i] * gs
+        if coupled:
+            gi = gi + wd * pi
+        pi = pi * decay
+        mi = exp_avg[i] + omb1 * (gi - exp_avg[i])
+        vi = b2 * exp_avg_sq[i] + omb2 * gi * gi
+        exp_avg[i] = mi
+        exp_avg_sq[i] = vi
+        if adaptive:
+            param[i] = pi - step_size * mi / (np.sqrt(vi) + e)
+        else:
+            param[i] = pi - step_size * mi
+
+
+radam = serial_and_parallel(_radam)

@@ -1,0 +1,261 @@
+"""Adamax, NAdam and RAdam: Adam's relatives, one fused pass each (torch.optim's formulas).
+
+    g = gs * grad  (gs = grad_scale, negated if maximize; with use_acc: gs * (acc + grad), acc = 0)
+    Adamax: g += wd * p;  m += (1 - b1) * (g - m);  u = max(b2 * u, |g| + eps);  p -= (lr / bc1) * m / u
+    NAdam:  g += wd * p | p *= 1 - lr * wd (decoupled);  m += (1 - b1) * (g - m);  v = b2 * v + (1 - b2) * g^2
+            p -= (grad_coef * g + avg_coef * m) / (sqrt(v) / sqrt(bc2) + eps)
+    RAdam:  g += wd * p | p *= 1 - lr * wd (decoupled);  m, v as NAdam
+            adaptive (rho_t > 5): p -= (lr * rect * sqrt(bc2) / bc1) * m / (sqrt(v) + eps)
+            else:                 p -= (lr / bc1) * m
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport fabs, fabsf, sqrt, sqrtf
+cimport numpy as cnp
+
+from _arrays cimport data_of, float_typenum
+from _parallel cimport piece, threads_for
+
+cnp.import_array()
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating _abs(floating x) noexcept nogil:
+    if floating is float:
+        return fabsf(x)
+    else:
+        return fabs(x)
+
+
+# --- Adamax ---------------------------------------------------------------------------------------
+
+cdef void _adamax_piece(floating* p, const floating* g, floating* acc, floating* m, floating* u,
+                        Py_ssize_t n, floating gs, bint use_acc, floating wd, bint decay,
+                        floating omb1, floating b2, floating eps, floating step_size) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating gi, pi, mi, ui, ai
+    for i in range(n):
+        pi = p[i]
+        if use_acc:
+            gi = (acc[i] + g[i]) * gs
+            acc[i] = 0
+        else:
+            gi = g[i] * gs
+        if decay:
+            gi = gi + wd * pi
+        mi = m[i] + omb1 * (gi - m[i])
+        m[i] = mi
+        ui = b2 * u[i]
+        ai = _abs(gi) + eps
+        if not (ai <= ui):  # max(ui, ai) that propagates a NaN gradient, as torch.maximum does
+            ui = ai
+        u[i] = ui
+        p[i] = pi - step_size * (mi / ui)
+
+
+cdef void _adamax(floating* p, const floating* g, floating* acc, floating* m, floating* u,
+                  Py_ssize_t n, double grad_scale, bint maximize, bint use_acc, double lr,
+                  double beta1, double beta2, double eps, double weight_decay,
+                  double bias_correction1) noexcept nogil:
+    cdef Py_ssize_t lo, hi
+    cdef int t, nthreads = threads_for(n)
+    cdef floating gs = -grad_scale if maximize else grad_scale
+    cdef bint decay = weight_decay != 0.0
+    cdef floating step_size = lr / bias_correction1
+    if nthreads == 1:
+        _adamax_piece(p, g, acc, m, u, n, gs, use_acc, <floating>weight_decay, decay,
+                      <floating>(1.0 - beta1), <floating>beta2, <floating>eps, step_size)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+        piece(n, nthreads, t, &lo, &hi)
+        if hi > lo:
+            _adamax_piece(p + lo, g + lo, acc + lo, m + lo, u + lo, hi - lo, gs, use_acc,
+                          <floating>weight_decay, decay, <floating>(1.0 - beta1), <floating>beta2,
+                          <floating>eps, step_size)
+
+
+def adamax(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray exp_avg,
+           cnp.ndarray exp_inf, double grad_scale, bint maximize, bint use_acc, double lr,
+           double beta1, double beta2, double eps, double weight_decay, double bias_correction1):
+    """Adamax step in place (module docstring). grad_acc is used only if use_acc (else pass param)."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(param)
+    cdef int typenum = float_typenum(param)
+    cdef void* p = data_of(param, n, typenum)
+    cdef void* g = data_of(grad, n, typenum, False)
+    cdef void* acc = data_of(grad_acc, n, typenum, use_acc)
+    cdef void* m = data_of(exp_avg, n, typenum)
+    cdef void* u = data_of(exp_inf, n, typenum)
+    if n == 0:
+        return
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _adamax(<float*>p, <float*>g, <float*>acc, <float*>m, <float*>u, n, grad_scale,
+                    maximize, use_acc, lr, beta1, beta2, eps, weight_decay, bias_correction1)
+        else:
+            _adamax(<double*>p, <double*>g, <double*>acc, <double*>m, <double*>u, n, grad_scale,
+                    maximize, use_acc, lr, beta1, beta2, eps, weight_decay, bias_correction1)
+
+
+# --- NAdam ----------------------------------------------------------------------------------------
+
+cdef void _nadam_piece(floating* p, const floating* g, floating* acc, floating* m, floating* v,
+                       Py_ssize_t n, floating gs, bint use_acc, floating wd, bint coupled,
+                       floating decay, floating omb1, floating b2, floating omb2, floating rbc2,
+                       floating eps, floating grad_coef, floating avg_coef) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating gi, pi, mi, vi, d
+    for i in range(n):
+        pi = p[i]
+        if use_acc:
+            gi = (acc[i] + g[i]) * gs
+            acc[i] = 0
+        else:
+            gi = g[i] * gs
+        if coupled:
+            gi = gi + wd * pi
+        pi = pi * decay
+        mi = m[i] + omb1 * (gi - m[i])
+        vi = b2 * v[i] + omb2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        d = _sqrt(vi) * rbc2 + eps
+        p[i] = pi - (grad_coef * gi + avg_coef * mi) / d
+
+
+cdef void _nadam(floating* p, const floating* g, floating* acc, floating* m, floating* v,
+                 Py_ssize_t n, double grad_scale, bint maximize, bint use_acc, double lr,
+                 double beta1, double beta2, double eps, double weight_decay, bint decoupled,
+                 double grad_coef, double avg_coef, double bias_correction2) noexcept nogil:
+    cdef Py_ssize_t lo, hi
+    cdef int t, nthreads = threads_for(n)
+    cdef floating gs = -grad_scale if maximize else grad_scale
+    cdef bint coupled = weight_decay != 0.0 and not decoupled
+    cdef floating decay = (1.0 - lr * weight_decay) if decoupled else 1.0
+    cdef floating rbc2 = 1.0 / sqrt(bias_correction2)
+    if nthreads == 1:
+        _nadam_piece(p, g, acc, m, v, n, gs, use_acc, <floating>weight_decay, coupled, decay,
+                     <floating>(1.0 - beta1), <floating>beta2, <floating>(1.0 - beta2), rbc2,
+                     <floating>eps, <floating>grad_coef, <floating>avg_coef)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+        piece(n, nthreads, t, &lo, &hi)
+        if hi > lo:
+            _nadam_piece(p + lo, g + lo, acc + lo, m + lo, v + lo, hi - lo, gs, use_acc,
+                         <floating>weight_decay, coupled, decay, <floating>(1.0 - beta1),
+                         <floating>beta2, <floating>(1.0 - beta2), rbc2, <floating>eps,
+                         <floating>grad_coef, <floating>avg_coef)
+
+
+def nadam(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray exp_avg,
+          cnp.ndarray exp_avg_sq, double grad_scale, bint maximize, bint use_acc, double lr,
+          double beta1, double beta2, double eps, double weight_decay, bint decoupled,
+          double grad_coef, double avg_coef, double bias_correction2):
+    """NAdam step in place (module docstring); grad_coef = lr * (1 - mu_t) / (1 - prod mu_1..t),
+    avg_coef = lr * mu_{t+1} / (1 - prod mu_1..t+1). grad_acc used only if use_acc (else param)."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(param)
+    cdef int typenum = float_typenum(param)
+    cdef void* p = data_of(param, n, typenum)
+    cdef void* g = data_of(grad, n, typenum, False)
+    cdef void* acc = data_of(grad_acc, n, typenum, use_acc)
+    cdef void* m = data_of(exp_avg, n, typenum)
+    cdef void* v = data_of(exp_avg_sq, n, typenum)
+    if n == 0:
+        return
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _nadam(<float*>p, <float*>g, <float*>acc, <float*>m, <float*>v, n, grad_scale,
+                   maximize, use_acc, lr, beta1, beta2, eps, weight_decay, decoupled, grad_coef,
+                   avg_coef, bias_correction2)
+        else:
+            _nadam(<double*>p, <double*>g, <double*>acc, <double*>m, <double*>v, n, grad_scale,
+                   maximize, use_acc, lr, beta1, beta2, eps, weight_decay, decoupled, grad_coef,
+                   avg_coef, bias_correction2)
+
+
+# --- RAdam ----------------------------------------------------------------------------------------
+
+cdef void _radam_piece(floating* p, const floating* g, floating* acc, floating* m, floating* v,
+                       Py_ssize_t n, floating gs, bint use_acc, floating wd, bint coupled,
+                       floating decay, floating omb1, floating b2, floating omb2, floating eps,
+                       floating step_size, bint adaptive) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating gi, pi, mi, vi
+    for i in range(n):
+        pi = p[i]
+        if use_acc:
+            gi = (acc[i] + g[i]) * gs
+            acc[i] = 0
+        else:
+            gi = g[i] * gs
+        if coupled:
+            gi = gi + wd * pi
+        pi = pi * decay
+        mi = m[i] + omb1 * (gi - m[i])
+        vi = b2 * v[i] + omb2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        if adaptive:
+            p[i] = pi - step_size * mi / (_sqrt(vi) + eps)
+        else:
+            p[i] = pi - step_size * mi
+
+
+cdef void _radam(floating* p, const floating* g, floating* acc, floating* m, floating* v,
+                 Py_ssize_t n, double grad_scale, bint maximize, bint use_acc, double lr,
+                 double beta1, double beta2, double eps, double weight_decay, bint decoupled,
+                 double bias_correction1, double bias_correction2, bint adaptive,
+                 double rect) noexcept nogil:
+    cdef Py_ssize_t lo, hi
+    cdef int t, nthreads = threads_for(n)
+    cdef floating gs = -grad_scale if maximize else grad_scale
+    cdef bint coupled = weight_decay != 0.0 and not decoupled
+    cdef floating decay = (1.0 - lr * weight_decay) if decoupled else 1.0
+    cdef floating step_size
+    if adaptive:
+        step_size = lr * rect * sqrt(bias_correction2) / bias_correction1
+    else:
+        step_size = lr / bias_correction1
+    if nthreads == 1:
+        _radam_piece(p, g, acc, m, v, n, gs, use_acc, <floating>weight_decay, coupled, decay,
+                     <floating>(1.0 - beta1), <floating>beta2, <floating>(1.0 - beta2),
+                     <floating>eps, step_size, adaptive)
+        return
+    for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+        piece(n, nthreads, t, &lo, &hi)
+        if hi > lo:
+            _radam_piece(p + lo, g + lo, acc + lo, m + lo, v + lo, hi - lo, gs, use_acc,
+                         <floating>weight_decay, coupled, decay, <floating>(1.0 - beta1),
+                         <floating>beta2, <floating>(1.0 - beta2), <floating>eps, step_size,
+                         adaptive)
+
+
+def radam(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray exp_avg,
+          cnp.ndarray exp_avg_sq, double grad_scale, bint maximize, bint use_acc, double lr,
+          double beta1, double beta2, double eps, double weight_decay, bint decoupled,
+          double bias_correction1, double bias_correction2, bint adaptive, double rect):
+    """RAdam step in place (module docstring); adaptive = rho_t > 5, rect the rectification term.
+    grad_acc is used only if use_acc (else pass param)."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(param)
+    cdef int typenum = float_typenum(param)
+    cdef void* p = data_of(param, n, typenum)
+    cdef void* g = data_of(grad, n, typenum, False)
+    cdef void* acc = data_of(grad_acc, n, typenum, use_acc)
+    cdef void* m = data_of(exp_avg, n, typenum)
+    cdef void* v = data_of(exp_avg_sq, n, typenum)
+    if n == 0:
+        return
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _radam(<float*>p, <float*>g, <float*>acc, <float*>m, <float*>v, n, grad_scale,
+                   maximize, use_acc, lr, beta1, beta2, eps, weight_decay, decoupled,
+                   bias_correction1, bias_correction2, adaptive, rect)
+        else:
+            _radam(<double*>p, <double*>g, <double*>acc, <double*>m, <double*>v, n, grad_scale,
+                   maximize, use_acc, lr, beta1, beta2, eps, weight_decay, decoupled,
+                   bias_correction1, bias_correction2, adaptive, rect)
