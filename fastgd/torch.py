@@ -118,16 +118,24 @@ def _global_norm(arrays, norm_type):
     fn = getattr(F, "global_norm", None)
     if fn is not None:
         return float(fn(arrays, norm_type))
-    # Until fastgd.functional.global_norm exists: the same quantity with NumPy in float64.
+    # Until fastgd.functional.global_norm exists: the same quantity with NumPy, blocks of
+    # _NORM_BLOCK elements in a fixed order, each block's sum added in float64.
     if not arrays:
         return 0.0
     if math.isinf(norm_type):
         return max(float(np.max(np.abs(a))) if a.size else 0.0 for a in arrays)
     total = 0.0
     for a in arrays:
-        a = a.astype(np.float64, copy=False)
-        total += float(np.dot(a, a)) if norm_type == 2.0 else float(np.sum(np.abs(a) ** norm_type))
+        for lo in range(0, a.size, _NORM_BLOCK):
+            b = a[lo:lo + _NORM_BLOCK]
+            if norm_type == 2.0:
+                total += float(np.dot(b, b))
+            else:
+                total += float(np.sum(np.abs(b.astype(np.float64)) ** norm_type))
     return total ** (1.0 / norm_type)
+
+
+_NORM_BLOCK = 1 << 14
 
 
 def _clip_coef(norm, max_norm):
@@ -473,25 +481,28 @@ class _Optimizer(torch.optim.Optimizer):
 
     def _step_each(self, work, grad_scale):
         name = type(self).__name__
+        scalar_keys = tuple(k for k, _ in self._scalar_state)
+        current = None
         for group, p, slot, (g,) in work:
+            if group is not current:  # per group, once: the state it needs, the rule's constants
+                current = group
+                tensor_keys = tuple(k for k, _ in self._tensor_state(group))
+                keys = scalar_keys + tensor_keys
+                needed = set(keys)
+                prep = self._prepare(group)
             state = self.state[p]
-            fresh = self._new_state(group, p, state)
-            arrays = {}
-            for key, _ in self._scalar_state:
+            fresh = self._new_state(group, p, state) if not state.keys() >= needed else False
+            tensors, cached = slot.tensors, slot.arrays
+            for key in keys:
                 t = state[key]
-                if slot.tensors.get(key) is not t:
-                    slot.tensors[key] = t
-                    slot.arrays[key] = _scalar_array(t, key, "a parameter", name)
-                arrays[key] = slot.arrays[key]
-            for key, _ in self._tensor_state(group):
-                t = state[key]
-                if slot.tensors.get(key) is not t:
-                    slot.tensors[key] = t
-                    slot.arrays[key] = _state_array(t, p, key, "a parameter", name)
-                arrays[key] = slot.arrays[key]
+                if tensors.get(key) is not t:
+                    tensors[key] = t
+                    cached[key] = (_scalar_array(t, key, "a parameter", name) if key in scalar_keys
+                                   else _state_array(t, p, key, "a parameter", name))
+            arrays = {key: cached[key] for key in keys}
             if "step" in arrays:
                 arrays["step"] += 1
-            self._rule(group, slot.p, g, arrays, grad_scale, fresh)
+            self._rule(group, slot.p, g, arrays, grad_scale, fresh, prep)
 
     def _gather_flat(self):
         """[(group, fg, active, [grad arrays])]: ``active`` None when every parameter of the flat
@@ -537,6 +548,7 @@ class _Optimizer(torch.optim.Optimizer):
                 runs = [(0, len(fg.params))]
             else:
                 runs = _param_runs(fg, active, fresh, [sc[n] for n in scalar_names])
+            prep = self._prepare(group)
             for i0, i1 in runs:
                 lo, hi = fg.offsets[i0], fg.offsets[i1]
                 arrays = {n: fg.np_state[n][lo:hi] for n in names}
@@ -544,13 +556,19 @@ class _Optimizer(torch.optim.Optimizer):
                     arrays[n] = np.array(sc[n][i0])
                 if "step" in arrays:
                     arrays["step"] += 1
-                self._rule(group, fg.np_data[lo:hi], fg.np_grad[lo:hi], arrays, grad_scale, i0 in fresh)
+                self._rule(group, fg.np_data[lo:hi], fg.np_grad[lo:hi], arrays, grad_scale, i0 in fresh,
+                           prep)
                 for n in scalar_names:
                     sc[n][i0:i1] = arrays[n]
 
-    def _rule(self, group, p, g, s, grad_scale, fresh):
+    def _prepare(self, group):
+        """What ``_rule`` needs from the group, computed once per group and step (or None)."""
+        return None
+
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
         """Update flat arrays ``p`` and the state arrays ``s`` in place from gradient ``g``;
-        ``s["step"]`` is already advanced; ``fresh``: the state arrays were created now."""
+        ``s["step"]`` is already advanced; ``fresh``: the state arrays were created now;
+        ``prep``: what ``_prepare(group)`` returned."""
         raise NotImplementedError
 
 
@@ -627,14 +645,18 @@ class Adam(_Optimizer):
             return (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("max_exp_avg_sq", 0.0))
         return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
 
-    def _rule(self, group, p, g, s, grad_scale, fresh):
-        t = int(s["step"])
+    def _prepare(self, group):
         b1, b2 = _betas(group)
+        return (kernel("adam"), bool(group["maximize"]), _lr(group), b1, b2, float(group["eps"]),
+                float(group["weight_decay"]), bool(group["decoupled_weight_decay"]),
+                bool(group["amsgrad"]))
+
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
+        fn, maximize, lr, b1, b2, eps, wd, decoupled, amsgrad = prep or self._prepare(group)
+        t = int(s["step"])
         v = s["exp_avg_sq"]
-        kernel("adam")(p, g, p, s["exp_avg"], v, s.get("max_exp_avg_sq", v), grad_scale,
-                       bool(group["maximize"]), False, _lr(group), b1, b2, float(group["eps"]),
-                       float(group["weight_decay"]), bool(group["decoupled_weight_decay"]),
-                       bool(group["amsgrad"]), 1.0 - b1 ** t, 1.0 - b2 ** t)
+        fn(p, g, p, s["exp_avg"], v, s.get("max_exp_avg_sq", v), grad_scale, maximize, False, lr,
+           b1, b2, eps, wd, decoupled, amsgrad, 1.0 - b1 ** t, 1.0 - b2 ** t)
 
 
 def _adam_args(lr, betas, eps, weight_decay):
@@ -682,7 +704,7 @@ class SGD(_Optimizer):
     def _tensor_state(self, group):
         return (("momentum_buffer", 0.0),) if group["momentum"] != 0 else ()
 
-    def _rule(self, group, p, g, s, grad_scale, fresh):
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
         F.sgd_(p, g, s.get("momentum_buffer"), step=1 if fresh else 2, lr=_lr(group),
                momentum=float(group["momentum"]), dampening=float(group["dampening"]),
                weight_decay=float(group["weight_decay"]), nesterov=bool(group["nesterov"]),
@@ -712,7 +734,7 @@ class Adagrad(_Optimizer):
     def _tensor_state(self, group):
         return (("sum", float(group["initial_accumulator_value"])),)
 
-    def _rule(self, group, p, g, s, grad_scale, fresh):
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
         F.adagrad_(p, g, s["sum"], step=int(s["step"]), lr=_lr(group), lr_decay=float(group["lr_decay"]),
                    weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
                    maximize=bool(group["maximize"]), grad_scale=grad_scale)
@@ -744,7 +766,7 @@ class RMSprop(_Optimizer):
             out.append(("grad_avg", 0.0))
         return tuple(out)
 
-    def _rule(self, group, p, g, s, grad_scale, fresh):
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
         F.rmsprop_(p, g, s["square_avg"], lr=_lr(group), alpha=float(group["alpha"]),
                    eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
                    momentum=float(group["momentum"]), centered=bool(group["centered"]),
@@ -768,7 +790,7 @@ class Adamax(_Optimizer):
     def _tensor_state(self, group):
         return (("exp_avg", 0.0), ("exp_inf", 0.0))
 
-    def _rule(self, group, p, g, s, grad_scale, fresh):
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
         F.adamax_(p, g, s["exp_avg"], s["exp_inf"], step=int(s["step"]), lr=_lr(group),
                   betas=_betas(group), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
                   maximize=bool(group["maximize"]), grad_scale=grad_scale)
@@ -796,7 +818,7 @@ class NAdam(_Optimizer):
     def _tensor_state(self, group):
         return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
 
-    def _rule(self, group, p, g, s, grad_scale, fresh):
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
         mu_product = F.nadam_(p, g, s["exp_avg"], s["exp_avg_sq"], step=int(s["step"]),
                               mu_product=float(s["mu_product"]), lr=_lr(group), betas=_betas(group),
                               eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
@@ -823,7 +845,7 @@ class RAdam(_Optimizer):
     def _tensor_state(self, group):
         return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
 
-    def _rule(self, group, p, g, s, grad_scale, fresh):
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
         F.radam_(p, g, s["exp_avg"], s["exp_avg_sq"], step=int(s["step"]), lr=_lr(group),
                  betas=_betas(group), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
                  decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
@@ -852,7 +874,7 @@ class Lion(_Optimizer):
     def _tensor_state(self, group):
         return (("exp_avg", 0.0),)
 
-    def _rule(self, group, p, g, s, grad_scale, fresh):
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
         F.lion_(p, g, s["exp_avg"], lr=_lr(group), betas=_betas(group),
                 weight_decay=float(group["weight_decay"]), maximize=bool(group["maximize"]),
                 grad_scale=grad_scale)
