@@ -228,14 +228,12 @@ class _Flat:
 
 
 class _Slot:
-    """Cached NumPy views of one parameter, its gradient and its state (non-flat mode)."""
-    __slots__ = ("ptr", "p", "grad", "g", "tensors", "arrays")
+    """Cached NumPy views of one parameter and its state tensors (non-flat mode)."""
+    __slots__ = ("ptr", "p", "tensors", "arrays")
 
     def __init__(self, ptr, p):
         self.ptr = ptr
         self.p = p
-        self.grad = None
-        self.g = None
         self.tensors = {}
         self.arrays = {}
 
@@ -433,8 +431,8 @@ class _Optimizer(torch.optim.Optimizer):
             self._check_group(group)
         work = self._gather_flat() if self.flatten else self._gather()
         grad_scale = 1.0
-        if self.max_grad_norm is not None:
-            arrays = [g for item in work for g in item[-1]]
+        arrays = [g for item in work for g in item[-1]] if self.max_grad_norm is not None else []
+        if arrays:
             norm = _global_norm(arrays, self.norm_type)
             if not math.isfinite(norm):
                 raise RuntimeError(f"{type(self).__name__}: the total gradient norm (order "
@@ -470,12 +468,9 @@ class _Optimizer(torch.optim.Optimizer):
                 if slot is None or slot.ptr != ptr:
                     _check_param(p, f"parameter {i} of group {gi}", name)
                     slot = self._slots[p] = _Slot(ptr, p.detach().numpy().reshape(-1))
-                if g is not slot.grad:
-                    arr = _grad_array(p, g, f"parameter {i} of group {gi}", name)
-                    # Cache only a view: a copy would not see later in-place changes of .grad.
-                    slot.grad, slot.g = (g, arr) if g.is_contiguous() else (None, None)
-                else:
-                    arr = slot.g
+                # Not cached: holding last step's gradients would keep them alive after
+                # zero_grad(set_to_none=True) frees them.
+                arr = _grad_array(p, g, f"parameter {i} of group {gi}", name)
                 work.append((group, p, slot, (arr,)))
         return work
 

@@ -286,14 +286,14 @@ def test_grad_none_is_skipped():
 def test_state_dict_interchange_both_ways_mid_run(name, flatten):
     opts = STATEFUL[name]
     data = make_data()
-    # torch -> fastgd: 50 steps of torch, then fastgd from torch's checkpoint; torch goes on alone.
+    # torch -> fastgd: 30 steps of torch, then fastgd from torch's checkpoint; torch goes on alone.
     ref, mine = make_model(), make_model()
     ropt = torch_class(name)(ref.parameters(), **opts, **torch_kwargs(name))
-    train(ref, ropt, data, 50)
+    train(ref, ropt, data, 30)
     mine.load_state_dict(ref.state_dict())
     opt = getattr(ft, name)(mine.parameters(), **opts, flatten=flatten)
     opt.load_state_dict(copy.deepcopy(ropt.state_dict()))
-    np.testing.assert_allclose(train(mine, opt, data, 50, start=50), train(ref, ropt, data, 50, start=50),
+    np.testing.assert_allclose(train(mine, opt, data, 30, start=30), train(ref, ropt, data, 30, start=30),
                                rtol=1e-5, atol=1e-6)
     assert_same(mine, ref, what="torch -> fastgd")
     # fastgd -> torch: continue in torch from fastgd's checkpoint.
@@ -303,7 +303,7 @@ def test_state_dict_interchange_both_ways_mid_run(name, flatten):
     saved = opt.state_dict()
     assert set(saved["param_groups"][0]) == set(ropt.state_dict()["param_groups"][0])
     bopt.load_state_dict(copy.deepcopy(saved))
-    np.testing.assert_allclose(train(back, bopt, data, 50, start=100), train(mine, opt, data, 50, start=100),
+    np.testing.assert_allclose(train(back, bopt, data, 30, start=60), train(mine, opt, data, 30, start=60),
                                rtol=1e-5, atol=1e-6)
     assert_same(back, mine, what="fastgd -> torch")
     assert_states_same(opt, bopt)
@@ -431,11 +431,15 @@ def test_import_fastgd_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_same_constructor_defaults_as_torch():
+def test_same_constructor_defaults_and_initial_state_as_torch():
     p = torch.nn.Parameter(torch.randn(3))
     for name in NAMES[:-1]:
-        mine, theirs = getattr(ft, name)([p]).defaults, getattr(torch.optim, name)([p]).defaults
-        assert mine == theirs, name
+        mine, theirs = getattr(ft, name)([p]), getattr(torch.optim, name)([p])
+        assert mine.defaults == theirs.defaults, name
+        # Adagrad creates its state in the constructor; the others on the first step.
+        sd, tsd = mine.state_dict(), theirs.state_dict()
+        assert sd["param_groups"] == tsd["param_groups"], name
+        assert {k: set(v) for k, v in sd["state"].items()} == {k: set(v) for k, v in tsd["state"].items()}, name
 
 
 # --- what it refuses --------------------------------------------------------------------------------
