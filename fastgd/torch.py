@@ -54,7 +54,7 @@ def _check_tensor(t, what, optimizer):
     """Refuse (before any write) a tensor fastgd cannot update in place through a NumPy view."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{optimizer}: {what} must be a torch.Tensor; got {type(t).__name__}")
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         raise RuntimeError(f"{optimizer}: {what} is on device {t.device}; fastgd.torch optimizers "
                            "step CPU tensors only (use torch.optim for CUDA/MPS tensors)")
     if t.layout != torch.strided:
@@ -84,7 +84,11 @@ def _grad_array(p, g, what, optimizer):
     if g.shape != p.shape:
         raise ValueError(f"{optimizer}: the gradient of {what} has shape {tuple(g.shape)} but the "
                          f"parameter has {tuple(p.shape)}")
-    return g.detach().contiguous().numpy().reshape(-1)
+    if g.requires_grad:  # backward(create_graph=True)
+        g = g.detach()
+    if not g.is_contiguous():
+        g = g.contiguous()
+    return g.numpy().reshape(-1)
 
 
 def _state_array(t, p, name, what, optimizer):

@@ -501,3 +501,32 @@ def test_uses_the_active_backend():
             runs.append(train(model, ft.AdamW(model.parameters(), lr=1e-3), data, 20))
     for r in runs[1:]:
         np.testing.assert_allclose(r, runs[0], rtol=1e-5)
+
+
+def test_flatten_with_groups_added_later_and_mixed_dtypes():
+    data = make_data()
+    theirs, mine = make_model(), make_model()
+    extra = [torch.nn.Parameter(torch.randn(5, dtype=torch.float64)) for _ in range(2)]
+    mine_extra = [torch.nn.Parameter(e.detach().clone()) for e in extra]
+    initial = [e.detach().clone() for e in extra]
+    topt = torch.optim.Adam([{"params": theirs[0].parameters()}], lr=1e-3, foreach=False)
+    opt = ft.Adam([{"params": mine[0].parameters()}], lr=1e-3, flatten=True)
+    topt.add_param_group({"params": list(theirs[2:].parameters()) + extra, "lr": 2e-3})
+    opt.add_param_group({"params": list(mine[2:].parameters()) + mine_extra, "lr": 2e-3})
+    assert [f.dtype for f in opt._flats[1][1]] == [torch.float32, torch.float64]
+    for i in range(50):
+        x, y = data[i % len(data)]
+        g = torch.randn(5, dtype=torch.float64)
+        for model, o, ex in ((theirs, topt, extra), (mine, opt, mine_extra)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            for e in ex:
+                if e.grad is None:
+                    e.grad = g.clone()
+                else:  # flatten: the gradient is a view of the flat buffer; accumulate into it
+                    e.grad += g
+            o.step()
+    assert_same(mine, theirs, what="flatten, two groups")
+    for e, me in zip(extra, mine_extra):
+        np.testing.assert_allclose(me.detach().numpy(), e.detach().numpy(), rtol=1e-12)
+    assert not any(torch.equal(e.detach(), i) for e, i in zip(mine_extra, initial))
