@@ -1,0 +1,532 @@
+"""fastgd.torch against torch.optim: the same MLP trained by both from the same seed.
+
+Every optimizer and its main options over 200 steps (losses and parameters agree to rtol 1e-5 in
+float32), flatten=True, state_dict interchange both ways mid-run, lr schedulers, fused clipping,
+hooks, and the errors for what fastgd.torch cannot do.
+"""
+import copy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastgd  # noqa: E402
+import fastgd.torch as ft  # noqa: E402
+
+STEPS = 200
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # A tiny MLP gains nothing from threads, and on a loaded machine torch's OpenMP workers
+    # spin-waiting for a busy core make each step ~20x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+# float64: 1e-9, not tighter, because torch keeps NAdam's mu_product in a float32 tensor.
+RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
+ATOL = {torch.float32: 1e-6, torch.float64: 1e-10}
+
+
+class TorchLion(torch.optim.Optimizer):
+    """Lion as lion-pytorch writes it (torch.optim has none): the oracle for ft.Lion."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = -p.grad if group["maximize"] else p.grad
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                m = state["exp_avg"]
+                p.mul_(1 - lr * wd)
+                p.add_((m * b1 + g * (1 - b1)).sign_(), alpha=-lr)
+                m.mul_(b2).add_(g, alpha=1 - b2)
+
+
+def torch_class(name):
+    return TorchLion if name == "Lion" else getattr(torch.optim, name)
+
+
+def torch_kwargs(name):
+    # The single-tensor path: torch's reference implementation on the CPU.
+    return {} if name == "Lion" else {"foreach": False}
+
+
+# (optimizer, options): every optimizer with its main options. The adaptive rules run at their
+# default-sized learning rates: at lr=1e-2 a 200-step float32 trajectory amplifies rounding to ~3e-6
+# (torch.optim.Adam's own fused and single-tensor paths differ that much there), at 1e-3 to ~1e-7.
+CASES = [
+    ("SGD", dict(lr=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.9)),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.1, maximize=True)),
+    ("Adam", dict(lr=1e-3)),
+    ("Adam", dict(lr=1e-3, weight_decay=0.1, amsgrad=True)),
+    ("Adam", dict(lr=1e-3, maximize=True, betas=(0.8, 0.99), eps=1e-6)),
+    ("Adam", dict(lr=1e-3, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("AdamW", dict()),
+    ("AdamW", dict(lr=1e-3, weight_decay=0.1, amsgrad=True, maximize=True)),
+    ("Adagrad", dict(lr=0.05)),
+    ("Adagrad", dict(lr=0.05, lr_decay=1e-2, weight_decay=1e-2, initial_accumulator_value=0.1)),
+    ("RMSprop", dict(lr=1e-3)),
+    ("RMSprop", dict(lr=1e-3, momentum=0.9, weight_decay=1e-2)),
+    ("RMSprop", dict(lr=1e-3, centered=True)),
+    ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.5, maximize=True)),
+    ("Adamax", dict()),
+    ("Adamax", dict(weight_decay=1e-2, maximize=True)),
+    ("NAdam", dict()),
+    ("NAdam", dict(weight_decay=1e-2)),
+    ("NAdam", dict(weight_decay=1e-2, decoupled_weight_decay=True, momentum_decay=1e-2)),
+    ("RAdam", dict()),
+    ("RAdam", dict(weight_decay=1e-2, decoupled_weight_decay=True)),
+    ("RAdam", dict(weight_decay=1e-2, maximize=True)),
+    ("Lion", dict(lr=1e-4)),
+    ("Lion", dict(lr=1e-4, weight_decay=0.1, betas=(0.95, 0.98))),
+]
+NAMES = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion"]
+# One option set per optimizer with momentum-like state, for the slower scenarios.
+STATEFUL = {
+    "SGD": dict(lr=0.05, momentum=0.9), "Adam": dict(amsgrad=True), "AdamW": dict(),
+    "Adagrad": dict(lr=0.05, initial_accumulator_value=0.1), "RMSprop": dict(lr=1e-3, centered=True, momentum=0.5),
+    "Adamax": dict(), "NAdam": dict(weight_decay=1e-2), "RAdam": dict(),
+    "Lion": dict(lr=1e-4),
+}
+
+
+def case_id(case):
+    name, opts = case
+    return name + "".join(f",{k}={v}" for k, v in opts.items())
+
+
+def make_model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    # Tanh (not ReLU): the trajectories must not hinge on the sign of a near-zero activation.
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 16),
+                               torch.nn.Tanh(), torch.nn.Linear(16, 4)).to(dtype)
+
+
+def make_data(dtype=torch.float32, batches=4):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(32, 8, generator=g, dtype=dtype), torch.randn(32, 4, generator=g, dtype=dtype))
+            for _ in range(batches)]
+
+
+def train(model, opt, data, steps, start=0, maximize=False, scheduler=None, clip=None):
+    losses = []
+    for i in range(start, start + steps):
+        x, y = data[i % len(data)]
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        (-loss if maximize else loss).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.item())
+    return np.array(losses)
+
+
+def assert_same(mine, theirs, dtype=torch.float32, what=""):
+    """Parameters (and losses) of two runs agree."""
+    for i, (a, b) in enumerate(zip(mine.parameters(), theirs.parameters())):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=RTOL[dtype],
+                                   atol=ATOL[dtype], err_msg=f"{what} parameter {i}")
+
+
+def assert_states_same(opt, topt, dtype=torch.float32):
+    for p, q in zip([p for g in opt.param_groups for p in g["params"]],
+                    [p for g in topt.param_groups for p in g["params"]]):
+        mine, theirs = opt.state[p], topt.state[q]
+        assert set(mine) == set(theirs)
+        for key, value in theirs.items():
+            if key == "step":
+                assert mine[key].dtype == torch.float32 and float(mine[key]) == float(value)
+            else:
+                # Sums like a momentum buffer can cancel: tolerance relative to the array's scale.
+                scale = float(value.abs().max())
+                np.testing.assert_allclose(mine[key].numpy(), value.numpy(), rtol=RTOL[dtype] * 10,
+                                           atol=ATOL[dtype] + RTOL[dtype] * 10 * scale, err_msg=key)
+
+
+def run_pair(name, opts, dtype=torch.float32, steps=STEPS, flatten=False, **train_kw):
+    data = make_data(dtype)
+    theirs, mine = make_model(dtype), make_model(dtype)
+    topt = torch_class(name)(theirs.parameters(), **opts, **torch_kwargs(name))
+    opt = getattr(ft, name)(mine.parameters(), **opts, flatten=flatten)
+    maximize = opts.get("maximize", False)
+    tl = train(theirs, topt, data, steps, maximize=maximize, **train_kw)
+    ml = train(mine, opt, data, steps, maximize=maximize, **train_kw)
+    return mine, theirs, opt, topt, ml, tl
+
+
+# --- trajectories -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_torch_optim_over_200_steps(case):
+    name, opts = case
+    mine, theirs, opt, topt, ml, tl = run_pair(name, opts)
+    np.testing.assert_allclose(ml, tl, rtol=RTOL[torch.float32], atol=ATOL[torch.float32], err_msg="losses")
+    assert_same(mine, theirs, what=case_id(case))
+    assert_states_same(opt, topt)
+    if not opts.get("maximize"):
+        assert ml[-1] < ml[0], "training did not reduce the loss"
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW", "RMSprop", "NAdam"])
+def test_matches_torch_optim_float64(name):
+    mine, theirs, opt, topt, ml, tl = run_pair(name, STATEFUL[name], dtype=torch.float64, steps=50)
+    np.testing.assert_allclose(ml, tl, rtol=RTOL[torch.float64])
+    assert_same(mine, theirs, torch.float64)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_flatten_gives_the_same_trajectory(name):
+    opts = STATEFUL[name]
+    mine, theirs, opt, topt, ml, tl = run_pair(name, opts, flatten=True, steps=100)
+    np.testing.assert_allclose(ml, tl, rtol=RTOL[torch.float32], atol=ATOL[torch.float32])
+    assert_same(mine, theirs, what=f"{name} flatten")
+    assert_states_same(opt, topt)
+    # Parameters, gradients and state are views of one buffer.
+    params = list(mine.parameters())
+    base = params[0].data_ptr()
+    size = params[0].element_size()
+    offset = 0
+    for p in params:
+        assert p.data_ptr() == base + offset * size
+        offset += p.numel()
+    (flat,) = opt._flats[0][1]
+    assert all(p.grad.data_ptr() == v.data_ptr() for p, v in zip(params, flat.grad_views))
+
+
+def test_flatten_equals_unflattened_fastgd():
+    data = make_data()
+    a, b = make_model(), make_model()
+    oa = ft.AdamW(a.parameters(), lr=1e-3)
+    ob = ft.AdamW(b.parameters(), lr=1e-3, flatten=True)
+    np.testing.assert_array_equal(train(a, oa, data, 50), train(b, ob, data, 50))
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.detach().numpy(), q.detach().numpy())
+
+
+def test_flatten_survives_grads_set_to_none_and_frozen_params():
+    """model.zero_grad() (grads to None) and a frozen parameter: still torch's trajectory."""
+    data = make_data()
+    theirs, mine = make_model(), make_model()
+    for m in (theirs, mine):
+        m[0].bias.requires_grad_(False)
+    topt = torch.optim.AdamW(theirs.parameters(), lr=1e-3, foreach=False)
+    opt = ft.AdamW(mine.parameters(), lr=1e-3, flatten=True)
+    frozen = mine[0].bias.detach().clone()
+    for i in range(30):
+        x, y = data[i % len(data)]
+        for m, o in ((theirs, topt), (mine, opt)):
+            if i % 2:
+                m.zero_grad()  # sets .grad to None: autograd allocates new gradients
+            else:
+                o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    assert_same(mine, theirs, what="flatten with grads set to None")
+    assert mine[0].bias.grad is None and torch.equal(mine[0].bias.detach(), frozen)
+    assert len(opt.state[mine[0].bias]) == 0
+
+
+def test_flatten_refuses_replaced_parameter_data():
+    model = make_model()
+    opt = ft.Adam(model.parameters(), flatten=True)
+    model[0].weight.data = model[0].weight.data.clone()
+    model(torch.randn(2, 8)).sum().backward()
+    with pytest.raises(RuntimeError, match="replaced"):
+        opt.step()
+
+
+def test_param_groups_and_add_param_group():
+    data = make_data()
+    theirs, mine = make_model(), make_model()
+
+    def groups(m):
+        return [{"params": m[0].parameters(), "lr": 1e-3}, {"params": m[2].parameters(), "weight_decay": 0.5}]
+
+    topt = torch.optim.AdamW(groups(theirs), lr=1e-3, foreach=False)
+    opt = ft.AdamW(groups(mine), lr=1e-3)
+    topt.add_param_group({"params": theirs[4].parameters(), "betas": (0.5, 0.9)})
+    opt.add_param_group({"params": mine[4].parameters(), "betas": (0.5, 0.9)})
+    np.testing.assert_allclose(train(mine, opt, data, 100), train(theirs, topt, data, 100), rtol=1e-5)
+    assert_same(mine, theirs)
+    assert [set(g) for g in opt.state_dict()["param_groups"]] == [set(g) for g in topt.state_dict()["param_groups"]]
+
+
+def test_grad_none_is_skipped():
+    p, q = torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(3))
+    before = q.detach().clone()
+    opt = ft.AdamW([p, q], lr=0.1)
+    p.grad = torch.randn(5)
+    opt.step()
+    assert torch.equal(q.detach(), before) and len(opt.state[q]) == 0
+    assert float(opt.state[p]["step"]) == 1.0
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["", "flatten"])
+@pytest.mark.parametrize("name", NAMES[:-1])
+def test_state_dict_interchange_both_ways_mid_run(name, flatten):
+    opts = STATEFUL[name]
+    data = make_data()
+    # torch -> fastgd: 30 steps of torch, then fastgd from torch's checkpoint; torch goes on alone.
+    ref, mine = make_model(), make_model()
+    ropt = torch_class(name)(ref.parameters(), **opts, **torch_kwargs(name))
+    train(ref, ropt, data, 30)
+    mine.load_state_dict(ref.state_dict())
+    opt = getattr(ft, name)(mine.parameters(), **opts, flatten=flatten)
+    opt.load_state_dict(copy.deepcopy(ropt.state_dict()))
+    np.testing.assert_allclose(train(mine, opt, data, 30, start=30), train(ref, ropt, data, 30, start=30),
+                               rtol=1e-5, atol=1e-6)
+    assert_same(mine, ref, what="torch -> fastgd")
+    # fastgd -> torch: continue in torch from fastgd's checkpoint.
+    back = make_model()
+    back.load_state_dict(mine.state_dict())
+    bopt = torch_class(name)(back.parameters(), **opts, **torch_kwargs(name))
+    saved = opt.state_dict()
+    assert set(saved["param_groups"][0]) == set(ropt.state_dict()["param_groups"][0])
+    bopt.load_state_dict(copy.deepcopy(saved))
+    np.testing.assert_allclose(train(back, bopt, data, 30, start=60), train(mine, opt, data, 30, start=60),
+                               rtol=1e-5, atol=1e-6)
+    assert_same(back, mine, what="fastgd -> torch")
+    assert_states_same(opt, bopt)
+
+
+def test_loaded_state_is_private():
+    """Loading copies the state (torch.optim would alias the checkpoint's tensors)."""
+    model = make_model()
+    topt = torch.optim.Adam(model.parameters(), foreach=False)
+    train(model, topt, make_data(), 3)
+    sd = topt.state_dict()
+    before = sd["state"][0]["exp_avg"].clone()
+    other = make_model()
+    opt = ft.Adam(other.parameters())
+    opt.load_state_dict(sd)
+    for p in other.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert torch.equal(sd["state"][0]["exp_avg"], before)
+    assert not torch.equal(opt.state[other[0].weight]["exp_avg"], before)
+
+
+# --- schedulers, clipping, hooks ------------------------------------------------------------------
+
+@pytest.mark.parametrize("sched", ["step", "onecycle", "cosine"])
+def test_lr_scheduler(sched):
+    data = make_data()
+    theirs, mine = make_model(), make_model()
+    topt = torch.optim.AdamW(theirs.parameters(), lr=1e-3, foreach=False)
+    opt = ft.AdamW(mine.parameters(), lr=1e-3)
+
+    def make(o):
+        if sched == "step":
+            return torch.optim.lr_scheduler.StepLR(o, step_size=20, gamma=0.5)
+        if sched == "onecycle":  # also cycles betas[0]
+            return torch.optim.lr_scheduler.OneCycleLR(o, max_lr=3e-3, total_steps=STEPS)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=STEPS)
+
+    ts, ms = make(topt), make(opt)
+    np.testing.assert_allclose(train(mine, opt, data, STEPS, scheduler=ms),
+                               train(theirs, topt, data, STEPS, scheduler=ts), rtol=1e-5, atol=1e-6)
+    assert_same(mine, theirs, what=sched)
+    assert opt.param_groups[0]["lr"] == topt.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["", "flatten"])
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_max_grad_norm_equals_clip_then_step(name, flatten):
+    opts = STATEFUL[name]
+    data = make_data()
+    theirs, mine = make_model(), make_model()
+    topt = torch.optim.AdamW(theirs.parameters(), **opts, foreach=False) if name == "AdamW" else \
+        torch.optim.SGD(theirs.parameters(), **opts, foreach=False)
+    opt = getattr(ft, name)(mine.parameters(), **opts, max_grad_norm=0.05, flatten=flatten)
+    tl = train(theirs, topt, data, 100, clip=0.05)
+    ml = train(mine, opt, data, 100)
+    np.testing.assert_allclose(ml, tl, rtol=1e-5, atol=1e-6)
+    assert_same(mine, theirs, what="clipped")
+    # The clip was active, and the gradients themselves are left as backward wrote them.
+    grads = [p.grad.clone() for p in mine.parameters()]
+    assert opt.last_grad_norm > 0.05
+    np.testing.assert_allclose(opt.last_grad_norm,
+                               torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads])).item(),
+                               rtol=1e-5)
+
+
+def test_max_grad_norm_nonfinite_raises_and_changes_nothing():
+    model = make_model()
+    opt = ft.AdamW(model.parameters(), max_grad_norm=1.0)
+    model(torch.randn(2, 8)).sum().backward()
+    model[0].weight.grad[0, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="norm"):
+        opt.step()
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+    assert not any(opt.state[p] for p in model.parameters())
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf")])
+def test_clip_grad_norm_matches_torch(norm_type):
+    a, b = make_model(), make_model()
+    x, y = make_data()[0]
+    for m in (a, b):
+        torch.nn.functional.mse_loss(m(x), y).backward()
+    tn = torch.nn.utils.clip_grad_norm_(a.parameters(), 0.01, norm_type=norm_type)
+    mn = ft.clip_grad_norm_(b.parameters(), 0.01, norm_type=norm_type)
+    assert isinstance(mn, torch.Tensor) and mn.dtype == tn.dtype
+    np.testing.assert_allclose(mn.item(), tn.item(), rtol=1e-6)
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_clip_grad_norm_nonfinite():
+    p = torch.nn.Parameter(torch.randn(4))
+    p.grad = torch.tensor([1.0, float("inf"), 0.0, 1.0])
+    with pytest.raises(RuntimeError, match="non-finite"):
+        ft.clip_grad_norm_([p], 1.0, error_if_nonfinite=True)
+    q = torch.nn.Parameter(torch.randn(4))
+    assert ft.clip_grad_norm_([q], 1.0).item() == 0.0  # no gradients: norm 0, like torch
+
+
+def test_closure_and_hooks():
+    model = make_model()
+    opt = ft.Adam(model.parameters(), lr=1e-3)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    x, y = make_data()[0]
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    first = opt.step(closure)
+    for _ in range(20):
+        last = opt.step(closure)
+    assert calls[:2] == ["pre", "post"] and len(calls) == 42
+    assert last.item() < first.item()
+
+
+def test_import_fastgd_does_not_import_torch():
+    code = "import sys, fastgd; assert 'torch' not in sys.modules, 'fastgd imported torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_same_constructor_defaults_and_initial_state_as_torch():
+    p = torch.nn.Parameter(torch.randn(3))
+    for name in NAMES[:-1]:
+        mine, theirs = getattr(ft, name)([p]), getattr(torch.optim, name)([p])
+        assert mine.defaults == theirs.defaults, name
+        # Adagrad creates its state in the constructor; the others on the first step.
+        sd, tsd = mine.state_dict(), theirs.state_dict()
+        assert sd["param_groups"] == tsd["param_groups"], name
+        assert {k: set(v) for k, v in sd["state"].items()} == {k: set(v) for k, v in tsd["state"].items()}, name
+
+
+# --- what it refuses --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex64])
+def test_refuses_half_bfloat16_complex(dtype):
+    p = torch.nn.Parameter(torch.zeros(3, dtype=dtype))
+    with pytest.raises(TypeError, match=str(dtype)):
+        ft.AdamW([p])
+
+
+def test_refuses_non_cpu_tensors():
+    p = torch.nn.Parameter(torch.empty(3, device="meta"))
+    with pytest.raises(RuntimeError, match="CPU tensors only"):
+        ft.SGD([p])
+
+
+def test_refuses_sparse_grads():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = ft.Adam(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+def test_refuses_differentiable_and_capturable():
+    p = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match="differentiable"):
+        ft.Adam([p], differentiable=True)
+    with pytest.raises(ValueError, match="capturable"):
+        ft.AdamW([p], capturable=True)
+
+
+def test_refuses_bad_hyperparameters_before_any_write():
+    p = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match="learning rate"):
+        ft.AdamW([p], lr=-1.0)
+    opt = ft.AdamW([p])
+    p.grad = torch.randn(3)
+    opt.param_groups[0]["betas"] = (1.5, 0.9)
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match="beta"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+
+
+def test_refuses_non_contiguous_param():
+    with pytest.raises(ValueError, match="contiguous"):
+        ft.Adam([torch.nn.Parameter(torch.randn(4, 3).t())])
+
+
+def test_uses_the_active_backend():
+    """fastgd.use_backend selects the kernels fastgd.torch runs on."""
+    data = make_data()
+    runs = []
+    for backend in fastgd.available_backends():
+        with fastgd.use_backend(backend):
+            model = make_model()
+            runs.append(train(model, ft.AdamW(model.parameters(), lr=1e-3), data, 20))
+    for r in runs[1:]:
+        np.testing.assert_allclose(r, runs[0], rtol=1e-5)
+
+
+def test_flatten_with_groups_added_later_and_mixed_dtypes():
+    data = make_data()
+    theirs, mine = make_model(), make_model()
+    extra = [torch.nn.Parameter(torch.randn(5, dtype=torch.float64)) for _ in range(2)]
+    mine_extra = [torch.nn.Parameter(e.detach().clone()) for e in extra]
+    initial = [e.detach().clone() for e in extra]
+    topt = torch.optim.Adam([{"params": theirs[0].parameters()}], lr=1e-3, foreach=False)
+    opt = ft.Adam([{"params": mine[0].parameters()}], lr=1e-3, flatten=True)
+    topt.add_param_group({"params": list(theirs[2:].parameters()) + extra, "lr": 2e-3})
+    opt.add_param_group({"params": list(mine[2:].parameters()) + mine_extra, "lr": 2e-3})
+    assert [f.dtype for f in opt._flats[1][1]] == [torch.float32, torch.float64]
+    for i in range(50):
+        x, y = data[i % len(data)]
+        g = torch.randn(5, dtype=torch.float64)
+        for model, o, ex in ((theirs, topt, extra), (mine, opt, mine_extra)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            for e in ex:
+                if e.grad is None:
+                    e.grad = g.clone()
+                else:  # flatten: the gradient is a view of the flat buffer; accumulate into it
+                    e.grad += g
+            o.step()
+    assert_same(mine, theirs, what="flatten, two groups")
+    for e, me in zip(extra, mine_extra):
+        np.testing.assert_allclose(me.detach().numpy(), e.detach().numpy(), rtol=1e-12)
+    assert not any(torch.equal(e.detach(), i) for e, i in zip(mine_extra, initial))
