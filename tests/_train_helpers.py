@@ -1,14 +1,7 @@
-"""Shared by the toolkit tests: finite differences, and a marker for tests that need the
-optimizers arriving from the optimizers branch (fastgd.SGD / fastgd.RMSprop)."""
+"""Shared by the toolkit tests: finite differences."""
 import numpy as np
-import pytest
 
-import fastgd
 
-needs_sgd = pytest.mark.skipif(not hasattr(fastgd, "SGD"),
-                               reason="needs fastgd.SGD (optimizers branch, not merged here yet)")
-needs_rmsprop = pytest.mark.skipif(not hasattr(fastgd, "RMSprop"),
-                                   reason="needs fastgd.RMSprop (optimizers branch, not merged here yet)")
 
 
 def numerical_grad(f, x, eps=1e-6):

@@ -7,7 +7,6 @@ import fastgd
 from fastgd import schedules as S
 from fastgd.demo import QUADRATIC_METHODS, run_quadratic, train_digits
 from fastgd.train import MLP, LinearRegression, Quadratic, SoftmaxRegression, fit, global_norm, minimize
-from _train_helpers import needs_rmsprop, needs_sgd
 
 
 def _regression(rng, n=64, d=5):
@@ -138,15 +137,11 @@ def test_callback_can_stop(rng):
 
 @pytest.mark.parametrize("label", [m[0] for m in QUADRATIC_METHODS] + ["Newton"])
 def test_quadratic_converges_to_3(label):
-    cls_name = dict((m[0], m[1]) for m in QUADRATIC_METHODS).get(label)
-    if cls_name and not hasattr(fastgd, cls_name):
-        pytest.skip(f"needs fastgd.{cls_name} (optimizers branch, not merged here yet)")
     r = run_quadratic()[label]
     assert r.converged
     assert abs(float(r.x[0]) - 3.0) <= 1e-6
 
 
-@needs_sgd
 def test_quadratic_sgd_matches_seed_loop():
     # the seed's loop: theta -= 0.1 * 2 (theta - 3), 100 times, from 0
     theta = 0.0
@@ -158,7 +153,6 @@ def test_quadratic_sgd_matches_seed_loop():
     assert x[0] == pytest.approx(theta, rel=1e-12)
 
 
-@needs_sgd
 def test_sgd_momentum_fit_trains(rng):
     X, y = _regression(rng)
     model = LinearRegression(5)
@@ -166,7 +160,6 @@ def test_sgd_momentum_fit_trains(rng):
     assert h.loss[-1] < 0.05 * h.loss[0]
 
 
-@needs_rmsprop
 def test_rmsprop_fit_trains(rng):
     X, y = _regression(rng)
     model = LinearRegression(5)

@@ -4,7 +4,6 @@ import math
 import numpy as np
 
 from fastgd.train import study
-from _train_helpers import needs_sgd
 
 X, y = study.make_classification(n=128, n_features=16, seed=0)
 
@@ -23,7 +22,6 @@ def test_init_norms_vanish_explode_and_stay_flat():
     assert max(norms["relu, std 0.3 (too large)"]) > 30 * max(he)   # relu: large in every layer
 
 
-@needs_sgd
 def test_clipping_keeps_too_large_init_from_diverging():
     runs = study.training_study(X, y, depth=8, width=64, epochs=3, batch_size=32)
     no_clip, clip, he = runs.values()
