@@ -49,6 +49,10 @@ def _cpu_simd_flags():
 def _compile_args():
     # -fno-math-errno lets sqrt vectorise (no errno branch); -fno-trapping-math lets the
     # compiler if-convert max/min. Neither changes a result for finite or non-finite inputs.
+    # -fno-inline-functions keeps each *_piece loop a function of its own: inlined into the
+    # wrapper that also holds the OpenMP region, its scalars became address-taken shared
+    # variables, gcc reloaded them every iteration and left the serial loop scalar (3.7 ns per
+    # Adam element instead of 0.45 at 10,000 float32, measured).
     args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-inline-functions", "-fno-inline-functions-called-once"]
     if _march():
         args.append(f"-march={_march()}")

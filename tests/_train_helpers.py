@@ -2,8 +2,6 @@
 import numpy as np
 
 
-
-
 def numerical_grad(f, x, eps=1e-6):
     """Central differences of the scalar f at x (float64), one coordinate at a time; x restored."""
     g = np.zeros(x.size)
