@@ -1,4 +1,5 @@
 """Every Cython kernel under one roof: the registry's view of the cython backend."""
 from .adam import adam  # noqa: F401
 from .runtime import get_num_threads, openmp_version, set_num_threads  # noqa: F401
+from .runtime import force_serial, forked_serial, parallel_started  # noqa: F401  (fork safety)
 from .stream import stream  # noqa: F401
