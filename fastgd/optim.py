@@ -10,11 +10,38 @@ base does everything else once: grouping, validation before any write, lazy stat
 dispatch to the active backend, and checkpoints.
 """
 import copy
+import functools
+import threading
 
 import numpy as np
 
 from . import _validate as check
 from .backends import kernel
+
+
+def _exclusive(method):
+    """Refuse, with a RuntimeError, a call made while another thread is inside step() or
+    load_state_dict() of the same optimizer (issue 8: never a silent race).
+
+    Two threads updating one optimizer's parameters and moments at once would interleave their
+    read-modify-write passes element by element: a corrupted result, not "both steps". Waiting
+    instead would hide the same bug (the order of the steps would depend on scheduling), so the
+    second caller is told at once. The lock is an RLock, so a step may call other guarded
+    methods of its own optimizer; different optimizers never contend. Cost: ~0.3 us per call.
+    """
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        lock = self.__dict__.get("_busy") or self.__dict__.setdefault("_busy", threading.RLock())
+        if not lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"{type(self).__name__}.{method.__name__}() was called while another thread is in "
+                "step() or load_state_dict() of the same optimizer; one optimizer must be stepped "
+                "by one thread at a time (give each thread its own optimizer, or hold a lock)")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            lock.release()
+    return guarded
 
 
 class Optimizer:
@@ -79,6 +106,7 @@ class Optimizer:
 
     # --- the step -------------------------------------------------------------------------------
 
+    @_exclusive
     def step(self, grads, *, grad_scale=1.0):
         """Update every parameter in place from ``grads`` (aligned with the parameters).
 
@@ -171,6 +199,7 @@ class Optimizer:
                  for i, s in self.state.items()}
         return {"state": state, "param_groups": groups}
 
+    @_exclusive
     def load_state_dict(self, state_dict):
         """Restore a snapshot from ``state_dict()``; checked whole before anything changes."""
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
@@ -229,6 +258,17 @@ class Optimizer:
                                  f"{a.dtype}; the parameter has {p.shape} and {p.dtype}")
             out[k] = np.array(a, dtype=p.dtype, order="C").reshape(-1)
         return out
+
+    def __getstate__(self):
+        # Pickle (multiprocessing 'spawn'/'forkserver', copy.deepcopy) without the step lock,
+        # and without the cache of checked groups, which is keyed by id() of this process.
+        state = dict(self.__dict__)
+        state.pop("_busy", None)
+        state["_checked"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
