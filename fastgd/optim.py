@@ -204,32 +204,45 @@ class Optimizer:
         """Restore a snapshot from ``state_dict()``; checked whole before anything changes."""
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must be a dict with exactly the keys 'state' and 'param_groups'")
-        saved_groups = list(state_dict["param_groups"])
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)):
+            raise ValueError("state_dict['param_groups'] must be a list of param-group dicts")
+        if not isinstance(state_dict["state"], dict):
+            raise ValueError("state_dict['state'] must be a dict {parameter index: state dict}")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} param groups; this optimizer has "
                              f"{len(self.param_groups)}")
+        kind = type(self).__name__
         new_groups = []
         for i, (mine, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            if not isinstance(saved, dict) or "params" not in saved:
-                raise ValueError(f"param_groups[{i}] of the state_dict is not a param-group dict")
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"param_groups[{i}] of the state_dict is not a param-group dict "
+                                 "with a 'params' list")
             if len(saved["params"]) != len(mine["params"]):
                 raise ValueError(f"param_groups[{i}] has {len(saved['params'])} parameters in the "
                                  f"state_dict but {len(mine['params'])} here")
             unknown = set(saved) - set(self.defaults) - {"params"}
             if unknown:
                 raise ValueError(f"param_groups[{i}] has option(s) {sorted(unknown)} that "
-                                 f"{type(self).__name__} does not know")
+                                 f"{kind} does not know (a state_dict of another optimizer?)")
+            missing = set(self.defaults) - set(saved)
+            if missing:
+                raise ValueError(f"param_groups[{i}] of the state_dict lacks option(s) "
+                                 f"{sorted(missing)} of {kind} (a state_dict of another optimizer?)")
             group = {**mine, **{k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}}
             group["params"] = mine["params"]
             self._check_group(group)
             new_groups.append(group)
         params = self._params()
         order = [i for saved in saved_groups for i in saved["params"]]
+        if (not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in order)
+                or len(set(order)) != len(order)):
+            raise ValueError("the state_dict's param groups must list distinct parameter indices (ints)")
         saved_to_mine = dict(zip(order, range(len(params))))
         new_state = {}
         group_of = [g for g in new_groups for _ in g["params"]]
-        for key, s in dict(state_dict["state"]).items():
-            if key not in saved_to_mine:
+        for key, s in state_dict["state"].items():
+            if isinstance(key, bool) or key not in saved_to_mine:
                 raise ValueError(f"state_dict has state for parameter {key!r}, which no group lists")
             index = saved_to_mine[key]
             new_state[index] = self._load_param_state(index, group_of[index], params[index], s)
@@ -242,18 +255,23 @@ class Optimizer:
             raise ValueError(f"state of parameter {index} must be a dict with a 'step'")
         expected = set(self._init_state(group, np.empty(0, p.dtype)))
         if set(saved) != expected:
-            raise ValueError(f"state of parameter {index} has keys {sorted(saved)}; expected "
+            raise ValueError(f"state of parameter {index} has keys {sorted(saved, key=str)}; expected "
                              f"{sorted(expected)} for these options")
         out = {}
         for k, v in saved.items():
             if k == "step":
-                step = int(v)
-                if step != v or step < 0:
+                if isinstance(v, np.ndarray) and v.ndim == 0:
+                    v = v.item()
+                if (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number))
+                        or not float(v).is_integer() or v < 0):
                     raise ValueError(f"state of parameter {index}: step must be an int >= 0; got {v!r}")
-                out[k] = step
+                out[k] = int(v)
                 continue
-            a = np.asarray(v)
-            if a.size != p.size or a.dtype != p.dtype:
+            try:
+                a = np.asarray(v)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"state {k!r} of parameter {index} is not an array: {exc}") from None
+            if a.dtype != p.dtype or a.shape not in ((p.size,), p.shape):
                 raise ValueError(f"state {k!r} of parameter {index} has shape {a.shape} and dtype "
                                  f"{a.dtype}; the parameter has {p.shape} and {p.dtype}")
             out[k] = np.array(a, dtype=p.dtype, order="C").reshape(-1)
@@ -332,3 +350,11 @@ class AdamW(Adam):
                  amsgrad=False, *, maximize=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        if not group["decoupled_weight_decay"]:
+            # Refuses e.g. an Adam state_dict loaded into AdamW, which would silently switch the
+            # rule to coupled decay. (Adam(decoupled_weight_decay=True) is AdamW's rule.)
+            raise ValueError("AdamW always decouples weight decay (decoupled_weight_decay=True); "
+                             "this param group does not (an Adam state_dict? use fastgd.Adam)")
