@@ -46,7 +46,9 @@ cdef void _adam_piece(floating* p, const floating* g, floating* acc, floating* m
         m[i] = mi
         v[i] = vi
         if amsgrad:
-            if vmax[i] > vi:
+            # max(vmax, vi) propagating a NaN of either, as the reference's np.maximum (and
+            # torch.maximum) does: vmax > vi alone would drop a NaN already in vmax.
+            if vmax[i] > vi or vmax[i] != vmax[i]:
                 vi = vmax[i]
             vmax[i] = vi
         d = _sqrt(vi) * rbc2 + eps
