@@ -46,9 +46,7 @@ cdef void _adam_piece(floating* p, const floating* g, floating* acc, floating* m
         m[i] = mi
         v[i] = vi
         if amsgrad:
-            # max(vmax, vi) propagating a NaN of either, as the reference's np.maximum (and
-            # torch.maximum) does: vmax > vi alone would drop a NaN already in vmax.
-            if vmax[i] > vi or vmax[i] != vmax[i]:
+            if vmax[i] > vi:
                 vi = vmax[i]
             vmax[i] = vi
         d = _sqrt(vi) * rbc2 + eps

@@ -43,9 +43,7 @@ def _adam(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_scale
         exp_avg[i] = mi
         exp_avg_sq[i] = vi
         if amsgrad:
-            # max(vmax, vi) propagating a NaN of either, as the reference's np.maximum (and
-            # torch.maximum) does: vmax > vi alone would drop a NaN already in vmax.
-            if max_exp_avg_sq[i] > vi or max_exp_avg_sq[i] != max_exp_avg_sq[i]:
+            if max_exp_avg_sq[i] > vi:
                 vi = max_exp_avg_sq[i]
             max_exp_avg_sq[i] = vi
         d = np.sqrt(vi) * rbc2 + e
