@@ -54,6 +54,11 @@ for child in range({FORKS}):
     if pid == 0:
         os.close(r)
         assert fastgd.get_num_threads() == 1
+        import threading                 # a thread of the child has no pool either: serial too
+        o3, p3 = pickle.loads(snapshot)
+        t = threading.Thread(target=run, args=(o3, p3, 3, 4))
+        t.start(); t.join(30)
+        assert not t.is_alive() and o3.state[0]["step"] == 4
         run(opt, params, 3, 6)
         pid2 = os.fork()             # a grandchild: still serial, still fine
         if pid2 == 0:
