@@ -20,8 +20,9 @@ from .backends import kernel
 
 
 def _exclusive(method):
-    """Refuse, with a RuntimeError, a call made while another thread is inside step() or
-    load_state_dict() of the same optimizer (issue 8: never a silent race).
+    """Refuse, with a RuntimeError, a call made while another thread is inside step(),
+    state_dict() or load_state_dict() of the same optimizer (issue 8: never a silent race; a
+    state_dict taken during a step would be half old, half new).
 
     Two threads updating one optimizer's parameters and moments at once would interleave their
     read-modify-write passes element by element: a corrupted result, not "both steps". Waiting
@@ -35,8 +36,8 @@ def _exclusive(method):
         if not lock.acquire(blocking=False):
             raise RuntimeError(
                 f"{type(self).__name__}.{method.__name__}() was called while another thread is in "
-                "step() or load_state_dict() of the same optimizer; one optimizer must be stepped "
-                "by one thread at a time (give each thread its own optimizer, or hold a lock)")
+                "step(), state_dict() or load_state_dict() of the same optimizer; one optimizer must "
+                "be used by one thread at a time (give each thread its own optimizer, or hold a lock)")
         try:
             return method(self, *args, **kwargs)
         finally:
@@ -183,6 +184,7 @@ class Optimizer:
 
     # --- checkpoints ----------------------------------------------------------------------------
 
+    @_exclusive
     def state_dict(self):
         """A snapshot, in torch.optim's layout: {"state": {index: {...}}, "param_groups": [...]}.
 

@@ -74,6 +74,7 @@ def test_same_optimizer_from_two_threads_is_refused(rng):
     p = rng.standard_normal(100).astype(np.float32)
     g = rng.standard_normal(100).astype(np.float32)
     opt = _Slow([p])
+    saved = opt.state_dict()
     opt.entered, opt.release = threading.Event(), threading.Event()
     first = threading.Thread(target=opt.step, args=([g],))
     first.start()
@@ -82,7 +83,9 @@ def test_same_optimizer_from_two_threads_is_refused(rng):
     with pytest.raises(RuntimeError, match="another thread"):
         opt.step([g])
     with pytest.raises(RuntimeError, match="another thread"):
-        opt.load_state_dict(opt.state_dict())
+        opt.load_state_dict(saved)
+    with pytest.raises(RuntimeError, match="another thread"):
+        opt.state_dict()
     assert np.array_equal(p, before)             # the refused call changed nothing
     opt.release.set()
     first.join(30)
