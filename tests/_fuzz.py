@@ -152,8 +152,11 @@ def snapshot(objs):
     return [(o.tobytes(), o.dtype.str, o.shape) if isinstance(o, np.ndarray) else repr(o) for o in objs]
 
 
-def same_result(actual, expected, before):
-    """Element-wise agreement of compiled and reference outputs (see module docstring)."""
+def same_result(actual, expected, before, loose=1.0):
+    """Element-wise agreement of compiled and reference outputs (see module docstring).
+
+    ``before``: arrays whose magnitudes set the error scale; ``loose`` widens the tolerance
+    (several optimizer steps carry fused multiply-add differences forward through the state)."""
     if np.asarray(expected).dtype not in RTOL:   # an input the call ignored (e.g. max_exp_avg_sq
         same = np.array_equal(np.asarray(actual), np.asarray(expected), equal_nan=False) or \
             np.asarray(actual).tobytes() == np.asarray(expected).tobytes()
@@ -173,7 +176,7 @@ def same_result(actual, expected, before):
     fin = ok & ~inf_e
     scale = np.abs(e) + sum(np.abs(np.nan_to_num(np.asarray(b, np.float64).reshape(-1), posinf=0, neginf=0))
                             for b in before if np.asarray(b).size == e.size)
-    rtol = RTOL[np.asarray(actual).dtype]
+    rtol = RTOL[np.asarray(actual).dtype] * loose
     tiny = np.finfo(np.asarray(actual).dtype).smallest_subnormal * 8
     bad = fin & (np.abs(a - e) > rtol * scale + tiny)
     if bad.any():
@@ -344,16 +347,22 @@ def fuzz_rule(rule_name, backend, stats):
         if got and got[0][0] == "refused-init":
             stats["refused"] += 1
             return
-        previous = params     # the reference's parameters before each step: the error scale
+        # Error scale of a parameter: its value before the step plus the sizes of every update
+        # so far (a rounding difference of a large early update is carried by later steps).
+        previous = params
+        moved = [np.zeros(p.size) for p in params]
         for (kind, a), (_, e) in zip(got, want):
             if kind == "refused":
                 stats["refused"] += 1
                 assert a == e
                 continue
             stats["valid"] += 1
-            for x, y, p0 in zip(a, e, previous):
-                problem = same_result(x, y, [p0])
-                assert problem is None, problem
+            for i, (x, y, p0) in enumerate(zip(a, e, previous)):
+                step = np.abs(np.asarray(y, np.float64) - np.asarray(p0, np.float64)).reshape(-1)
+                moved[i] = moved[i] + np.nan_to_num(step, nan=0.0, posinf=0.0)
+                problem = same_result(x, y, [p0, moved[i]], loose=10.0)
+                assert problem is None, (f"{problem}; {dtype.name} shapes {shapes_} "
+                                         f"options {kwargs}")
             previous = e
 
     check()
