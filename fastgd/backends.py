@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import json
 import os
+import sys
 import threading
 import warnings
 
@@ -48,6 +49,8 @@ class _Backend:
                     module = importlib.import_module(_MODULES[self.name])
                     if _threads["n"] is not None and hasattr(module, "set_num_threads"):
                         module.set_num_threads(_threads["n"])
+                    if _fork["serial"] and hasattr(module, "force_serial"):
+                        module.force_serial()  # first loaded in a child forked after a pool started
                     self.module = module
                 except Exception as exc:  # any import failure makes the backend unusable, with reason
                     self.error = f"{type(exc).__name__}: {exc}"
@@ -193,7 +196,10 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Threads the parallel kernels use (default: all cores)."""
+    """Threads the parallel kernels use (default: all cores; 1 in a child forked after a
+    parallel kernel ran, see _after_fork_in_child)."""
+    if _fork["serial"]:
+        return 1
     return _threads["n"] or _max_threads()
 
 
@@ -203,3 +209,32 @@ def _apply_threads():
         module = _BACKENDS[name].module
         if module is not None:
             module.set_num_threads(_threads["n"])
+
+
+# --- fork safety ------------------------------------------------------------------------------
+# Both compiled backends sit on thread pools that do not survive fork(): libgomp's (Cython, and
+# Numba's 'omp' layer) would hang a child that starts a team, and Numba's 'omp' layer kills such a
+# child outright. So a child forked after any pool started runs every kernel serially, on the
+# calling thread, with the same results (the kernels are bitwise identical at any thread count).
+# A child forked before any parallel kernel ran (e.g. a multiprocessing pool created first, or a
+# 'forkserver' child) keeps parallel kernels; 'spawn' children start fresh. The Cython runtime
+# also marks its own pool from a C-level pthread_atfork handler (kernels/runtime.pyx); this
+# handler makes the two backends agree, because they share one libgomp.
+
+_fork = {"serial": False}
+
+
+def _after_fork_in_child():
+    modules = [_BACKENDS[name].module for name in ("cython", "numba")]
+    modules = [m for m in modules if m is not None]
+    numba_parallel = sys.modules.get("numba.np.ufunc.parallel")
+    started = (_fork["serial"] or any(m.parallel_started() for m in modules)
+               or bool(getattr(numba_parallel, "_is_initialized", False)))
+    if started:
+        _fork["serial"] = True
+        for m in modules:
+            m.force_serial()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -33,6 +33,7 @@ import copy
 import functools
 import inspect
 import math
+import threading
 
 import numpy as np
 
@@ -74,6 +75,32 @@ def _check_clipping(max_grad_norm, norm_type, error_if_nonfinite):
     if max_grad_norm is not None:
         max_grad_norm = check.max_norm("max_grad_norm", max_grad_norm)
     return max_grad_norm, check.norm_type(norm_type), check.flag("error_if_nonfinite", error_if_nonfinite)
+
+
+def _exclusive(method):
+    """Refuse, with a RuntimeError, a call made while another thread is inside step(),
+    state_dict() or load_state_dict() of the same optimizer (issue 8: never a silent race; a
+    state_dict taken during a step would be half old, half new).
+
+    Two threads updating one optimizer's parameters and moments at once would interleave their
+    read-modify-write passes element by element: a corrupted result, not "both steps". Waiting
+    instead would hide the same bug (the order of the steps would depend on scheduling), so the
+    second caller is told at once. The lock is an RLock, so a step may call other guarded
+    methods of its own optimizer; different optimizers never contend. Cost: ~0.3 us per call.
+    """
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        lock = self.__dict__.get("_busy") or self.__dict__.setdefault("_busy", threading.RLock())
+        if not lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"{type(self).__name__}.{method.__name__}() was called while another thread is in "
+                "step(), state_dict() or load_state_dict() of the same optimizer; one optimizer must "
+                "be used by one thread at a time (give each thread its own optimizer, or hold a lock)")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            lock.release()
+    return guarded
 
 
 class Optimizer:
@@ -189,6 +216,7 @@ class Optimizer:
 
     # --- the step -------------------------------------------------------------------------------
 
+    @_exclusive
     def step(self, grads=None, *, grad_scale=1.0):
         """Update every parameter in place from ``grads`` (aligned with the parameters).
 
@@ -303,6 +331,7 @@ class Optimizer:
 
     # --- checkpoints ----------------------------------------------------------------------------
 
+    @_exclusive
     def state_dict(self):
         """A snapshot, in torch.optim's layout: {"state": {index: {...}}, "param_groups": [...]}.
 
@@ -319,36 +348,50 @@ class Optimizer:
                  for i, s in self.state.items()}
         return {"state": state, "param_groups": groups}
 
+    @_exclusive
     def load_state_dict(self, state_dict):
         """Restore a snapshot from ``state_dict()``; checked whole before anything changes."""
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must be a dict with exactly the keys 'state' and 'param_groups'")
-        saved_groups = list(state_dict["param_groups"])
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)):
+            raise ValueError("state_dict['param_groups'] must be a list of param-group dicts")
+        if not isinstance(state_dict["state"], dict):
+            raise ValueError("state_dict['state'] must be a dict {parameter index: state dict}")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} param groups; this optimizer has "
                              f"{len(self.param_groups)}")
+        kind = type(self).__name__
         new_groups = []
         for i, (mine, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            if not isinstance(saved, dict) or "params" not in saved:
-                raise ValueError(f"param_groups[{i}] of the state_dict is not a param-group dict")
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"param_groups[{i}] of the state_dict is not a param-group dict "
+                                 "with a 'params' list")
             if len(saved["params"]) != len(mine["params"]):
                 raise ValueError(f"param_groups[{i}] has {len(saved['params'])} parameters in the "
                                  f"state_dict but {len(mine['params'])} here")
             unknown = set(saved) - set(self.defaults) - {"params"}
             if unknown:
                 raise ValueError(f"param_groups[{i}] has option(s) {sorted(unknown)} that "
-                                 f"{type(self).__name__} does not know")
+                                 f"{kind} does not know (a state_dict of another optimizer?)")
+            missing = set(self.defaults) - set(saved)
+            if missing:
+                raise ValueError(f"param_groups[{i}] of the state_dict lacks option(s) "
+                                 f"{sorted(missing)} of {kind} (a state_dict of another optimizer?)")
             group = {**mine, **{k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}}
             group["params"] = mine["params"]
             self._check_group(group)
             new_groups.append(group)
         params = self._params()
         order = [i for saved in saved_groups for i in saved["params"]]
+        if (not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in order)
+                or len(set(order)) != len(order)):
+            raise ValueError("the state_dict's param groups must list distinct parameter indices (ints)")
         saved_to_mine = dict(zip(order, range(len(params))))
         new_state = {}
         group_of = [g for g in new_groups for _ in g["params"]]
-        for key, s in dict(state_dict["state"]).items():
-            if key not in saved_to_mine:
+        for key, s in state_dict["state"].items():
+            if isinstance(key, bool) or key not in saved_to_mine:
                 raise ValueError(f"state_dict has state for parameter {key!r}, which no group lists")
             index = saved_to_mine[key]
             new_state[index] = self._load_param_state(index, group_of[index], params[index], s)
@@ -362,15 +405,17 @@ class Optimizer:
         fresh = self._init_state(group, np.empty(0, p.dtype))
         expected = set(fresh)
         if set(saved) != expected:
-            raise ValueError(f"state of parameter {index} has keys {sorted(saved)}; expected "
+            raise ValueError(f"state of parameter {index} has keys {sorted(saved, key=str)}; expected "
                              f"{sorted(expected)} for these options")
         out = {}
         for k, v in saved.items():
             if k == "step":
-                step = int(v)
-                if step != v or step < 0:
+                if isinstance(v, np.ndarray) and v.ndim == 0:
+                    v = v.item()
+                if (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number))
+                        or not float(v).is_integer() or v < 0):
                     raise ValueError(f"state of parameter {index}: step must be an int >= 0; got {v!r}")
-                out[k] = step
+                out[k] = int(v)
                 continue
             if isinstance(fresh[k], float):
                 # Scalar state other than the step (NAdam's mu_product): a finite Python float.
@@ -378,12 +423,26 @@ class Optimizer:
                     v = v.item()
                 out[k] = check.finite(f"state {k!r} of parameter {index}", v)
                 continue
-            a = np.asarray(v)
-            if a.size != p.size or a.dtype != p.dtype:
+            try:
+                a = np.asarray(v)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"state {k!r} of parameter {index} is not an array: {exc}") from None
+            if a.dtype != p.dtype or a.shape not in ((p.size,), p.shape):
                 raise ValueError(f"state {k!r} of parameter {index} has shape {a.shape} and dtype "
                                  f"{a.dtype}; the parameter has {p.shape} and {p.dtype}")
             out[k] = np.array(a, dtype=p.dtype, order="C").reshape(-1)
         return out
+
+    def __getstate__(self):
+        # Pickle (multiprocessing 'spawn'/'forkserver', copy.deepcopy) without the step lock,
+        # and without the cache of checked groups, which is keyed by id() of this process.
+        state = dict(self.__dict__)
+        state.pop("_busy", None)
+        state["_checked"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -447,6 +506,14 @@ class AdamW(Adam):
                  amsgrad=False, *, maximize=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        if not group["decoupled_weight_decay"]:
+            # Refuses e.g. an Adam state_dict loaded into AdamW, which would silently switch the
+            # rule to coupled decay. (Adam(decoupled_weight_decay=True) is AdamW's rule.)
+            raise ValueError("AdamW always decouples weight decay (decoupled_weight_decay=True); "
+                             "this param group does not (an Adam state_dict? use fastgd.Adam)")
 
 
 class SGD(Optimizer):

@@ -15,11 +15,61 @@ cdef enum:
     PIECE_ALIGN = 16
 
 
+cdef extern from "_runtime.h" nogil:
+    ctypedef struct fastgd_runtime_t:
+        int num_threads
+        int pool_started
+        int forked_serial
+
+# The process-wide settings (kernels/_runtime.h), found once per module through runtime.pyx's
+# capsule (the first parallel call takes the GIL for that lookup, then never again). If the
+# runtime cannot be reached (a broken install), kernels run serially: slow but never unsafe.
+cdef extern from *:
+    """
+    #include "_runtime.h"
+    static fastgd_runtime_t *fastgd_rt_ptr = NULL;
+    static fastgd_runtime_t fastgd_rt_unreachable = {1, 0, 1};
+    static fastgd_runtime_t *fastgd_rt(void) {
+        fastgd_runtime_t *rt = __atomic_load_n(&fastgd_rt_ptr, __ATOMIC_ACQUIRE);
+        if (rt == NULL) {
+            PyGILState_STATE gil = PyGILState_Ensure();
+            PyObject *module = PyImport_ImportModule(FASTGD_RUNTIME_MODULE);
+            rt = module ? (fastgd_runtime_t *)PyCapsule_Import(FASTGD_RUNTIME_CAPSULE, 0) : NULL;
+            Py_XDECREF(module);
+            if (rt == NULL) {
+                PyErr_Clear();
+                rt = &fastgd_rt_unreachable;
+            }
+            PyGILState_Release(gil);
+            __atomic_store_n(&fastgd_rt_ptr, rt, __ATOMIC_RELEASE);
+        }
+        return rt;
+    }
+    """
+    fastgd_runtime_t* fastgd_rt() nogil
+
+
 cdef inline int threads_for(Py_ssize_t n) noexcept nogil:
-    """How many threads a kernel over n elements uses."""
+    """How many threads a kernel over n elements uses.
+
+    1 below PARALLEL_MIN, and 1 in a process forked after an OpenMP team started: libgomp's pool
+    does not survive fork (its threads are gone, a team would wait for them forever), and a
+    kernel that runs with 1 thread never enters libgomp. Else fastgd.set_num_threads's count
+    (process-wide), or OpenMP's default.
+    """
+    cdef fastgd_runtime_t* rt
+    cdef int t
     if n < PARALLEL_MIN:
         return 1
-    return openmp.omp_get_max_threads()
+    rt = fastgd_rt()
+    if rt.forked_serial:
+        return 1
+    t = rt.num_threads
+    if t <= 0:
+        t = openmp.omp_get_max_threads()
+    if t > 1 and not rt.pool_started:
+        rt.pool_started = 1
+    return t
 
 
 cdef inline void piece(Py_ssize_t n, int nthreads, int t, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:

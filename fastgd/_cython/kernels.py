@@ -6,4 +6,5 @@ from .lion import lion  # noqa: F401
 from .norms import accumulate, clamp, norm_partial, scale  # noqa: F401
 from .runtime import get_num_threads, openmp_version, set_num_threads  # noqa: F401
 from .sgd import sgd  # noqa: F401
+from .runtime import force_serial, forked_serial, parallel_started  # noqa: F401  (fork safety)
 from .stream import stream  # noqa: F401

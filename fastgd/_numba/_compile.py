@@ -6,14 +6,50 @@ more than it saves, and a parallel variant for large ones. Both release the GIL,
 on disk, and use the NumPy error model (no ZeroDivisionError branch in the loop, so LLVM can
 vectorise). No fastmath: results must match the reference within the tests' tolerances.
 """
+import threading
 import types
 
+import numba
 from numba import njit
 
 # Same threshold as the Cython kernels (kernels/_parallel.pxd), measured by bench/threshold.py.
 PARALLEL_MIN = 32768
 
 _OPTIONS = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+
+
+class _Runtime:
+    """How parallel variants run in this process (set through fastgd._numba and fastgd.backends).
+
+    serial_only: a child forked after a thread pool started (Numba's OpenMP layer kills such a
+    child on its first parallel launch; libgomp would hang): every call runs the serial variant,
+    which never touches the threading layer.
+    num_threads: fastgd.set_num_threads's count (0: Numba's default). numba.set_num_threads is
+    per thread, so it is re-applied in each thread that runs a parallel variant (``generation``
+    tells a thread its copy is stale; checking that costs ~50 ns, numba.get_num_threads ~2.5 us).
+    threadsafe: whether the launched threading layer accepts concurrent launches from several
+    threads ('omp' and 'tbb' do; 'workqueue' aborts the process). Until the first launch has
+    told, and forever under 'workqueue', parallel launches are serialised by ``lock``.
+    """
+    serial_only = False
+    num_threads = 0
+    generation = 0
+    threadsafe = False
+    lock = threading.Lock()
+    local = threading.local()
+
+
+def _run_parallel(fn, param, args):
+    rt = _Runtime
+    if rt.num_threads and getattr(rt.local, "generation", -1) != rt.generation:
+        numba.set_num_threads(rt.num_threads)
+        rt.local.generation = rt.generation
+    if rt.threadsafe:
+        return fn(param, *args)
+    with rt.lock:
+        out = fn(param, *args)
+        rt.threadsafe = numba.threading_layer() != "workqueue"
+    return out
 
 
 def _renamed(body, variant):
@@ -38,9 +74,9 @@ def serial_and_parallel(body):
     parallel = njit(parallel=True, **_OPTIONS)(_renamed(body, "parallel"))
 
     def kernel(param, *args):
-        if param.shape[0] < PARALLEL_MIN:
+        if param.shape[0] < PARALLEL_MIN or _Runtime.serial_only:
             return serial(param, *args)
-        return parallel(param, *args)
+        return _run_parallel(parallel, param, args)
 
     kernel.__name__ = body.__name__.lstrip("_")
     kernel.__doc__ = body.__doc__

@@ -1,0 +1,389 @@
+"""The fuzzer behind tests/test_fuzz.py (run in a subprocess, so a crash cannot kill pytest).
+
+Targets are discovered, not listed: every public function of ``fastgd.functional`` whose name
+ends in ``_`` (adam_, and sgd_, clip_grad_norm_, accumulate_, ... as they land) and every rule
+of ``fastgd.rules.RULES``. Arguments are built from each function's signature: positional
+parameters without a default are arrays (the first is the parameter), keyword arguments
+defaulting to None are optional arrays, the rest are hyperparameters drawn around their
+defaults. A target whose arguments this cannot guess gets an entry in ``ARGUMENTS``.
+
+Each example is run twice, on copies: with the backend under test and with the NumPy reference
+(the same public function, backend 'numpy'). Outcomes must agree: both refuse with the same
+TypeError/ValueError and leave every input unchanged, or both succeed with the same arrays
+(NaN where the reference has NaN, the same infinities, finite values within a tolerance scaled
+by the magnitudes involved, since the compiled kernels may fuse multiply-adds).
+"""
+import inspect
+import json
+import math
+import os
+import sys
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+
+import fastgd
+from fastgd import functional
+from fastgd.rules import RULES
+
+EXAMPLES = int(os.environ.get("FASTGD_FUZZ_EXAMPLES", "80"))
+SEED = int(os.environ.get("FASTGD_FUZZ_SEED", "0"))
+RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+
+# Lengths: empty, tiny, odd, and one above the parallel threshold (32768).
+LENGTHS = (0, 1, 2, 7, 33, 1023, 40_000)
+SPECIALS = {
+    np.dtype(np.float32): (0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.2e-38, 1e30, -1e30, 3e38,
+                           np.nan, np.inf, -np.inf),
+    np.dtype(np.float64): (0.0, -0.0, 5e-324, -5e-324, 1e-310, 2.3e-308, 1e30, -1e30, 1e300,
+                           np.nan, np.inf, -np.inf),
+}
+BAD_DTYPES = (np.float16, np.int32, np.int64, np.complex64, np.bool_, ">f8", ">f4", object)
+WILD = (0, -1, -1e-3, 1.5, 1e30, -1e30, math.nan, math.inf, -math.inf, True, None, "1", 10**40)
+
+# No shrinking by default: it can take minutes on arrays this size; the failure is reported as
+# drawn (set FASTGD_FUZZ_SHRINK=1 to minimise it when debugging).
+PHASES = (Phase.explicit, Phase.generate) + ((Phase.shrink,) if os.environ.get("FASTGD_FUZZ_SHRINK") else ())
+
+# Targets whose arguments the signature does not tell: name -> callable(draw) -> (args, kwargs).
+ARGUMENTS = {}
+
+
+def _nan_in_amsgrad_state(args, kwargs):
+    vmax = kwargs.get("max_exp_avg_sq")
+    return (kwargs.get("amsgrad") is True and isinstance(vmax, np.ndarray)
+            and vmax.dtype.kind == "f" and bool(np.isnan(vmax).any()))
+
+
+# Known, documented differences from the reference: name -> [(predicate(args, kwargs), why)].
+# Such cases must still agree on refusing or not, never crash, and leave refused inputs
+# unchanged; their values are not compared. Each entry is a bug to fix in the kernels.
+KNOWN_DIVERGENCES = {
+    "adam_": [(_nan_in_amsgrad_state,
+               "a NaN already stored in max_exp_avg_sq is dropped by the compiled kernels' "
+               "max (vmax > v ? vmax : v), kept by np.maximum; a NaN-propagating compare stops "
+               "gcc vectorising the kernel (20x slower), so it waits for a vectorisable form")],
+}
+
+
+# --- values ---------------------------------------------------------------------------------
+
+@st.composite
+def values(draw, n, dtype):
+    """n values of dtype: random normals at a drawn scale, sprinkled with special values."""
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1.0, 1e-3, 1e3, 1e-30, 1e30]))
+    a = (rng.standard_normal(n) * scale).astype(dtype)
+    if n and draw(st.booleans()):
+        specials = draw(st.lists(st.sampled_from(SPECIALS[dtype]), min_size=1, max_size=4))
+        where = rng.integers(0, n, size=min(n, draw(st.integers(1, 64))))
+        a[where] = rng.choice(np.array(specials, dtype=dtype), size=where.size)
+    if n and draw(st.integers(0, 9)) == 0:                 # all of one special value
+        a[:] = draw(st.sampled_from(SPECIALS[dtype]))
+    return a
+
+
+@st.composite
+def shapes(draw):
+    n = draw(st.sampled_from(LENGTHS))
+    kind = draw(st.sampled_from(["1d", "1d", "2d", "0d"]))
+    if kind == "0d":
+        return ()
+    if kind == "2d" and n > 1:
+        rows = draw(st.sampled_from([d for d in (1, 2, 3, 5, 8) if n % d == 0] or [1]))
+        return (rows, n // rows)
+    return (n,)
+
+
+MUTATIONS = ("bad_dtype", "noncontiguous", "fortran", "readonly", "wrong_shape", "list",
+             "alias_same", "alias_overlap", "scalar")
+
+
+def mutate(draw, arrays, i):
+    """Make arrays[i] wrong in one drawn way; returns the mutation's name."""
+    a = arrays[i]
+    how = draw(st.sampled_from(MUTATIONS))
+    if how == "bad_dtype":
+        arrays[i] = a.astype(draw(st.sampled_from(BAD_DTYPES)))
+    elif how == "noncontiguous" and a.size:
+        base = np.repeat(a.reshape(-1), 2)
+        arrays[i] = base[::2].reshape(a.shape)
+    elif how == "fortran" and a.ndim == 2 and min(a.shape) > 1:
+        arrays[i] = np.asfortranarray(a)
+    elif how == "readonly":
+        a.setflags(write=False)
+    elif how == "wrong_shape":
+        arrays[i] = np.concatenate([a.reshape(-1), a.reshape(-1)[:1] if a.size else np.ones(1, a.dtype)])
+    elif how == "list":
+        arrays[i] = a.tolist()
+    elif how in ("alias_same", "alias_overlap") and len(arrays) > 1:
+        j = draw(st.sampled_from([k for k in range(len(arrays)) if k != i]))
+        if how == "alias_same" or arrays[j].size < 2:
+            arrays[i] = arrays[j]
+        else:   # a same-shaped view overlapping arrays[j] by all but one element
+            flat = np.concatenate([arrays[j].reshape(-1), arrays[j].reshape(-1)[:1]])
+            arrays[j] = flat[:-1].reshape(arrays[j].shape)
+            arrays[i] = flat[1:].reshape(arrays[j].shape)
+    elif how == "scalar":
+        arrays[i] = 1.0
+    return how
+
+
+def hyper(draw, name, default, wild=False):
+    """A hyperparameter near its default, or (``wild``) anything, valid or not."""
+    if wild:
+        return draw(st.sampled_from(WILD + ((0.9, 0.999, 0.5),) if isinstance(default, tuple) else WILD))
+    if isinstance(default, bool):
+        return draw(st.booleans())
+    if isinstance(default, tuple):
+        return tuple(draw(st.sampled_from([0.0, 0.5, 0.9, 0.999, 0.999999, d])) for d in default)
+    if name == "step":
+        return draw(st.sampled_from([1, 2, 3, 10, 1000, 10**6]))
+    if isinstance(default, (int, float)):
+        return draw(st.sampled_from([default, default, 0.0, 1e-8, 1e-3, 0.1, 0.5, 1.0, 3.0, 1e4]))
+    return default
+
+
+# --- comparison -------------------------------------------------------------------------------
+
+def snapshot(objs):
+    return [(o.tobytes(), o.dtype.str, o.shape) if isinstance(o, np.ndarray) else repr(o) for o in objs]
+
+
+def same_result(actual, expected, before, loose=1.0):
+    """Element-wise agreement of compiled and reference outputs (see module docstring).
+
+    ``before``: arrays whose magnitudes set the error scale; ``loose`` widens the tolerance
+    (several optimizer steps carry fused multiply-add differences forward through the state)."""
+    if np.asarray(expected).dtype not in RTOL:   # an input the call ignored (e.g. max_exp_avg_sq
+        same = np.array_equal(np.asarray(actual), np.asarray(expected), equal_nan=False) or \
+            np.asarray(actual).tobytes() == np.asarray(expected).tobytes()
+        return None if same else "an array that is not float32/float64 changed"  # without amsgrad)
+    a = np.asarray(actual, dtype=np.float64).reshape(-1)
+    e = np.asarray(expected, dtype=np.float64).reshape(-1)
+    if a.shape != e.shape:
+        return "shapes differ"
+    nan_a, nan_e = np.isnan(a), np.isnan(e)
+    if not np.array_equal(nan_a, nan_e):
+        return f"NaN at {np.flatnonzero(nan_a != nan_e)[:5]}: got {a[nan_a != nan_e][:5]} want {e[nan_a != nan_e][:5]}"
+    ok = ~nan_e
+    inf_e = np.isinf(e) & ok
+    if not np.array_equal(a[inf_e], e[inf_e]) or np.isinf(a[ok & ~inf_e]).any():
+        bad = ok & (np.isinf(a) != np.isinf(e))
+        return f"inf mismatch at {np.flatnonzero(bad)[:5]}: got {a[bad][:5]} want {e[bad][:5]}"
+    fin = ok & ~inf_e
+    scale = np.abs(e) + sum(np.abs(np.nan_to_num(np.asarray(b, np.float64).reshape(-1), posinf=0, neginf=0))
+                            for b in before if np.asarray(b).size == e.size)
+    rtol = RTOL[np.asarray(actual).dtype] * loose
+    tiny = np.finfo(np.asarray(actual).dtype).smallest_subnormal * 8
+    bad = fin & (np.abs(a - e) > rtol * scale + tiny)
+    if bad.any():
+        return f"values at {np.flatnonzero(bad)[:5]}: got {a[bad][:5]} want {e[bad][:5]}"
+    return None
+
+
+def outcome(backend, fn, make):
+    """Run fn(*args, **kwargs) from make() on backend: ('ok', arrays) or ('refused', exc type)."""
+    args, kwargs = make()
+    arrays = [x for x in list(args) + list(kwargs.values()) if isinstance(x, np.ndarray)]
+    before = snapshot(arrays)
+    with fastgd.use_backend(backend):
+        try:
+            fn(*args, **kwargs)
+        except (TypeError, ValueError) as exc:
+            assert snapshot(arrays) == before, f"{backend}: refused ({exc}) but changed an input"
+            return "refused", type(exc), [np.array(x) for x in arrays]
+    return "ok", None, arrays
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+def functional_targets():
+    return sorted(name for name, fn in vars(functional).items()
+                  if name.endswith("_") and not name.startswith("_") and callable(fn))
+
+
+def build_functional_call(draw, name):
+    """(args, kwargs) for functional ``name``, from its signature (or ARGUMENTS)."""
+    if name in ARGUMENTS:
+        return ARGUMENTS[name](draw)
+    sig = inspect.signature(getattr(functional, name))
+    array_names = [p.name for p in sig.parameters.values()
+                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    optional = [p.name for p in sig.parameters.values() if p.default is None]
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    shape = draw(shapes())
+    n = int(np.prod(shape))
+    arrays = [draw(values(n, dtype)).reshape(shape) for _ in array_names + optional]
+    if draw(st.integers(0, 4)) == 0:
+        mutate(draw, arrays, draw(st.integers(0, len(arrays) - 1)))
+    kwargs = {}
+    scalars = [p for p in sig.parameters.values()
+               if p.name not in array_names and p.name not in optional and p.kind is not p.VAR_KEYWORD]
+    wild = draw(st.integers(-3 * len(scalars), len(scalars) - 1))   # one wild value in 1 case of 4
+    for i, p in enumerate(scalars):
+        kwargs[p.name] = hyper(draw, p.name, p.default if p.default is not p.empty else 1, wild == i)
+    for k, name_opt in enumerate(optional):
+        if draw(st.integers(0, 9)):      # usually passed (a flag may need it), sometimes left None
+            kwargs[name_opt] = arrays[len(array_names) + k]
+    return arrays[:len(array_names)], kwargs
+
+
+def _copier(args, kwargs):
+    """A function returning fresh deep copies of (args, kwargs), aliasing and flags preserved."""
+    def make():
+        memo = {}
+        def cp(x):
+            if isinstance(x, np.ndarray):
+                base = x.base if isinstance(x.base, np.ndarray) else None
+                if base is not None:                  # keep views of one buffer views of one copy
+                    key = id(base)
+                    if key not in memo:
+                        memo[key] = base.copy()
+                    offset = x.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+                    y = np.ndarray(x.shape, x.dtype, memo[key], offset, x.strides)
+                else:
+                    key = id(x)
+                    if key not in memo:
+                        memo[key] = x.copy(order="K")
+                    y = memo[key]
+                if not x.flags.writeable:
+                    y.setflags(write=False)
+                return y
+            return x
+        return [cp(a) for a in args], {k: cp(v) for k, v in kwargs.items()}
+    return make
+
+
+def fuzz_functional(name, backend, stats):
+    fn = getattr(functional, name)
+
+    @seed(SEED)
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=PHASES,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def check(data):
+        args, kwargs = build_functional_call(data.draw, name)
+        make = _copier(args, kwargs)
+        got = outcome(backend, fn, make)
+        want = outcome("numpy", fn, make)
+        stats["cases"] += 1
+        assert got[0] == want[0] and got[1] == want[1], f"{backend} {got[:2]} but reference {want[:2]}"
+        if got[0] == "refused":
+            stats["refused"] += 1
+            return
+        stats["valid"] += 1
+        if any(pred(args, kwargs) for pred, _ in KNOWN_DIVERGENCES.get(name, ())):
+            stats["known_divergence"] = stats.get("known_divergence", 0) + 1
+            return
+        before = [x for x in list(args) + list(kwargs.values()) if isinstance(x, np.ndarray)]
+        for i, (a, e) in enumerate(zip(got[2], want[2])):
+            problem = same_result(a, e, before)
+            assert problem is None, f"array {i}: {problem}"
+
+    check()
+
+
+def fuzz_rule(rule_name, backend, stats):
+    rule = RULES[rule_name]
+    cls = getattr(fastgd, rule.optimizer)
+    sig = inspect.signature(cls.__init__)
+    options = {p.name: p.default for p in list(sig.parameters.values())[2:]
+               if p.default is not p.empty}
+
+    @seed(SEED)
+    @settings(max_examples=max(EXAMPLES // 2, 10), deadline=None, database=None, phases=PHASES,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def check(data):
+        draw = data.draw
+        dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+        shapes_ = [draw(shapes()) for _ in range(draw(st.integers(1, 3)))]
+        params = [draw(values(int(np.prod(s)), dtype)).reshape(s) for s in shapes_]
+        kwargs = dict(rule.options)
+        for k, d in options.items():
+            if k not in rule.options and draw(st.booleans()):
+                kwargs[k] = hyper(draw, k, d, wild=draw(st.integers(0, 7)) == 0)
+        steps = []
+        for _ in range(draw(st.integers(1, 3))):
+            grads = [draw(values(p.size, dtype)).reshape(p.shape) for p in params]
+            if draw(st.integers(0, 3)) == 0:
+                how = draw(st.sampled_from(["none", "count", "mutate", "alias_param"]))
+                if how == "none":
+                    grads[0] = None
+                elif how == "count":
+                    grads = grads[:-1] if len(grads) > 1 else grads + grads
+                elif how == "mutate":
+                    mutate(draw, grads, draw(st.integers(0, len(grads) - 1)))
+                else:
+                    grads[0] = params[0]
+            steps.append(grads)
+        results = {}
+        for b in (backend, "numpy"):
+            ps = [p.copy() for p in params]
+            trace = []
+            with fastgd.use_backend(b):
+                try:
+                    opt = cls(ps, **kwargs)
+                except (TypeError, ValueError) as exc:
+                    results[b] = [("refused-init", type(exc))]
+                    continue
+                for grads in steps:
+                    g = [x if x is not params[0] else ps[0] for x in grads]
+                    before = snapshot(ps) + [repr(opt.state_dict())]
+                    try:
+                        opt.step(g)
+                        trace.append(("ok", [p.copy() for p in ps]))
+                    except (TypeError, ValueError) as exc:
+                        assert snapshot(ps) + [repr(opt.state_dict())] == before, \
+                            f"{b}: refused step ({exc}) changed the optimizer"
+                        trace.append(("refused", type(exc)))
+            results[b] = trace
+        stats["cases"] += 1
+        got, want = results[backend], results["numpy"]
+        assert [t[0] for t in got] == [t[0] for t in want], (got, want)
+        if got and got[0][0] == "refused-init":
+            stats["refused"] += 1
+            return
+        # Error scale of a parameter: its value before the step plus the sizes of every update
+        # so far (a rounding difference of a large early update is carried by later steps).
+        previous = params
+        moved = [np.zeros(p.size) for p in params]
+        for (kind, a), (_, e) in zip(got, want):
+            if kind == "refused":
+                stats["refused"] += 1
+                assert a == e
+                continue
+            stats["valid"] += 1
+            for i, (x, y, p0) in enumerate(zip(a, e, previous)):
+                step = np.abs(np.asarray(y, np.float64) - np.asarray(p0, np.float64)).reshape(-1)
+                moved[i] = moved[i] + np.nan_to_num(step, nan=0.0, posinf=0.0)
+                problem = same_result(x, y, [p0, moved[i]], loose=10.0)
+                assert problem is None, (f"{problem}; {dtype.name} shapes {shapes_} "
+                                         f"options {kwargs}")
+            previous = e
+
+    check()
+
+
+def main(backends):
+    np.seterr(all="ignore")   # the reference meets NaN/inf/overflow on purpose
+    report = {}
+    targets = [("functional", n) for n in functional_targets()] + [("rule", r) for r in sorted(RULES)]
+    for backend in backends:
+        for kind, name in targets:
+            key = f"{kind}:{name}:{backend}"
+            print("fuzzing", key, file=sys.stderr, flush=True)   # names the culprit of a crash
+            stats = {"cases": 0, "valid": 0, "refused": 0, "failure": None}
+            try:
+                (fuzz_functional if kind == "functional" else fuzz_rule)(name, backend, stats)
+            except Exception as exc:   # the falsifying example, reported by the test
+                stats["failure"] = f"{type(exc).__name__}: {exc}"[:4000]
+            report[key] = stats
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
