@@ -494,12 +494,20 @@ class _Optimizer(torch.optim.Optimizer):
                     _check_param(p, f"parameter {i} of group {gi}", name)
                     slot = self._slots[p] = _Slot(ptr, p.detach().numpy().reshape(-1), _span(p))
                 # Not cached: holding last step's gradients would keep them alive after
-                # zero_grad(set_to_none=True) frees them.
-                what = f"parameter {i} of group {gi}"
-                g = _grad_tensor(p, g, what, name)
-                span = _span(g)
-                _refuse_overlap(span, slot.spans, f"the gradient of {what}", name)
-                work.append((group, p, slot, span, (g.numpy().reshape(-1),)))
+                # zero_grad(set_to_none=True) frees them. The common case (a plain gradient like
+                # the parameter, which was checked) is tested in one expression; anything else
+                # goes through the checks that name what is wrong.
+                if not (g.dtype == p.dtype and g.shape == p.shape and g.is_cpu
+                        and g.layout == torch.strided and not g.requires_grad and g.is_contiguous()):
+                    g = _grad_tensor(p, g, f"parameter {i} of group {gi}", name)
+                n = g.numel()
+                lo = g.data_ptr() if n else 0
+                hi = lo + n * g.element_size()
+                for other, (a, b) in slot.spans.items():
+                    if lo < b and a < hi:
+                        _refuse_overlap((lo, hi), slot.spans, f"the gradient of parameter {i} of "
+                                        f"group {gi}", name)
+                work.append((group, p, slot, (lo, hi), (g.numpy().reshape(-1),)))
         return work
 
     def _step_each(self, work, grad_scale, preps):
