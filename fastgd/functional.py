@@ -220,8 +220,13 @@ def adagrad_(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_deca
     g = check.array("grad", grad, like=param, writable=False)
     s = check.array("state_sum", state_sum, like=param)
     check.no_overlap(param=p, grad=g, state_sum=s)
-    kernel("adagrad")(p, g, p, s, grad_scale, maximize, False, lr / (1.0 + (t - 1) * lr_decay),
+    kernel("adagrad")(p, g, p, s, grad_scale, maximize, False, adagrad_lr(t, lr, lr_decay),
                       weight_decay, eps)
+
+
+def adagrad_lr(step, lr, lr_decay):
+    """Adagrad's decayed learning rate at step t (1-based): lr / (1 + (t - 1) * lr_decay)."""
+    return lr / (1.0 + (step - 1) * lr_decay)
 
 
 def rmsprop_(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,

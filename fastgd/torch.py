@@ -12,7 +12,10 @@ torch's names and layout (``step`` a float32 scalar tensor), so a checkpoint of
 ``torch.optim.AdamW`` loads into ``ft.AdamW`` and the other way round.
 
 The update is zero-copy: parameters, gradients and state are viewed as NumPy arrays
-(``Tensor.numpy()`` shares memory) and updated in place by one fused pass per tensor.
+(``Tensor.numpy()`` shares memory) and updated in place by one fused pass per tensor: the
+backend's raw kernel, called directly. Each group's options are checked once per step (as
+fastgd.functional checks them; Adam/AdamW as torch.optim.Adam does) and every tensor cheaply,
+before anything is written; the step-dependent scalars come from fastgd.functional's helpers.
 
 Options beyond torch's (keyword-only, every class):
 
@@ -30,7 +33,8 @@ Options beyond torch's (keyword-only, every class):
   A non-finite norm raises before anything changes (torch would write NaNs into the parameters).
 
 What it refuses, with a message: tensors not on the CPU (CUDA, MPS, ...), complex or
-half/bfloat16 parameters, sparse gradients, ``differentiable=True`` and ``capturable=True``.
+half/bfloat16 parameters, sparse gradients, ``differentiable=True`` and ``capturable=True``,
+a gradient or state tensor sharing memory with its parameter or each other.
 Parameters whose ``grad`` is None are skipped.
 """
 import math
@@ -39,6 +43,7 @@ import operator
 import numpy as np
 import torch
 
+from . import _validate as check
 from . import functional as F
 from .backends import kernel
 
@@ -75,8 +80,8 @@ def _check_param(p, what, optimizer):
                          "contiguous; it is updated in place through a view and cannot be")
 
 
-def _grad_array(p, g, what, optimizer):
-    """The gradient of ``p`` as a flat NumPy array (a view; a copy only if it is non-contiguous)."""
+def _grad_tensor(p, g, what, optimizer):
+    """The gradient of ``p``, checked, detached and contiguous (a copy only if it was not)."""
     _check_tensor(g, f"the gradient of {what}", optimizer)
     if g.dtype != p.dtype:
         raise TypeError(f"{optimizer}: the gradient of {what} has dtype {g.dtype} but the parameter "
@@ -88,7 +93,26 @@ def _grad_array(p, g, what, optimizer):
         g = g.detach()
     if not g.is_contiguous():
         g = g.contiguous()
-    return g.numpy().reshape(-1)
+    return g
+
+
+def _span(t):
+    """The bytes [lo, hi) a contiguous tensor occupies ((0, 0) if empty: it overlaps nothing)."""
+    n = t.numel()
+    if not n:
+        return 0, 0
+    lo = t.data_ptr()
+    return lo, lo + n * t.element_size()
+
+
+def _refuse_overlap(span, spans, what, optimizer):
+    """Refuse (as fastgd.functional's no_overlap does) an array sharing memory with one of
+    ``spans`` ({name: (lo, hi)}): the kernels read and write them element by element."""
+    lo, hi = span
+    for name, (a, b) in spans.items():
+        if lo < b and a < hi:
+            raise ValueError(f"{optimizer}: {what} shares memory with {name}; each must be its "
+                             "own tensor")
 
 
 def _state_array(t, p, name, what, optimizer):
@@ -232,14 +256,16 @@ class _Flat:
 
 
 class _Slot:
-    """Cached NumPy views of one parameter and its state tensors (non-flat mode)."""
-    __slots__ = ("ptr", "p", "tensors", "arrays")
+    """Cached NumPy views of one parameter and its state tensors (non-flat mode), and the memory
+    they occupy (``spans``: {"the parameter" | state name: (lo, hi)}, checked disjoint)."""
+    __slots__ = ("ptr", "p", "tensors", "arrays", "spans")
 
-    def __init__(self, ptr, p):
+    def __init__(self, ptr, p, span):
         self.ptr = ptr
         self.p = p
         self.tensors = {}
         self.arrays = {}
+        self.spans = {"the parameter": span}
 
 
 # --- the base ------------------------------------------------------------------------------------
@@ -248,8 +274,9 @@ class _Optimizer(torch.optim.Optimizer):
     """torch.optim.Optimizer whose step runs a fastgd kernel per tensor (or per flat buffer).
 
     A subclass declares its state (``_tensor_state``: arrays like the parameter with their initial
-    value; ``_scalar_state``: float32 scalar tensors such as ``step``) and ``_rule``, which updates
-    flat NumPy views in place.
+    value; ``_scalar_state``: float32 scalar tensors such as ``step``), ``_prepare``, which checks a
+    group's options and returns the raw kernel and its constants, and ``_rule``, which calls that
+    kernel on flat NumPy views.
     """
 
     #: scalar (0-d float32 tensor) state and initial values, in torch's order
@@ -430,9 +457,11 @@ class _Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Every group's options are checked (and its kernel constants computed) before any write.
+        preps = {}
         for group in self.param_groups:
             self._check_options(group)
-            self._check_group(group)
+            preps[id(group)] = self._prepare(group)
         work = self._gather_flat() if self.flatten else self._gather()
         grad_scale = 1.0
         arrays = [g for item in work for g in item[-1]] if self.max_grad_norm is not None else []
@@ -444,22 +473,14 @@ class _Optimizer(torch.optim.Optimizer):
             self.last_grad_norm = norm
             grad_scale = _clip_coef(norm, self.max_grad_norm)
         if self.flatten:
-            self._step_flat(work, grad_scale)
+            self._step_flat(work, grad_scale, preps)
         else:
-            self._step_each(work, grad_scale)
+            self._step_each(work, grad_scale, preps)
         return loss
 
-    def _check_group(self, group):
-        """Check a group's hyperparameters before any write: a dry run of the rule on empty
-        arrays, so fastgd.functional validates them (and a bad group raises before any update)."""
-        p = np.empty(0)
-        state = {name: np.empty(0) for name, _ in self._tensor_state(group)}
-        for name, value in self._scalar_state:
-            state[name] = np.array(value + 1.0 if name == "step" else value, dtype=np.float32)
-        self._rule(group, p, np.empty(0), state, 1.0, True)
-
     def _gather(self):
-        """[(group, p, slot, [grad array])] for every parameter with a gradient, all checked."""
+        """[(group, p, slot, grad span, [grad array])] for every parameter with a gradient, all
+        checked (as the kernels need them, and not sharing memory with the parameter or its state)."""
         work = []
         name = type(self).__name__
         for gi, group in enumerate(self.param_groups):
@@ -471,33 +492,51 @@ class _Optimizer(torch.optim.Optimizer):
                 ptr = p.data_ptr()
                 if slot is None or slot.ptr != ptr:
                     _check_param(p, f"parameter {i} of group {gi}", name)
-                    slot = self._slots[p] = _Slot(ptr, p.detach().numpy().reshape(-1))
+                    slot = self._slots[p] = _Slot(ptr, p.detach().numpy().reshape(-1), _span(p))
                 # Not cached: holding last step's gradients would keep them alive after
-                # zero_grad(set_to_none=True) frees them.
-                arr = _grad_array(p, g, f"parameter {i} of group {gi}", name)
-                work.append((group, p, slot, (arr,)))
+                # zero_grad(set_to_none=True) frees them. The common case (a plain gradient like
+                # the parameter, which was checked) is tested in one expression; anything else
+                # goes through the checks that name what is wrong.
+                if not (g.dtype == p.dtype and g.shape == p.shape and g.is_cpu
+                        and g.layout == torch.strided and not g.requires_grad and g.is_contiguous()):
+                    g = _grad_tensor(p, g, f"parameter {i} of group {gi}", name)
+                n = g.numel()
+                lo = g.data_ptr() if n else 0
+                hi = lo + n * g.element_size()
+                for other, (a, b) in slot.spans.items():
+                    if lo < b and a < hi:
+                        _refuse_overlap((lo, hi), slot.spans, f"the gradient of parameter {i} of "
+                                        f"group {gi}", name)
+                work.append((group, p, slot, (lo, hi), (g.numpy().reshape(-1),)))
         return work
 
-    def _step_each(self, work, grad_scale):
+    def _step_each(self, work, grad_scale, preps):
         name = type(self).__name__
         scalar_keys = tuple(k for k, _ in self._scalar_state)
         current = None
-        for group, p, slot, (g,) in work:
+        for group, p, slot, gspan, (g,) in work:
             if group is not current:  # per group, once: the state it needs, the rule's constants
                 current = group
                 tensor_keys = tuple(k for k, _ in self._tensor_state(group))
                 keys = scalar_keys + tensor_keys
                 needed = set(keys)
-                prep = self._prepare(group)
+                prep = preps[id(group)]
             state = self.state[p]
             fresh = self._new_state(group, p, state) if not state.keys() >= needed else False
             tensors, cached = slot.tensors, slot.arrays
             for key in keys:
                 t = state[key]
                 if tensors.get(key) is not t:
+                    if key in scalar_keys:
+                        cached[key] = _scalar_array(t, key, "a parameter", name)
+                    else:  # a new state tensor (created, loaded or assigned): check it once
+                        cached[key] = _state_array(t, p, key, "a parameter", name)
+                        spans = {k: v for k, v in slot.spans.items() if k != f"state {key!r}"}
+                        spans["its gradient"] = gspan
+                        span = _span(t)
+                        _refuse_overlap(span, spans, f"state {key!r} of a parameter", name)
+                        slot.spans[f"state {key!r}"] = span
                     tensors[key] = t
-                    cached[key] = (_scalar_array(t, key, "a parameter", name) if key in scalar_keys
-                                   else _state_array(t, p, key, "a parameter", name))
             arrays = {key: cached[key] for key in keys}
             if "step" in arrays:
                 arrays["step"] += 1
@@ -526,7 +565,7 @@ class _Optimizer(torch.optim.Optimizer):
                         continue
                     if g is not view:
                         # A gradient autograd allocated (after grad = None): move it into the buffer.
-                        _grad_array(p, g, f"parameter {i} of group {gi}", name)
+                        _grad_tensor(p, g, f"parameter {i} of group {gi}", name)
                         view.copy_(g)
                         p.grad = view
                     active.append(True)
@@ -534,7 +573,7 @@ class _Optimizer(torch.optim.Optimizer):
                 work.append((group, fg, active, arrays))
         return work
 
-    def _step_flat(self, work, grad_scale):
+    def _step_flat(self, work, grad_scale, preps):
         scalar_names = [n for n, _ in self._scalar_state]
         for group, fg, active, _ in work:
             indices = range(len(fg.params)) if active is None else [i for i, a in enumerate(active) if a]
@@ -547,7 +586,7 @@ class _Optimizer(torch.optim.Optimizer):
                 runs = [(0, len(fg.params))]
             else:
                 runs = _param_runs(fg, active, fresh, [sc[n] for n in scalar_names])
-            prep = self._prepare(group)
+            prep = preps[id(group)]
             for i0, i1 in runs:
                 lo, hi = fg.offsets[i0], fg.offsets[i1]
                 arrays = {n: fg.np_state[n][lo:hi] for n in names}
@@ -561,11 +600,14 @@ class _Optimizer(torch.optim.Optimizer):
                     sc[n][i0:i1] = arrays[n]
 
     def _prepare(self, group):
-        """What ``_rule`` needs from the group, computed once per group and step (or None)."""
-        return None
+        """Check the group's options, once per step and before any write, raising as
+        fastgd.functional's form of the rule would (same checks, same messages), and return what
+        ``_rule`` needs from them: the raw kernel and its per-group constants."""
+        raise NotImplementedError
 
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
-        """Update flat arrays ``p`` and the state arrays ``s`` in place from gradient ``g``;
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
+        """Update flat arrays ``p`` and the state arrays ``s`` in place from gradient ``g`` with
+        the raw kernel (the arrays are checked: CPU, dtype, contiguous, sizes, no overlap);
         ``s["step"]`` is already advanced; ``fresh``: the state arrays were created now;
         ``prep``: what ``_prepare(group)`` returned."""
         raise NotImplementedError
@@ -608,6 +650,11 @@ def _betas(group):
     return float(b1), float(b2)
 
 
+def _floats(group, *keys):
+    """The group's options ``keys`` as floats (then checked as fastgd.functional checks them)."""
+    return [float(group[k]) for k in keys]
+
+
 def _require(ok, message):
     if not ok:
         raise ValueError(message)
@@ -635,23 +682,21 @@ class Adam(_Optimizer):
         super().__init__(params, defaults, flatten=flatten, max_grad_norm=max_grad_norm,
                          norm_type=norm_type)
 
-    def _check_group(self, group):
-        # The raw kernel is called without fastgd.functional's checks: check here, once a step.
-        _adam_args(group["lr"], group["betas"], group["eps"], group["weight_decay"])
-
     def _tensor_state(self, group):
         if group["amsgrad"]:
             return (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("max_exp_avg_sq", 0.0))
         return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
 
     def _prepare(self, group):
+        # torch.optim.Adam's checks and messages, as in the constructor.
+        _adam_args(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         b1, b2 = _betas(group)
         return (kernel("adam"), bool(group["maximize"]), _lr(group), b1, b2, float(group["eps"]),
                 float(group["weight_decay"]), bool(group["decoupled_weight_decay"]),
                 bool(group["amsgrad"]))
 
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
-        fn, maximize, lr, b1, b2, eps, wd, decoupled, amsgrad = prep or self._prepare(group)
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
+        fn, maximize, lr, b1, b2, eps, wd, decoupled, amsgrad = prep
         t = int(s["step"])
         v = s["exp_avg_sq"]
         fn(p, g, p, s["exp_avg"], v, s.get("max_exp_avg_sq", v), grad_scale, maximize, False, lr,
@@ -703,11 +748,24 @@ class SGD(_Optimizer):
     def _tensor_state(self, group):
         return (("momentum_buffer", 0.0),) if group["momentum"] != 0 else ()
 
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
-        F.sgd_(p, g, s.get("momentum_buffer"), step=1 if fresh else 2, lr=_lr(group),
-               momentum=float(group["momentum"]), dampening=float(group["dampening"]),
-               weight_decay=float(group["weight_decay"]), nesterov=bool(group["nesterov"]),
-               maximize=bool(group["maximize"]), grad_scale=grad_scale)
+    def _prepare(self, group):
+        lr, momentum, dampening, wd = _floats(group, "lr", "momentum", "dampening", "weight_decay")
+        nesterov = bool(group["nesterov"])
+        # fastgd.functional.sgd_'s checks, in its order.
+        check.nonnegative("lr", lr)
+        check.nonnegative("momentum", momentum)
+        check.fraction("dampening", dampening)
+        check.nonnegative("weight_decay", wd)
+        if nesterov and (momentum <= 0.0 or dampening != 0.0):
+            raise ValueError("nesterov=True requires momentum > 0 and dampening == 0 "
+                             f"(got momentum={momentum}, dampening={dampening})")
+        return kernel("sgd"), bool(group["maximize"]), lr, momentum, dampening, wd, nesterov
+
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
+        fn, maximize, lr, momentum, dampening, wd, nesterov = prep
+        # The buffer is set to g at its first step (``fresh``: created now), as torch's.
+        fn(p, g, p, s["momentum_buffer"] if momentum > 0.0 else p, grad_scale, maximize, False, lr,
+           momentum, dampening, wd, nesterov, bool(fresh))
 
 
 class Adagrad(_Optimizer):
@@ -733,10 +791,19 @@ class Adagrad(_Optimizer):
     def _tensor_state(self, group):
         return (("sum", float(group["initial_accumulator_value"])),)
 
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
-        F.adagrad_(p, g, s["sum"], step=int(s["step"]), lr=_lr(group), lr_decay=float(group["lr_decay"]),
-                   weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
-                   maximize=bool(group["maximize"]), grad_scale=grad_scale)
+    def _prepare(self, group):
+        lr, lr_decay, wd, eps = _floats(group, "lr", "lr_decay", "weight_decay", "eps")
+        # fastgd.functional.adagrad_'s checks, in its order.
+        check.nonnegative("lr", lr)
+        check.nonnegative("lr_decay", lr_decay)
+        check.nonnegative("weight_decay", wd)
+        check.positive("eps", eps)
+        return kernel("adagrad"), bool(group["maximize"]), lr, lr_decay, wd, eps
+
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
+        fn, maximize, lr, lr_decay, wd, eps = prep
+        clr = F.adagrad_lr(check.step(int(s["step"])), lr, lr_decay)
+        fn(p, g, p, s["sum"], grad_scale, maximize, False, clr, wd, eps)
 
 
 class RMSprop(_Optimizer):
@@ -765,12 +832,23 @@ class RMSprop(_Optimizer):
             out.append(("grad_avg", 0.0))
         return tuple(out)
 
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
-        F.rmsprop_(p, g, s["square_avg"], lr=_lr(group), alpha=float(group["alpha"]),
-                   eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
-                   momentum=float(group["momentum"]), centered=bool(group["centered"]),
-                   momentum_buffer=s.get("momentum_buffer"), grad_avg=s.get("grad_avg"),
-                   maximize=bool(group["maximize"]), grad_scale=grad_scale)
+    def _prepare(self, group):
+        lr, alpha, eps, wd, momentum = _floats(group, "lr", "alpha", "eps", "weight_decay", "momentum")
+        # fastgd.functional.rmsprop_'s checks, in its order.
+        check.nonnegative("lr", lr)
+        check.unit_interval("alpha", alpha)
+        check.positive("eps", eps)
+        check.nonnegative("weight_decay", wd)
+        check.nonnegative("momentum", momentum)
+        return (kernel("rmsprop"), bool(group["maximize"]), lr, alpha, eps, wd, momentum,
+                bool(group["centered"]))
+
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
+        fn, maximize, lr, alpha, eps, wd, momentum, centered = prep
+        sq = s["square_avg"]
+        fn(p, g, p, sq, s["momentum_buffer"] if momentum > 0.0 else sq,
+           s["grad_avg"] if centered else sq, grad_scale, maximize, False, lr, alpha, eps, wd,
+           momentum, centered)
 
 
 class Adamax(_Optimizer):
@@ -789,10 +867,21 @@ class Adamax(_Optimizer):
     def _tensor_state(self, group):
         return (("exp_avg", 0.0), ("exp_inf", 0.0))
 
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
-        F.adamax_(p, g, s["exp_avg"], s["exp_inf"], step=int(s["step"]), lr=_lr(group),
-                  betas=_betas(group), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
-                  maximize=bool(group["maximize"]), grad_scale=grad_scale)
+    def _prepare(self, group):
+        lr, eps, wd = _floats(group, "lr", "eps", "weight_decay")
+        betas = _betas(group)
+        # fastgd.functional.adamax_'s checks, in its order.
+        check.nonnegative("lr", lr)
+        b1, b2 = check.betas(betas)
+        check.positive("eps", eps)
+        check.nonnegative("weight_decay", wd)
+        return kernel("adamax"), bool(group["maximize"]), lr, b1, b2, eps, wd
+
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
+        fn, maximize, lr, b1, b2, eps, wd = prep
+        t = check.step(int(s["step"]))
+        fn(p, g, p, s["exp_avg"], s["exp_inf"], grad_scale, maximize, False, lr, b1, b2, eps, wd,
+           1.0 - b1 ** t)
 
 
 class NAdam(_Optimizer):
@@ -817,13 +906,25 @@ class NAdam(_Optimizer):
     def _tensor_state(self, group):
         return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
 
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
-        mu_product = F.nadam_(p, g, s["exp_avg"], s["exp_avg_sq"], step=int(s["step"]),
-                              mu_product=float(s["mu_product"]), lr=_lr(group), betas=_betas(group),
-                              eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
-                              momentum_decay=float(group["momentum_decay"]),
-                              decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
-                              maximize=bool(group["maximize"]), grad_scale=grad_scale)
+    def _prepare(self, group):
+        lr, eps, wd, momentum_decay = _floats(group, "lr", "eps", "weight_decay", "momentum_decay")
+        betas = _betas(group)
+        # fastgd.functional.nadam_'s checks, in its order (step and mu_product: per tensor).
+        check.nonnegative("lr", lr)
+        b1, b2 = check.betas(betas)
+        check.positive("eps", eps)
+        check.nonnegative("weight_decay", wd)
+        check.nonnegative("momentum_decay", momentum_decay)
+        return (kernel("nadam"), bool(group["maximize"]), lr, b1, b2, eps, wd, momentum_decay,
+                bool(group["decoupled_weight_decay"]))
+
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
+        fn, maximize, lr, b1, b2, eps, wd, momentum_decay, decoupled = prep
+        t = check.step(int(s["step"]))
+        mu_product = check.fraction("mu_product", float(s["mu_product"]))
+        grad_coef, avg_coef, mu_product = F.nadam_coefficients(t, mu_product, lr, b1, momentum_decay)
+        fn(p, g, p, s["exp_avg"], s["exp_avg_sq"], grad_scale, maximize, False, lr, b1, b2, eps, wd,
+           decoupled, grad_coef, avg_coef, 1.0 - b2 ** t)
         s["mu_product"][...] = mu_product
 
 
@@ -844,11 +945,23 @@ class RAdam(_Optimizer):
     def _tensor_state(self, group):
         return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
 
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
-        F.radam_(p, g, s["exp_avg"], s["exp_avg_sq"], step=int(s["step"]), lr=_lr(group),
-                 betas=_betas(group), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
-                 decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
-                 maximize=bool(group["maximize"]), grad_scale=grad_scale)
+    def _prepare(self, group):
+        lr, eps, wd = _floats(group, "lr", "eps", "weight_decay")
+        betas = _betas(group)
+        # fastgd.functional.radam_'s checks, in its order.
+        check.nonnegative("lr", lr)
+        b1, b2 = check.betas(betas)
+        check.positive("eps", eps)
+        check.nonnegative("weight_decay", wd)
+        return (kernel("radam"), bool(group["maximize"]), lr, b1, b2, eps, wd,
+                bool(group["decoupled_weight_decay"]))
+
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
+        fn, maximize, lr, b1, b2, eps, wd, decoupled = prep
+        t = check.step(int(s["step"]))
+        adaptive, rect = F.radam_rectification(t, b2)
+        fn(p, g, p, s["exp_avg"], s["exp_avg_sq"], grad_scale, maximize, False, lr, b1, b2, eps, wd,
+           decoupled, 1.0 - b1 ** t, 1.0 - b2 ** t, adaptive, rect)
 
 
 class Lion(_Optimizer):
@@ -873,7 +986,15 @@ class Lion(_Optimizer):
     def _tensor_state(self, group):
         return (("exp_avg", 0.0),)
 
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep=None):
-        F.lion_(p, g, s["exp_avg"], lr=_lr(group), betas=_betas(group),
-                weight_decay=float(group["weight_decay"]), maximize=bool(group["maximize"]),
-                grad_scale=grad_scale)
+    def _prepare(self, group):
+        lr, wd = _floats(group, "lr", "weight_decay")
+        betas = _betas(group)
+        # fastgd.functional.lion_'s checks, in its order.
+        check.nonnegative("lr", lr)
+        b1, b2 = check.betas(betas)
+        check.nonnegative("weight_decay", wd)
+        return kernel("lion"), bool(group["maximize"]), lr, b1, b2, wd
+
+    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
+        fn, maximize, lr, b1, b2, wd = prep
+        fn(p, g, p, s["exp_avg"], grad_scale, maximize, False, lr, b1, b2, wd)

@@ -530,3 +530,114 @@ def test_flatten_with_groups_added_later_and_mixed_dtypes():
     for e, me in zip(extra, mine_extra):
         np.testing.assert_allclose(me.detach().numpy(), e.detach().numpy(), rtol=1e-12)
     assert not any(torch.equal(e.detach(), i) for e, i in zip(mine_extra, initial))
+
+
+# --- the raw kernel path ------------------------------------------------------------------------
+
+KERNEL_OF = {"Adam": "adam", "AdamW": "adam"}
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["", "flatten"])
+@pytest.mark.parametrize("name", NAMES)
+def test_step_calls_the_raw_kernel_not_the_functional_form(name, flatten, monkeypatch):
+    """Every optimizer steps through the backend's kernel directly: the validated per-tensor
+    fastgd.functional form (10-30 us of Python a call) is never used, one kernel call per tensor
+    (one per flat buffer), and the trajectory is still torch's."""
+    import fastgd.functional as F
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fastgd.torch called a fastgd.functional update rule")
+
+    for rule in ("sgd_", "adam_", "adagrad_", "rmsprop_", "adamax_", "nadam_", "radam_", "lion_"):
+        monkeypatch.setattr(F, rule, refuse)
+    calls = []
+    real_kernel = ft.kernel
+
+    def counting_kernel(kname, *args, **kwargs):
+        fn = real_kernel(kname, *args, **kwargs)
+
+        def counted(*a):
+            calls.append(kname)
+            return fn(*a)
+        return counted
+
+    monkeypatch.setattr(ft, "kernel", counting_kernel)
+    steps = 5
+    mine, theirs, opt, topt, ml, tl = run_pair(name, STATEFUL[name], steps=steps, flatten=flatten)
+    np.testing.assert_allclose(ml, tl, rtol=RTOL[torch.float32], atol=ATOL[torch.float32])
+    assert_same(mine, theirs, what=f"{name} raw")
+    expected = steps if flatten else steps * len(list(mine.parameters()))
+    assert calls == [KERNEL_OF.get(name, name.lower())] * expected
+
+
+# (optimizer, group options that fastgd.functional's form of the rule refuses, message)
+BAD_OPTIONS = [
+    ("SGD", dict(dampening=1.5), "dampening must be in"),
+    ("SGD", dict(nesterov=True, dampening=0.5), "nesterov=True requires"),
+    ("Adam", dict(betas=(1.5, 0.9)), "Invalid beta parameter at index 0"),
+    ("AdamW", dict(lr=-1.0), "Invalid learning rate"),
+    ("Adagrad", dict(eps=0.0), "eps must be a finite number > 0"),
+    ("Adagrad", dict(lr_decay=-1.0), "lr_decay must be"),
+    ("RMSprop", dict(alpha=1.0), r"alpha must be in \[0, 1\)"),
+    ("RMSprop", dict(momentum=float("nan")), "momentum must not be NaN"),
+    ("Adamax", dict(betas=(0.9, 1.0)), r"betas\[1\] must be in"),
+    ("NAdam", dict(momentum_decay=-1.0), "momentum_decay must be"),
+    ("RAdam", dict(eps=float("inf")), "eps must be a finite number > 0"),
+    ("Lion", dict(betas=(1.0, 0.99)), r"betas\[0\] must be in"),
+    ("Lion", dict(weight_decay=-0.1), "weight_decay must be"),
+]
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["", "flatten"])
+@pytest.mark.parametrize("bad", BAD_OPTIONS, ids=lambda b: b[0] + "".join(f",{k}={v}" for k, v in b[1].items()))
+def test_bad_group_options_raise_before_any_write(bad, flatten):
+    """A bad option in the last group raises (with fastgd.functional's message; Adam's are
+    torch's) before the first group, stepped first, or any state is touched."""
+    name, options, message = bad
+    model = make_model()
+    groups = [{"params": model[0].parameters()}, {"params": model[2:].parameters()}]
+    opt = getattr(ft, name)(groups, **STATEFUL[name], flatten=flatten)
+    data = make_data()
+    train(model, opt, data, 3)
+    opt.param_groups[1].update(options)
+    opt.zero_grad()
+    x, y = data[0]
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    params = [p.detach().clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.state_dict()["state"])
+    with pytest.raises((ValueError, TypeError), match=message):
+        opt.step()
+    assert all(torch.equal(a, p.detach()) for a, p in zip(params, model.parameters()))
+    after = opt.state_dict()["state"]
+    assert set(after) == set(state)
+    for i, s in state.items():
+        assert set(after[i]) == set(s)
+        assert all(torch.equal(v, after[i][k]) for k, v in s.items()), (i, sorted(s))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "NAdam"])
+def test_refuses_gradient_sharing_memory_with_its_parameter_before_any_write(name):
+    """As fastgd.functional refuses overlapping arrays: a gradient that is (a view of) its own
+    parameter raises before anything is written."""
+    p, q = torch.nn.Parameter(torch.randn(6)), torch.nn.Parameter(torch.randn(6))
+    opt = getattr(ft, name)([q, p], **STATEFUL[name])
+    q.grad = torch.randn(6)
+    p.grad = p.detach()[:]
+    before = [q.detach().clone(), p.detach().clone()]
+    with pytest.raises(ValueError, match="shares memory"):
+        opt.step()
+    assert torch.equal(before[0], q.detach()) and torch.equal(before[1], p.detach())
+    assert not opt.state[q] and not opt.state[p]
+    p.grad = torch.randn(6)  # its own tensor: steps
+    opt.step()
+    assert not torch.equal(before[1], p.detach())
+
+
+def test_refuses_state_sharing_memory():
+    p = torch.nn.Parameter(torch.randn(6))
+    opt = ft.Adam([p])
+    p.grad = torch.randn(6)
+    opt.step()
+    opt.state[p]["exp_avg_sq"] = opt.state[p]["exp_avg"]
+    with pytest.raises(ValueError, match="shares memory"):
+        opt.step()
