@@ -71,7 +71,10 @@ def _combine(partials, p):
         return math.sqrt(total)
     if p == 1.0:
         return total
-    return total ** (1.0 / p)
+    try:
+        return total ** (1.0 / p)
+    except OverflowError:   # a finite sum whose root overflows (p < 1): the norm is inf, as in
+        return math.inf     # torch (float ** raises where the array operation gives inf)
 
 
 def _total_norm(xs, ys, p):

@@ -47,6 +47,7 @@ WILD = (0, -1, -1e-3, 1.5, 1e30, -1e30, math.nan, math.inf, -math.inf, True, Non
 PHASES = (Phase.explicit, Phase.generate) + ((Phase.shrink,) if os.environ.get("FASTGD_FUZZ_SHRINK") else ())
 
 # Targets whose arguments the signature does not tell: name -> callable(draw) -> (args, kwargs).
+# Filled below (after the strategies): the functions over lists of gradients.
 ARGUMENTS = {}
 
 
@@ -131,6 +132,101 @@ def mutate(draw, arrays, i):
     return how
 
 
+def array_list(draw, dtype, count=None, shapes_=None):
+    """A list of 0-3 arrays of one dtype and any shapes (as clip_grad_norm_ takes), sometimes
+    with one entry made wrong (``mutate``: a bad dtype, read-only, aliased, ...) or None."""
+    if shapes_ is None:
+        shapes_ = [draw(shapes()) for _ in range(draw(st.integers(0, 3)) if count is None else count)]
+    arrays = [draw(values(int(np.prod(s)), dtype)).reshape(s) for s in shapes_]
+    if arrays and draw(st.integers(0, 4)) == 0:
+        mutate(draw, arrays, draw(st.integers(0, len(arrays) - 1)))
+    elif arrays and draw(st.integers(0, 9)) == 0:
+        arrays[draw(st.integers(0, len(arrays) - 1))] = None
+    return arrays, shapes_
+
+
+def _grads_arg(draw):
+    """The ``grads`` argument: a list, sometimes a tuple, one bare array, or not arrays at all."""
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    arrays, _ = array_list(draw, dtype)
+    how = draw(st.integers(0, 19))
+    if how == 0:
+        return tuple(arrays)
+    if how == 1:
+        return draw(values(draw(st.sampled_from(LENGTHS)), dtype))
+    if how == 2:
+        return draw(st.sampled_from([None, 1.0, "grads"]))
+    return arrays
+
+
+def _wild_or(draw, name, default):
+    return hyper(draw, name, default, wild=draw(st.integers(0, 5)) == 0)
+
+
+def _norm_type(draw):
+    return draw(st.sampled_from([2.0, 2.0, 1.0, math.inf, "inf", 3.0, 0.5, 1e-3])) \
+        if draw(st.integers(0, 5)) else hyper(draw, "norm_type", 2.0, wild=True)
+
+
+def _global_norm_args(draw):
+    return [_grads_arg(draw)], {"norm_type": _norm_type(draw)}
+
+
+def _clip_grad_norm_args(draw):
+    return [_grads_arg(draw), _wild_or(draw, "max_norm", 1.0)], {
+        "norm_type": _norm_type(draw), "error_if_nonfinite": _wild_or(draw, "flag", False)}
+
+
+def _clip_grad_value_args(draw):
+    return [_grads_arg(draw), _wild_or(draw, "clip_value", 1.0)], {}
+
+
+def _accumulate_args(draw):
+    """Two arrays, or two aligned lists (sometimes not aligned, or an array with a list)."""
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    how = draw(st.sampled_from(["arrays", "lists", "lists", "count", "mixed"]))
+    if how == "arrays":
+        shape = draw(shapes())
+        pair = [draw(values(int(np.prod(shape)), dtype)).reshape(shape) for _ in range(2)]
+        if draw(st.integers(0, 4)) == 0:
+            mutate(draw, pair, draw(st.integers(0, 1)))
+        acc, grad = pair
+    else:
+        acc, shapes_ = array_list(draw, dtype)
+        grad, _ = array_list(draw, dtype, shapes_=shapes_)
+        if how == "count":
+            grad = grad[:-1] if grad else grad + [np.zeros(1, dtype)]
+        elif how == "mixed":
+            grad = draw(values(1, dtype))
+    return [acc, grad], {"scale": _wild_or(draw, "scale", 1.0)}
+
+
+def _accumulate_scale(args, kwargs):
+    """acc + scale * grad is off by a rounding of each term: |acc| and |scale * grad| bound it."""
+    s = kwargs["scale"]
+    acc, grad = (arrays_in([a]) for a in args)
+    return acc + [np.abs(np.asarray(g, np.float64)) * abs(s) for g in grad]
+
+
+# Inputs whose magnitudes set the error scale of a target's outputs (default: all of its
+# arrays, right for an update rule whose new values are sums of those). Clipping and the norm
+# round once relative to their result, so only the result's own magnitude counts: the input's
+# would hide a wrong coefficient (a 1e30 gradient clipped to norm 1).
+ERROR_SCALE = {
+    "global_norm": lambda args, kwargs: [],
+    "clip_grad_norm_": lambda args, kwargs: [],
+    "clip_grad_value_": lambda args, kwargs: [],
+    "accumulate_": _accumulate_scale,
+}
+
+ARGUMENTS.update({
+    "global_norm": _global_norm_args,
+    "clip_grad_norm_": _clip_grad_norm_args,
+    "clip_grad_value_": _clip_grad_value_args,
+    "accumulate_": _accumulate_args,
+})
+
+
 def hyper(draw, name, default, wild=False):
     """A hyperparameter near its default, or (``wild``) anything, valid or not."""
     if wild:
@@ -152,11 +248,31 @@ def snapshot(objs):
     return [(o.tobytes(), o.dtype.str, o.shape) if isinstance(o, np.ndarray) else repr(o) for o in objs]
 
 
-def same_result(actual, expected, before, loose=1.0):
+def overflowed(inputs, outputs, n):
+    """Elements (of n) where the reference overflowed: every input of that length finite there,
+    some reference output of that length infinite. There a fused multiply-add of the compiled
+    kernels legitimately differs (fma(-a, a, inf) is inf where inf - a*a is inf - inf = NaN;
+    fma(s, g, acc) is finite where s*g alone overflows), so such elements are not compared.
+    Any NaN/inf input at the element, or no overflow, and the element is compared strictly."""
+    inputs = [np.asarray(x).reshape(-1) for x in inputs
+              if isinstance(x, np.ndarray) and x.dtype in RTOL and x.size == n]
+    outputs = [np.asarray(x).reshape(-1) for x in outputs
+               if isinstance(x, np.ndarray) and x.dtype in RTOL and x.size == n]
+    finite = np.ones(n, bool)
+    for x in inputs:
+        finite &= np.isfinite(x)
+    inf = np.zeros(n, bool)
+    for x in outputs:
+        inf |= np.isinf(x)
+    return finite & inf
+
+
+def same_result(actual, expected, before, loose=1.0, skip=None):
     """Element-wise agreement of compiled and reference outputs (see module docstring).
 
     ``before``: arrays whose magnitudes set the error scale; ``loose`` widens the tolerance
-    (several optimizer steps carry fused multiply-add differences forward through the state)."""
+    (several optimizer steps carry fused multiply-add differences forward through the state);
+    ``skip``: a mask of elements not compared (see ``overflowed``)."""
     if np.asarray(expected).dtype not in RTOL:   # an input the call ignored (e.g. max_exp_avg_sq
         same = np.array_equal(np.asarray(actual), np.asarray(expected), equal_nan=False) or \
             np.asarray(actual).tobytes() == np.asarray(expected).tobytes()
@@ -165,6 +281,11 @@ def same_result(actual, expected, before, loose=1.0):
     e = np.asarray(expected, dtype=np.float64).reshape(-1)
     if a.shape != e.shape:
         return "shapes differ"
+    if skip is not None and skip.any():
+        keep = ~skip
+        a, e = a[keep], e[keep]
+        before = [np.asarray(b, np.float64).reshape(-1)[keep] for b in before
+                  if np.asarray(b).size == keep.size]
     nan_a, nan_e = np.isnan(a), np.isnan(e)
     if not np.array_equal(nan_a, nan_e):
         return f"NaN at {np.flatnonzero(nan_a != nan_e)[:5]}: got {a[nan_a != nan_e][:5]} want {e[nan_a != nan_e][:5]}"
@@ -184,25 +305,49 @@ def same_result(actual, expected, before, loose=1.0):
     return None
 
 
+# A call may refuse its arguments (TypeError/ValueError), or refuse to go on (RuntimeError:
+# error_if_nonfinite=True and a non-finite norm); either way it must have changed nothing.
+REFUSALS = (TypeError, ValueError, RuntimeError)
+
+
+def arrays_in(objs):
+    """The arrays of ``objs``, also those inside lists/tuples (the gradients of clip_grad_norm_)."""
+    out = []
+    for x in objs:
+        if isinstance(x, np.ndarray):
+            out.append(x)
+        elif isinstance(x, (list, tuple)):
+            out += arrays_in(x)
+    return out
+
+
 def outcome(backend, fn, make):
-    """Run fn(*args, **kwargs) from make() on backend: ('ok', arrays) or ('refused', exc type)."""
+    """Run fn(*args, **kwargs) from make() on backend: ('ok', None, arrays, returned) or
+    ('refused', exc type, arrays, None)."""
     args, kwargs = make()
-    arrays = [x for x in list(args) + list(kwargs.values()) if isinstance(x, np.ndarray)]
+    arrays = arrays_in(list(args) + list(kwargs.values()))
     before = snapshot(arrays)
     with fastgd.use_backend(backend):
         try:
-            fn(*args, **kwargs)
-        except (TypeError, ValueError) as exc:
+            returned = fn(*args, **kwargs)
+        except REFUSALS as exc:
             assert snapshot(arrays) == before, f"{backend}: refused ({exc}) but changed an input"
-            return "refused", type(exc), [np.array(x) for x in arrays]
-    return "ok", None, arrays
+            return "refused", type(exc), [np.array(x) for x in arrays], None
+    return "ok", None, arrays, returned
 
 
 # --- targets ----------------------------------------------------------------------------------
 
+# Public functions of fastgd.functional that run a kernel without the trailing "_" of an
+# in-place update: they return a value, which is compared too. (Pure-Python scalar helpers,
+# adagrad_lr, nadam_coefficients, radam_rectification, run no kernel.)
+RETURNING = ("global_norm",)
+
+
 def functional_targets():
     return sorted(name for name, fn in vars(functional).items()
-                  if name.endswith("_") and not name.startswith("_") and callable(fn))
+                  if (name.endswith("_") or name in RETURNING) and not name.startswith("_")
+                  and callable(fn) and getattr(fn, "__module__", None) == functional.__name__)
 
 
 def build_functional_call(draw, name):
@@ -253,7 +398,11 @@ def _copier(args, kwargs):
                     y.setflags(write=False)
                 return y
             return x
-        return [cp(a) for a in args], {k: cp(v) for k, v in kwargs.items()}
+        def cp_all(x):
+            if isinstance(x, (list, tuple)):
+                return type(x)(cp_all(y) for y in x)
+            return cp(x)
+        return [cp_all(a) for a in args], {k: cp_all(v) for k, v in kwargs.items()}
     return make
 
 
@@ -278,12 +427,24 @@ def fuzz_functional(name, backend, stats):
         if any(pred(args, kwargs) for pred, _ in KNOWN_DIVERGENCES.get(name, ())):
             stats["known_divergence"] = stats.get("known_divergence", 0) + 1
             return
-        before = [x for x in list(args) + list(kwargs.values()) if isinstance(x, np.ndarray)]
+        before = arrays_in(list(args) + list(kwargs.values()))
+        magnitudes = ERROR_SCALE[name](args, kwargs) if name in ERROR_SCALE else before
         for i, (a, e) in enumerate(zip(got[2], want[2])):
-            problem = same_result(a, e, before)
+            skip = overflowed(before, want[2], np.asarray(e).size)
+            problem = same_result(a, e, magnitudes, skip=skip)
             assert problem is None, f"array {i}: {problem}"
+        if got[3] is not None or want[3] is not None:    # a returned norm
+            assert isinstance(got[3], float) and isinstance(want[3], float), (got[3], want[3])
+            problem = same_result(np.array([got[3]]), np.array([want[3]]), [])
+            assert problem is None, f"returned value: {problem}"
 
     check()
+
+
+def _state_arrays(opt, i, copy=False):
+    """The state arrays of the optimizer's parameter i (none before its first step)."""
+    arrays = [v for v in opt.state.get(i, {}).values() if isinstance(v, np.ndarray)]
+    return [a.copy() for a in arrays] if copy else arrays
 
 
 def fuzz_rule(rule_name, backend, stats):
@@ -328,18 +489,22 @@ def fuzz_rule(rule_name, backend, stats):
                 try:
                     opt = cls(ps, **kwargs)
                 except (TypeError, ValueError) as exc:
-                    results[b] = [("refused-init", type(exc))]
+                    results[b] = [("refused-init", type(exc), None)]
                     continue
                 for grads in steps:
                     g = [x if x is not params[0] else ps[0] for x in grads]
                     before = snapshot(ps) + [repr(opt.state_dict())]
+                    inputs = [[p.copy(), gi, *_state_arrays(opt, i, copy=True)]
+                              for i, (p, gi) in enumerate(zip(ps, g + [None] * len(ps)))]
                     try:
                         opt.step(g)
-                        trace.append(("ok", [p.copy() for p in ps]))
-                    except (TypeError, ValueError) as exc:
+                        trace.append(("ok", [p.copy() for p in ps],
+                                      [overflowed(inputs[i], [p, *_state_arrays(opt, i)], p.size)
+                                       for i, p in enumerate(ps)]))
+                    except REFUSALS as exc:
                         assert snapshot(ps) + [repr(opt.state_dict())] == before, \
                             f"{b}: refused step ({exc}) changed the optimizer"
-                        trace.append(("refused", type(exc)))
+                        trace.append(("refused", type(exc), None))
             results[b] = trace
         stats["cases"] += 1
         got, want = results[backend], results["numpy"]
@@ -351,7 +516,10 @@ def fuzz_rule(rule_name, backend, stats):
         # so far (a rounding difference of a large early update is carried by later steps).
         previous = params
         moved = [np.zeros(p.size) for p in params]
-        for (kind, a), (_, e) in zip(got, want):
+        # Elements where the reference overflowed, at this step or before: the state carries
+        # that step's fused-multiply-add difference on (see ``overflowed``).
+        tainted = [np.zeros(p.size, bool) for p in params]
+        for (kind, a, _), (_, e, overflow) in zip(got, want):
             if kind == "refused":
                 stats["refused"] += 1
                 assert a == e
@@ -360,7 +528,8 @@ def fuzz_rule(rule_name, backend, stats):
             for i, (x, y, p0) in enumerate(zip(a, e, previous)):
                 step = np.abs(np.asarray(y, np.float64) - np.asarray(p0, np.float64)).reshape(-1)
                 moved[i] = moved[i] + np.nan_to_num(step, nan=0.0, posinf=0.0)
-                problem = same_result(x, y, [p0, moved[i]], loose=10.0)
+                tainted[i] |= overflow[i]
+                problem = same_result(x, y, [p0, moved[i]], loose=10.0, skip=tainted[i])
                 assert problem is None, (f"{problem}; {dtype.name} shapes {shapes_} "
                                          f"options {kwargs}")
             previous = e

@@ -79,16 +79,32 @@ def test_save_npz_helpers(tmp_path, rng):
     assert _fingerprint(opt, params) == _fingerprint(opt2, params2)
 
 
+# Options of other optimizers, one of which each optimizer lacks (an "unknown option").
+_FOREIGN_OPTIONS = ("momentum", "amsgrad", "lr_decay", "centered")
+# Two foreign param groups: a state_dict of another kind of optimizer is one of these (the one
+# whose options are not this optimizer's).
+_SGD_LIKE = dict(lr=0.1, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False)
+_ADAM_LIKE = dict(lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False)
+
+
 def _bad_state_dicts(good, params):
-    """(description, malformed copy of ``good``) pairs: every way a checkpoint can be wrong."""
+    """(description, malformed copy of ``good``) pairs: every way a checkpoint can be wrong.
+
+    Derived from ``good`` itself, since optimizers differ in options (SGD has no eps or betas)
+    and in state: no arrays at all (SGD without momentum), one (Lion), a float besides the step
+    (NAdam's mu_product). Cases a kind cannot have (a bad state array when there is none) are
+    left out for it; the test still requires 30 or more refusals from every optimizer."""
     def edit(fn):
         sd = copy.deepcopy(good)
         fn(sd)
         return sd
     s0 = good["state"][0]
-    arrays = [k for k in s0 if k != "step"]
-    first = arrays[0]
+    group0 = good["param_groups"][0]
+    options = [k for k in group0 if k != "params"]
+    arrays = [k for k in s0 if isinstance(s0[k], np.ndarray)]
+    scalars = [k for k in s0 if k != "step" and k not in arrays]
     n0 = params[0].size
+    unknown = next(k for k in _FOREIGN_OPTIONS if k not in group0)
     cases = {
         "not a dict": [good],
         "missing top key": {"state": good["state"]},
@@ -101,16 +117,14 @@ def _bad_state_dicts(good, params):
         "params not a list": edit(lambda sd: sd["param_groups"][0].__setitem__("params", 0)),
         "wrong param count": edit(lambda sd: sd["param_groups"][0]["params"].pop()),
         "duplicate index": edit(lambda sd: sd["param_groups"][0].__setitem__("params", [0, 0])),
-        "unknown option": edit(lambda sd: sd["param_groups"][0].__setitem__("momentum", 0.9)),
-        "missing option": edit(lambda sd: sd["param_groups"][0].pop("eps")),
+        f"unknown option {unknown}": edit(lambda sd: sd["param_groups"][0].__setitem__(unknown, 0.9)),
         "bad lr": edit(lambda sd: sd["param_groups"][1].__setitem__("lr", -1.0)),
         "nan lr": edit(lambda sd: sd["param_groups"][1].__setitem__("lr", float("nan"))),
-        "bad betas": edit(lambda sd: sd["param_groups"][0].__setitem__("betas", (1.0, 0.5))),
-        "bad flag": edit(lambda sd: sd["param_groups"][0].__setitem__("amsgrad", "yes")),
+        "str lr": edit(lambda sd: sd["param_groups"][1].__setitem__("lr", "0.1")),
+        "bad weight_decay": edit(lambda sd: sd["param_groups"][0].__setitem__("weight_decay", -1.0)),
         "state of unknown param": edit(lambda sd: sd["state"].__setitem__(7, copy.deepcopy(s0))),
         "state key as str": edit(lambda sd: sd["state"].__setitem__("0", sd["state"].pop(0))),
         "a param state not a dict": edit(lambda sd: sd["state"].__setitem__(0, [1])),
-        "missing state array": edit(lambda sd: sd["state"][0].pop(first)),
         "extra state array": edit(lambda sd: sd["state"][0].__setitem__("foo", np.zeros(n0, params[0].dtype))),
         "missing step": edit(lambda sd: sd["state"][0].pop("step")),
         "negative step": edit(lambda sd: sd["state"][0].__setitem__("step", -1)),
@@ -118,20 +132,40 @@ def _bad_state_dicts(good, params):
         "None step": edit(lambda sd: sd["state"][0].__setitem__("step", None)),
         "str step": edit(lambda sd: sd["state"][0].__setitem__("step", "3")),
         "bool step": edit(lambda sd: sd["state"][0].__setitem__("step", True)),
-        "short state": edit(lambda sd: sd["state"][0].__setitem__(first, s0[first][:-1].copy())),
-        "long state": edit(lambda sd: sd["state"][0].__setitem__(first, np.zeros(n0 + 1, params[0].dtype))),
-        "2-D state": edit(lambda sd: sd["state"][0].__setitem__(first, s0[first].reshape(1, -1).copy())),
-        "float64 state": edit(lambda sd: sd["state"][0].__setitem__(first, s0[first].astype(np.float64))),
-        "int state": edit(lambda sd: sd["state"][0].__setitem__(first, s0[first].astype(np.int32))),
-        "object state": edit(lambda sd: sd["state"][0].__setitem__(first, [object()] * n0)),
-        "state of a 20-element param on a 17-element one": edit(
-            lambda sd: sd["state"].__setitem__(0, copy.deepcopy(sd["state"][1]))),
     }
+    for k in options:       # every option is required, and a flag must be a bool
+        cases[f"missing option {k}"] = edit(lambda sd, k=k: sd["param_groups"][0].pop(k))
+        if isinstance(group0[k], bool):
+            cases[f"bad flag {k}"] = edit(lambda sd, k=k: sd["param_groups"][0].__setitem__(k, "yes"))
+    if "betas" in group0:
+        cases["bad betas"] = edit(lambda sd: sd["param_groups"][0].__setitem__("betas", (1.0, 0.5)))
+    for k in arrays:        # every state array must be there, flat or param-shaped, of its dtype
+        cases.update({
+            f"missing state array {k}": edit(lambda sd, k=k: sd["state"][0].pop(k)),
+            f"short {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, s0[k][:-1].copy())),
+            f"long {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, np.zeros(n0 + 1, params[0].dtype))),
+            f"2-D {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, s0[k].reshape(1, -1).copy())),
+            f"float64 {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, s0[k].astype(np.float64))),
+            f"int {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, s0[k].astype(np.int32))),
+            f"object {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, [object()] * n0)),
+        })
+    if arrays:
+        cases["state of a 20-element param on a 17-element one"] = edit(
+            lambda sd: sd["state"].__setitem__(0, copy.deepcopy(sd["state"][1])))
+    for k in scalars:       # scalar state besides the step (NAdam's mu_product): a finite float
+        cases.update({
+            f"missing {k}": edit(lambda sd, k=k: sd["state"][0].pop(k)),
+            f"nan {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, float("nan"))),
+            f"inf {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, float("inf"))),
+            f"str {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, "0.5")),
+            f"None {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, None)),
+            f"array {k}": edit(lambda sd, k=k: sd["state"][0].__setitem__(k, np.ones(2))),
+        })
     # Another optimizer's checkpoint (the kind): its options differ from this one's.
-    foreign = edit(lambda sd: [g.clear() or g.update(params=p, lr=0.1, momentum=0.9, dampening=0.0,
-                                                      nesterov=False, weight_decay=0.0, maximize=False)
+    other = _ADAM_LIKE if set(options) == set(_SGD_LIKE) else _SGD_LIKE
+    foreign = edit(lambda sd: [g.clear() or g.update(params=p, **other)
                                for g, p in zip(sd["param_groups"], ([0, 1], [2]))])
-    cases["an SGD-like state_dict"] = foreign
+    cases["another optimizer's state_dict"] = foreign
     return cases
 
 

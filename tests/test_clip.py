@@ -227,6 +227,15 @@ def test_bad_inputs_raise_and_change_nothing(backend, case):
         np.testing.assert_array_equal(g, b)
 
 
+@pytest.mark.parametrize("norm_type", [0.5, 1e-3])
+def test_norm_whose_root_overflows_is_inf(backend, norm_type):
+    # sum |g|^p is finite, its 1/p power is not: inf (torch's answer), not an OverflowError.
+    grads = [np.full(3, 1e308)]
+    assert F.global_norm(grads, norm_type) == math.inf
+    assert F.clip_grad_norm_(grads, 1.0, norm_type) == math.inf
+    assert np.array_equal(grads[0], np.zeros(3))      # coefficient 1 / inf
+
+
 def test_global_norm_accepts_read_only_and_inf_string(rng):
     g = rng.standard_normal(100)
     g.flags.writeable = False
