@@ -247,3 +247,43 @@ def test_global_norm_accepts_read_only_and_inf_string(rng):
 def test_every_backend_has_the_kernels(name):
     for k in ("norm_partial", "scale", "clamp", "accumulate"):
         assert callable(kernel(k, name))
+
+
+def _emulated_norm_partial(x, y, use_y, norm_type):
+    """The documented summation order (kernels/CONTRACT.md) in NumPy: blocks of 4096, 16 float64
+    lanes per block (lane j sums the elements i % 16 == j in order), the fixed lane tree, block
+    sums added in block order. Zero padding of the last block adds +0.0 to a lane: no change."""
+    v = (x + y) if use_y else x
+    a = np.abs(v.astype(np.float64))
+    a = a * a if norm_type == 2.0 else a
+    nb = -(-a.size // 4096)
+    blocks = np.zeros(nb * 4096)
+    blocks[:a.size] = a
+    blocks = blocks.reshape(nb, 256, 16)
+    lanes = np.zeros((nb, 16))
+    for k in range(256):
+        lanes += blocks[:, k, :]
+    s = lanes[:, :8] + lanes[:, 8:]
+    s = s[:, :4] + s[:, 4:]
+    sums = (s[:, 0] + s[:, 2]) + (s[:, 1] + s[:, 3])
+    total = 0.0
+    for b in sums:
+        total += float(b)
+    return total
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0], ids=str)
+@pytest.mark.parametrize("n", [7, 4096, 4097, 100_003, 4096 * 37 + 5, 4096 * 64, 500_003])
+def test_float32_norm_is_bitwise_the_documented_order(backend, rng, norm_type, n):
+    """Not just deterministic: exactly the documented order, at 1 and 2 threads (a kernel may
+    walk its blocks in any interleaving, but each block and the block order must be as specified)."""
+    x, y = _grads(rng, [(n,), (n,)], np.float32)
+    old = fastgd.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastgd.set_num_threads(threads)
+            for use_y in (False, True):
+                got = kernel("norm_partial", backend)(x, y, use_y, norm_type)
+                assert got.hex() == _emulated_norm_partial(x, y, use_y, norm_type).hex(), (threads, use_y)
+    finally:
+        fastgd.set_num_threads(old)
