@@ -9,7 +9,9 @@ The norm is a reduction whose result must not depend on the thread count. [0, n)
 blocks of BLOCK elements (independent of threads); a block is summed in LANES independent float64
 lanes (lane j takes the elements i with i % LANES == j, in order), the lanes are combined by a
 fixed pairwise tree, and the block sums are added in block order after the parallel part.
-Threads only decide who computes which block. float32 data is widened to float64 before it is
+Threads only decide who computes which block. A thread computes its p = 1, 2 blocks
+several at a time from interleaved runs (more cache misses in flight); that changes only when a
+block is computed, not how. float32 data is widened to float64 before it is
 squared (exactly, so a fused multiply-add gives the same bits as a multiply and an add), which is
 what makes the Numba twin (fastgd/_numba/norms.py) bitwise equal for float32 and p in {1, 2, inf}.
 The p = 1, 2, inf block loops are in _lanes.h (GCC vector extensions; see there why).
@@ -32,6 +34,14 @@ cdef extern from "_lanes.h" nogil:
     double fgd_sumabs_f64(const double* x, const double* y, Py_ssize_t n, int use_y)
     double fgd_maxabs_f32(const float* x, const float* y, Py_ssize_t n, int use_y)
     double fgd_maxabs_f64(const double* x, const double* y, Py_ssize_t n, int use_y)
+    void fgd_sumsq_range_f32(const float* x, const float* y, Py_ssize_t n, Py_ssize_t b0,
+                             Py_ssize_t b1, int use_y, double* blocks)
+    void fgd_sumsq_range_f64(const double* x, const double* y, Py_ssize_t n, Py_ssize_t b0,
+                             Py_ssize_t b1, int use_y, double* blocks)
+    void fgd_sumabs_range_f32(const float* x, const float* y, Py_ssize_t n, Py_ssize_t b0,
+                              Py_ssize_t b1, int use_y, double* blocks)
+    void fgd_sumabs_range_f64(const double* x, const double* y, Py_ssize_t n, Py_ssize_t b0,
+                              Py_ssize_t b1, int use_y, double* blocks)
 
 cdef enum:
     BLOCK = 4096      # elements per block: the unit of the fixed summation order
@@ -91,6 +101,22 @@ cdef double _block(const floating* x, const floating* y, Py_ssize_t n, bint use_
     return _block_pow(x, y, n, use_y, p)
 
 
+cdef void _range(const floating* x, const floating* y, Py_ssize_t n, Py_ssize_t b0, Py_ssize_t b1,
+                 bint use_y, int kind, double* blocks) noexcept nogil:
+    """Blocks [b0, b1) of p = 2 or p = 1 into blocks[], walked as several interleaved streams
+    (_lanes.h, fgd_sum*_range: more misses in flight; each block's sum bitwise as _block's)."""
+    if floating is float:
+        if kind == KIND_SQ:
+            fgd_sumsq_range_f32(x, y, n, b0, b1, use_y, blocks)
+        else:
+            fgd_sumabs_range_f32(x, y, n, b0, b1, use_y, blocks)
+    else:
+        if kind == KIND_SQ:
+            fgd_sumsq_range_f64(x, y, n, b0, b1, use_y, blocks)
+        else:
+            fgd_sumabs_range_f64(x, y, n, b0, b1, use_y, blocks)
+
+
 cdef double _norm_partial(const floating* x, const floating* y, Py_ssize_t n, bint use_y, int kind,
                           double p, double* blocks) noexcept nogil:
     """Blocks computed by any thread into blocks[], then combined in block order."""
@@ -102,6 +128,9 @@ cdef double _norm_partial(const floating* x, const floating* y, Py_ssize_t n, bi
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
         # Thread t takes the blocks [t*nb/T, (t+1)*nb/T): contiguous memory, and the same block
         # boundaries whatever T is.
+        if kind == KIND_SQ or kind == KIND_ABS:
+            _range(x, y, n, t * nb // nthreads, (t + 1) * nb // nthreads, use_y, kind, blocks)
+            continue
         for b in range(t * nb // nthreads, (t + 1) * nb // nthreads):
             lo = b * BLOCK
             hi = min(n, lo + BLOCK)
