@@ -23,14 +23,16 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
-cdef void _adam_piece(floating* p, const floating* g, floating* acc, floating* m, floating* v,
-                      floating* vmax, Py_ssize_t n, floating gs, bint use_acc, floating wd,
-                      floating decay, floating omb1, floating b2, floating omb2, floating step_size,
-                      floating rbc2, floating eps, bint coupled, bint amsgrad) noexcept nogil:
+cdef inline void _adam_body(floating* p, const floating* g, floating* acc, floating* m,
+                            floating* v, floating* vmax, Py_ssize_t n, floating gs, bint use_acc,
+                            floating wd, floating decay, floating omb1, floating b2,
+                            floating omb2, floating step_size, floating rbc2, floating eps,
+                            bint coupled, bint amsgrad) noexcept nogil:
     cdef Py_ssize_t i
-    cdef floating gi, pi, mi, vi, d
-    # use_acc/coupled/amsgrad are loop invariant: the compiler unswitches them, so each variant is
-    # a branch-free vector loop. rbc2 = 1/sqrt(bc2) is hoisted: one sqrt, one division per element.
+    cdef floating gi, pi, mi, vi, d, u
+    # use_acc/amsgrad are constants (see _adam_piece), coupled is unswitched by gcc, so each
+    # variant is a branch-free vector loop. rbc2 = 1/sqrt(bc2) is hoisted: one sqrt, one
+    # division per element.
     for i in range(n):
         pi = p[i]
         if use_acc:
@@ -46,11 +48,38 @@ cdef void _adam_piece(floating* p, const floating* g, floating* acc, floating* m
         m[i] = mi
         v[i] = vi
         if amsgrad:
-            if vmax[i] > vi:
-                vi = vmax[i]
+            # max(vmax, v) keeping a NaN from either side, as np.maximum/torch.maximum do: v NaN
+            # fails the compare and stays; a stored NaN vmax is caught by u != u. Bitwise |: two
+            # compares and one branch-free select (a vector blend).
+            u = vmax[i]
+            if (u > vi) | (u != u):
+                vi = u
             vmax[i] = vi
         d = _sqrt(vi) * rbc2 + eps
         p[i] = pi - step_size * mi / d
+
+
+cdef void _adam_piece(floating* p, const floating* g, floating* acc, floating* m, floating* v,
+                      floating* vmax, Py_ssize_t n, floating gs, bint use_acc, floating wd,
+                      floating decay, floating omb1, floating b2, floating omb2, floating step_size,
+                      floating rbc2, floating eps, bint coupled, bint amsgrad) noexcept nogil:
+    # amsgrad and use_acc are unswitched here by hand (the body inlined with them as constants):
+    # with the NaN-keeping max the loop is too big for gcc to unswitch three flags, and a loop
+    # with a flag still in it does not vectorise (-fopt-info-vec). gcc unswitches coupled.
+    if amsgrad:
+        if use_acc:
+            _adam_body(p, g, acc, m, v, vmax, n, gs, True, wd, decay, omb1, b2, omb2, step_size,
+                       rbc2, eps, coupled, True)
+        else:
+            _adam_body(p, g, acc, m, v, vmax, n, gs, False, wd, decay, omb1, b2, omb2, step_size,
+                       rbc2, eps, coupled, True)
+    else:
+        if use_acc:
+            _adam_body(p, g, acc, m, v, vmax, n, gs, True, wd, decay, omb1, b2, omb2, step_size,
+                       rbc2, eps, coupled, False)
+        else:
+            _adam_body(p, g, acc, m, v, vmax, n, gs, False, wd, decay, omb1, b2, omb2, step_size,
+                       rbc2, eps, coupled, False)
 
 
 cdef void _adam(floating* p, const floating* g, floating* acc, floating* m, floating* v,

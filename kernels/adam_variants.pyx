@@ -53,7 +53,9 @@ cdef void _adamax_piece(floating* p, const floating* g, floating* acc, floating*
         m[i] = mi
         ui = b2 * u[i]
         ai = _abs(gi) + eps
-        if not (ai <= ui):  # max(ui, ai) that propagates a NaN gradient, as torch.maximum does
+        # max(ui, ai) keeping a NaN from either side (a NaN gradient, or a NaN already in exp_inf),
+        # as torch.maximum does; bitwise |, a branch-free select that gcc vectorises
+        if (ai > ui) | (ai != ai):
             ui = ai
         u[i] = ui
         p[i] = pi - step_size * (mi / ui)

@@ -51,21 +51,12 @@ PHASES = (Phase.explicit, Phase.generate) + ((Phase.shrink,) if os.environ.get("
 ARGUMENTS = {}
 
 
-def _nan_in_amsgrad_state(args, kwargs):
-    vmax = kwargs.get("max_exp_avg_sq")
-    return (kwargs.get("amsgrad") is True and isinstance(vmax, np.ndarray)
-            and vmax.dtype.kind == "f" and bool(np.isnan(vmax).any()))
-
-
 # Known, documented differences from the reference: name -> [(predicate(args, kwargs), why)].
 # Such cases must still agree on refusing or not, never crash, and leave refused inputs
 # unchanged; their values are not compared. Each entry is a bug to fix in the kernels.
-KNOWN_DIVERGENCES = {
-    "adam_": [(_nan_in_amsgrad_state,
-               "a NaN already stored in max_exp_avg_sq is dropped by the compiled kernels' "
-               "max (vmax > v ? vmax : v), kept by np.maximum; a NaN-propagating compare stops "
-               "gcc vectorising the kernel (20x slower), so it waits for a vectorisable form")],
-}
+# (None now: AMSGrad's max dropping a NaN stored in max_exp_avg_sq was the last, fixed with a
+# NaN-keeping select that still vectorises.)
+KNOWN_DIVERGENCES = {}
 
 
 # --- values ---------------------------------------------------------------------------------

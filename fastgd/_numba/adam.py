@@ -23,8 +23,11 @@ def _adam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, gs, w
         exp_avg[i] = mi
         exp_avg_sq[i] = vi
         if amsgrad:
-            if max_exp_avg_sq[i] > vi:
-                vi = max_exp_avg_sq[i]
+            # max(vmax, v) keeping a NaN from either side, as np.maximum does: v NaN fails the
+            # compare and stays, a stored NaN is caught by u != u; bitwise |, a branch-free select
+            u = max_exp_avg_sq[i]
+            if (u > vi) | (u != u):
+                vi = u
             max_exp_avg_sq[i] = vi
         d = np.sqrt(vi) * rbc2 + e
         param[i] = pi - step_size * mi / d

@@ -31,7 +31,9 @@ def _adamax(param, grad, grad_acc, exp_avg, exp_inf, grad_scale, maximize, use_a
         exp_avg[i] = mi
         ui = b2 * exp_inf[i]
         ai = np.abs(gi) + e
-        if not (ai <= ui):  # max that propagates a NaN gradient, as torch.maximum does
+        # max keeping a NaN from either side (a NaN gradient, or a NaN already in exp_inf), as
+        # torch.maximum does; bitwise |, a branch-free select that LLVM vectorises
+        if (ai > ui) | (ai != ai):
             ui = ai
         exp_inf[i] = ui
         param[i] = pi - step_size * (mi / ui)
