@@ -9,20 +9,13 @@
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt, sqrtf
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
+from _math cimport _sqrt
 from _parallel cimport piece, threads_for
 
 cnp.import_array()
-
-
-cdef inline floating _sqrt(floating x) noexcept nogil:
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
 
 
 # --- Adagrad --------------------------------------------------------------------------------------

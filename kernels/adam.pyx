@@ -7,20 +7,14 @@
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt, sqrtf
+from libc.math cimport sqrt
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
+from _math cimport _sqrt
 from _parallel cimport piece, threads_for
 
 cnp.import_array()
-
-
-cdef inline floating _sqrt(floating x) noexcept nogil:
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
 
 
 cdef inline void _adam_body(floating* p, const floating* g, floating* acc, floating* m,

@@ -10,20 +10,14 @@
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport fabs, fabsf, sqrt, sqrtf
+from libc.math cimport fabs, fabsf, sqrt
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
+from _math cimport _sqrt
 from _parallel cimport piece, threads_for
 
 cnp.import_array()
-
-
-cdef inline floating _sqrt(floating x) noexcept nogil:
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
 
 
 cdef inline floating _abs(floating x) noexcept nogil:
