@@ -314,12 +314,18 @@ class Optimizer:
                 state[name] = fresh[name]
 
     def _state_keys(self, group):
-        """Names of the state arrays a parameter needs under this group's options."""
+        """Names of the state a parameter needs under this group's options.
+
+        Subclasses list them; one that overrides only ``_init_state`` gets them from it.
+        """
+        if type(self)._init_state is Optimizer._init_state:
+            raise NotImplementedError(f"{type(self).__name__} must define _state_keys or _init_state")
         return [k for k in self._init_state(group, np.empty(0)) if k != "step"]
 
     def _init_state(self, group, p):
-        """Fresh state for a parameter (flat arrays of its dtype) with ``step`` = 0."""
-        raise NotImplementedError
+        """Fresh state for a parameter: ``step`` = 0 and a flat zero array of its dtype per state
+        name. Subclasses whose state does not start at zero (Adagrad, NAdam) override this."""
+        return {"step": 0, **{name: np.zeros(p.size, p.dtype) for name in self._state_keys(group)}}
 
     def _update(self, group, state, p, g, grad_scale, acc):
         """Run the kernel on flat views ``p``, ``g`` with ``state["step"]`` already advanced.
@@ -479,12 +485,6 @@ class Adam(Optimizer):
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _init_state(self, group, p):
-        state = {"step": 0, "exp_avg": np.zeros(p.size, p.dtype), "exp_avg_sq": np.zeros(p.size, p.dtype)}
-        if group["amsgrad"]:
-            state["max_exp_avg_sq"] = np.zeros(p.size, p.dtype)
-        return state
-
     def _update(self, group, state, p, g, grad_scale, acc):
         t = state["step"]
         beta1, beta2 = group["betas"]
@@ -547,12 +547,6 @@ class SGD(Optimizer):
 
     def _state_keys(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
-
-    def _init_state(self, group, p):
-        state = {"step": 0}
-        if group["momentum"] != 0:
-            state["momentum_buffer"] = np.zeros(p.size, p.dtype)
-        return state
 
     def _complete_state(self, group, state, p):
         if group["momentum"] != 0 and "momentum_buffer" not in state:
@@ -636,14 +630,6 @@ class RMSprop(Optimizer):
         return (("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ())
                 + (("grad_avg",) if group["centered"] else ()))
 
-    def _init_state(self, group, p):
-        state = {"step": 0, "square_avg": np.zeros(p.size, p.dtype)}
-        if group["momentum"] > 0:
-            state["momentum_buffer"] = np.zeros(p.size, p.dtype)
-        if group["centered"]:
-            state["grad_avg"] = np.zeros(p.size, p.dtype)
-        return state
-
     def _update(self, group, state, p, g, grad_scale, acc):
         sq = state["square_avg"]
         momentum = float(group["momentum"])
@@ -676,9 +662,6 @@ class Adamax(Optimizer):
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_inf")
-
-    def _init_state(self, group, p):
-        return {"step": 0, "exp_avg": np.zeros(p.size, p.dtype), "exp_inf": np.zeros(p.size, p.dtype)}
 
     def _update(self, group, state, p, g, grad_scale, acc):
         beta1, beta2 = group["betas"]
@@ -759,9 +742,6 @@ class RAdam(Optimizer):
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq")
 
-    def _init_state(self, group, p):
-        return {"step": 0, "exp_avg": np.zeros(p.size, p.dtype), "exp_avg_sq": np.zeros(p.size, p.dtype)}
-
     def _update(self, group, state, p, g, grad_scale, acc):
         from .functional import radam_rectification
         t = state["step"]
@@ -793,9 +773,6 @@ class Lion(Optimizer):
 
     def _state_keys(self, group):
         return ("exp_avg",)
-
-    def _init_state(self, group, p):
-        return {"step": 0, "exp_avg": np.zeros(p.size, p.dtype)}
 
     def _update(self, group, state, p, g, grad_scale, acc):
         beta1, beta2 = group["betas"]
