@@ -182,3 +182,43 @@ def fraction(name, value):
     if not (0.0 <= value <= 1.0):
         raise ValueError(f"{name} must be in [0, 1]; got {value}")
     return value
+
+
+def _betas_option(name, value):
+    return betas(value, name)
+
+
+#: The check of every optimizer option, by name. An option means the same in every rule (lr is
+#: always a finite real >= 0, betas always a pair in [0, 1), ...), so it is checked in one place;
+#: the optimizers, fastgd.functional and fastgd.torch all check their options through this table.
+OPTION_CHECKS = {
+    "lr": nonnegative,
+    "lr_decay": nonnegative,
+    "weight_decay": nonnegative,
+    "momentum": nonnegative,
+    "momentum_decay": nonnegative,
+    "initial_accumulator_value": nonnegative,
+    "eps": positive,
+    "alpha": unit_interval,
+    "dampening": fraction,
+    "betas": _betas_option,
+    "amsgrad": flag,
+    "centered": flag,
+    "decoupled_weight_decay": flag,
+    "maximize": flag,
+    "nesterov": flag,
+    "grad_scale": finite,
+}
+
+
+def options(**values):
+    """Each option checked by its OPTION_CHECKS entry, in the order given (so the first bad one
+    is the one reported); returns the normalised values in that order (betas as a float pair)."""
+    return [OPTION_CHECKS[name](name, value) for name, value in values.items()]
+
+
+def nesterov_momentum(nesterov, momentum, dampening):
+    """SGD's one rule across options: nesterov needs momentum > 0 and dampening == 0."""
+    if nesterov and (momentum <= 0.0 or dampening != 0.0):
+        raise ValueError("nesterov=True requires momentum > 0 and dampening == 0 "
+                         f"(got momentum={momentum}, dampening={dampening})")

@@ -5,9 +5,10 @@ groups, options defaulting to the constructor's). ``opt.param_groups`` is mutabl
 can change ``lr`` between steps. ``opt.step(grads)`` takes gradients aligned with the parameters
 (all groups, in order; ``None`` skips a parameter, as torch skips ``grad is None``).
 
-A subclass names its kernel and declares its options, their checks, and its state arrays; this
-base does everything else once: grouping, validation before any write, lazy state creation,
-dispatch to the active backend, global-norm clipping, and checkpoints.
+A subclass names its kernel and declares its options and its state arrays; this base does
+everything else once: grouping, validation before any write (each option by its entry in
+fastgd._validate.OPTION_CHECKS), lazy state creation, dispatch to the active backend,
+global-norm clipping, and checkpoints.
 
 Options of the base, taken by every optimizer's constructor (keyword-only) without the subclass
 listing them, and held by the optimizer (not per group: the norm is over all parameters):
@@ -106,8 +107,12 @@ def _exclusive(method):
 class Optimizer:
     """Base of every fastgd optimizer (see module docstring)."""
 
-    #: options that hold numbers/flags; subclasses list theirs, with their checks in _check_group
+    #: options that hold numbers/flags; subclasses list theirs (their constructor's arguments)
     defaults = {}
+
+    #: the check of each option, by name (see _check_group); a subclass with an option of its own
+    #: extends it: ``option_checks = {**check.OPTION_CHECKS, "my_option": check.positive}``
+    option_checks = check.OPTION_CHECKS
 
     def __init_subclass__(cls, **kwargs):
         # Every subclass's constructor takes the base options (BASE_OPTIONS) without listing them.
@@ -171,7 +176,24 @@ class Optimizer:
         self._flat_grads.update(flat_grads)
 
     def _check_group(self, group):
-        """Validate (and normalise) a group's options in place; raise naming the option."""
+        """Check a group's options, raising a TypeError/ValueError that names the option; return
+        the checked values {name: value}.
+
+        Every option in ``defaults`` is checked, in the constructor's order, by its entry in
+        ``option_checks``; betas is normalised in place (a pair of floats). A subclass with a rule
+        across options (SGD's nesterov) extends this and checks the rule on the returned values.
+        """
+        values = {}
+        for name in self.defaults:
+            try:
+                checker = self.option_checks[name]
+            except KeyError:
+                raise TypeError(f"{type(self).__name__} has no check for its option {name!r}; "
+                                "add one to its option_checks") from None
+            values[name] = checker(name, group[name])
+        if "betas" in values:
+            group["betas"] = values["betas"]
+        return values
 
     def _check_group_if_changed(self, group):
         # Options are checked again only when they changed since the last check (a schedule
@@ -473,15 +495,6 @@ class Adam(Optimizer):
                          amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay)
 
-    def _check_group(self, group):
-        check.nonnegative("lr", group["lr"])
-        group["betas"] = check.betas(group["betas"])
-        check.positive("eps", group["eps"])
-        check.nonnegative("weight_decay", group["weight_decay"])
-        check.flag("amsgrad", group["amsgrad"])
-        check.flag("maximize", group["maximize"])
-        check.flag("decoupled_weight_decay", group["decoupled_weight_decay"])
-
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
@@ -508,12 +521,13 @@ class AdamW(Adam):
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True)
 
     def _check_group(self, group):
-        super()._check_group(group)
-        if not group["decoupled_weight_decay"]:
+        values = super()._check_group(group)
+        if not values["decoupled_weight_decay"]:
             # Refuses e.g. an Adam state_dict loaded into AdamW, which would silently switch the
             # rule to coupled decay. (Adam(decoupled_weight_decay=True) is AdamW's rule.)
             raise ValueError("AdamW always decouples weight decay (decoupled_weight_decay=True); "
                              "this param group does not (an Adam state_dict? use fastgd.Adam)")
+        return values
 
 
 class SGD(Optimizer):
@@ -535,15 +549,9 @@ class SGD(Optimizer):
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
 
     def _check_group(self, group):
-        check.nonnegative("lr", group["lr"])
-        momentum = check.nonnegative("momentum", group["momentum"])
-        dampening = check.fraction("dampening", group["dampening"])
-        check.nonnegative("weight_decay", group["weight_decay"])
-        nesterov = check.flag("nesterov", group["nesterov"])
-        check.flag("maximize", group["maximize"])
-        if nesterov and (momentum <= 0.0 or dampening != 0.0):
-            raise ValueError("nesterov=True requires momentum > 0 and dampening == 0 "
-                             f"(got momentum={momentum}, dampening={dampening})")
+        values = super()._check_group(group)
+        check.nesterov_momentum(values["nesterov"], values["momentum"], values["dampening"])
+        return values
 
     def _state_keys(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -581,14 +589,6 @@ class Adagrad(Optimizer):
                          initial_accumulator_value=initial_accumulator_value, eps=eps,
                          maximize=maximize)
 
-    def _check_group(self, group):
-        check.nonnegative("lr", group["lr"])
-        check.nonnegative("lr_decay", group["lr_decay"])
-        check.nonnegative("weight_decay", group["weight_decay"])
-        check.nonnegative("initial_accumulator_value", group["initial_accumulator_value"])
-        check.positive("eps", group["eps"])
-        check.flag("maximize", group["maximize"])
-
     def _state_keys(self, group):
         return ("sum",)
 
@@ -617,15 +617,6 @@ class RMSprop(Optimizer):
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, centered=centered, maximize=maximize)
 
-    def _check_group(self, group):
-        check.nonnegative("lr", group["lr"])
-        check.unit_interval("alpha", group["alpha"])
-        check.positive("eps", group["eps"])
-        check.nonnegative("weight_decay", group["weight_decay"])
-        check.nonnegative("momentum", group["momentum"])
-        check.flag("centered", group["centered"])
-        check.flag("maximize", group["maximize"])
-
     def _state_keys(self, group):
         return (("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ())
                 + (("grad_avg",) if group["centered"] else ()))
@@ -653,13 +644,6 @@ class Adamax(Optimizer):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          maximize=maximize)
 
-    def _check_group(self, group):
-        check.nonnegative("lr", group["lr"])
-        group["betas"] = check.betas(group["betas"])
-        check.positive("eps", group["eps"])
-        check.nonnegative("weight_decay", group["weight_decay"])
-        check.flag("maximize", group["maximize"])
-
     def _state_keys(self, group):
         return ("exp_avg", "exp_inf")
 
@@ -686,15 +670,6 @@ class NAdam(Optimizer):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          momentum_decay=momentum_decay,
                          decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
-
-    def _check_group(self, group):
-        check.nonnegative("lr", group["lr"])
-        group["betas"] = check.betas(group["betas"])
-        check.positive("eps", group["eps"])
-        check.nonnegative("weight_decay", group["weight_decay"])
-        check.nonnegative("momentum_decay", group["momentum_decay"])
-        check.flag("decoupled_weight_decay", group["decoupled_weight_decay"])
-        check.flag("maximize", group["maximize"])
 
     def _state_keys(self, group):
         return ("mu_product", "exp_avg", "exp_avg_sq")
@@ -731,14 +706,6 @@ class RAdam(Optimizer):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
 
-    def _check_group(self, group):
-        check.nonnegative("lr", group["lr"])
-        group["betas"] = check.betas(group["betas"])
-        check.positive("eps", group["eps"])
-        check.nonnegative("weight_decay", group["weight_decay"])
-        check.flag("decoupled_weight_decay", group["decoupled_weight_decay"])
-        check.flag("maximize", group["maximize"])
-
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq")
 
@@ -764,12 +731,6 @@ class Lion(Optimizer):
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False):
         super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
-
-    def _check_group(self, group):
-        check.nonnegative("lr", group["lr"])
-        group["betas"] = check.betas(group["betas"])
-        check.nonnegative("weight_decay", group["weight_decay"])
-        check.flag("maximize", group["maximize"])
 
     def _state_keys(self, group):
         return ("exp_avg",)
