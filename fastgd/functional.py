@@ -1,7 +1,8 @@
 """Validated, in-place update rules on NumPy arrays (the stateless API, like torch.optim's _functional).
 
-Each function checks every argument (fastgd._validate), derives the step-dependent scalars in
-float64, and calls the active backend's kernel. A call that raises has changed nothing.
+Each function checks every argument (fastgd._validate; the options by its table OPTION_CHECKS,
+as the optimizers check them), derives the step-dependent scalars in float64, and calls the
+active backend's kernel. A call that raises has changed nothing.
 Arrays may have any shape; they must be C-contiguous, writable, float32/float64, and all of the
 parameter's dtype and shape.
 
@@ -9,6 +10,8 @@ Over lists of gradients (torch.nn.utils' clipping): global_norm, clip_grad_norm_
 clip_grad_value_, accumulate_. A list has one dtype; its arrays may have any shapes (empty too).
 Norms are deterministic: the same bits at any thread count (kernels/CONTRACT.md).
 """
+import functools
+import inspect
 import math
 
 import numpy as np
@@ -16,7 +19,45 @@ import numpy as np
 from . import _validate as check
 from .backends import kernel
 
+#: The checks of a rule's keyword arguments: its options, and its step counters.
+_KEYWORD_CHECKS = {**check.OPTION_CHECKS,
+                   "step": lambda name, value: check.step(value),
+                   "mu_product": check.fraction}
 
+
+def _checks_keywords(rule):
+    """Check ``rule``'s keyword-only arguments by _KEYWORD_CHECKS before its body runs.
+
+    They are checked in the signature's order (the first bad one is reported), before any array
+    is looked at, and the body gets them normalised (floats, bools, betas as a pair of floats,
+    step as an int); a default is used as written. A call that does not fit the signature is
+    passed straight through, so Python's own TypeError comes first, as without the checks.
+    """
+    params = inspect.signature(rule).parameters.values()
+    checks = [(q.name, _KEYWORD_CHECKS[q.name]) for q in params
+              if q.kind is q.KEYWORD_ONLY and q.name in _KEYWORD_CHECKS]
+    names = [q.name for q in params]
+    positional = [q.name for q in params if q.kind is q.POSITIONAL_OR_KEYWORD]
+    n_required = sum(q.kind is q.POSITIONAL_OR_KEYWORD and q.default is q.empty for q in params)
+    required = frozenset(q.name for q in params if q.kind is q.KEYWORD_ONLY and q.default is q.empty)
+    # keywords[n]: the names a call with n positional arguments may pass as keywords
+    keywords = [frozenset(names) - frozenset(positional[:n]) for n in range(len(positional) + 1)]
+
+    @functools.wraps(rule)
+    def checked(*args, **kwargs):
+        # Only a call Python can bind is checked here; any other raises Python's TypeError when
+        # the rule is called, before anything else, as it did without this wrapper.
+        n, keys = len(args), kwargs.keys()
+        if (n < len(keywords) and keys <= keywords[n] and keys >= required
+                and (n >= n_required or all(name in keys for name in positional[n:n_required]))):
+            for name, check_one in checks:
+                if name in kwargs:
+                    kwargs[name] = check_one(name, kwargs[name])
+        return rule(*args, **kwargs)
+    return checked
+
+
+@_checks_keywords
 def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
           weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sq=None,
           maximize=False, grad_scale=1.0):
@@ -28,15 +69,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999)
     amsgrad: vmax = max(vmax, v), used for v below
     p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
     """
-    t = check.step(step)
-    lr = check.nonnegative("lr", lr)
-    beta1, beta2 = check.betas(betas)
-    eps = check.positive("eps", eps)
-    weight_decay = check.nonnegative("weight_decay", weight_decay)
-    decoupled = check.flag("decoupled_weight_decay", decoupled_weight_decay)
-    amsgrad = check.flag("amsgrad", amsgrad)
-    maximize = check.flag("maximize", maximize)
-    grad_scale = check.finite("grad_scale", grad_scale)
+    beta1, beta2 = betas
     p = check.array("param", param)
     g = check.array("grad", grad, like=param, writable=False)
     m = check.array("exp_avg", exp_avg, like=param)
@@ -50,7 +83,8 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999)
     check.no_overlap(param=p, grad=g, exp_avg=m, exp_avg_sq=v,
                      max_exp_avg_sq=vmax if amsgrad else None)
     kernel("adam")(p, g, p, m, v, vmax, grad_scale, maximize, False, lr, beta1, beta2, eps,
-                   weight_decay, decoupled, amsgrad, 1.0 - beta1 ** t, 1.0 - beta2 ** t)
+                   weight_decay, decoupled_weight_decay, amsgrad, 1.0 - beta1 ** step,
+                   1.0 - beta2 ** step)
 
 
 # --- clipping and accumulation over lists of gradients ------------------------------------------
@@ -171,6 +205,7 @@ def _needed(name, a, param, why):
     return check.array(name, a, like=param)
 
 
+@_checks_keywords
 def sgd_(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, dampening=0.0,
          weight_decay=0.0, nesterov=False, maximize=False, grad_scale=1.0):
     """One SGD step in place, as torch.optim.SGD (step t is 1-based).
@@ -182,17 +217,7 @@ def sgd_(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, damp
     momentum_buffer (an array like param; its contents are overwritten at t == 1) is required
     when momentum > 0. nesterov needs momentum > 0 and dampening == 0.
     """
-    t = check.step(step)
-    lr = check.nonnegative("lr", lr)
-    momentum = check.nonnegative("momentum", momentum)
-    dampening = check.fraction("dampening", dampening)
-    weight_decay = check.nonnegative("weight_decay", weight_decay)
-    nesterov = check.flag("nesterov", nesterov)
-    maximize = check.flag("maximize", maximize)
-    grad_scale = check.finite("grad_scale", grad_scale)
-    if nesterov and (momentum <= 0.0 or dampening != 0.0):
-        raise ValueError("nesterov=True requires momentum > 0 and dampening == 0 "
-                         f"(got momentum={momentum}, dampening={dampening})")
+    check.nesterov_momentum(nesterov, momentum, dampening)
     p = check.array("param", param)
     g = check.array("grad", grad, like=param, writable=False)
     if momentum > 0.0:
@@ -202,9 +227,10 @@ def sgd_(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, damp
                                                                like=param)
     check.no_overlap(param=p, grad=g, momentum_buffer=buf)
     kernel("sgd")(p, g, p, p if buf is None else buf, grad_scale, maximize, False, lr, momentum,
-                  dampening, weight_decay, nesterov, t == 1)
+                  dampening, weight_decay, nesterov, step == 1)
 
 
+@_checks_keywords
 def adagrad_(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
              maximize=False, grad_scale=1.0):
     """One Adagrad step in place, as torch.optim.Adagrad (step t is 1-based).
@@ -212,15 +238,8 @@ def adagrad_(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_deca
     g = grad_scale * grad (negated if maximize);  g += weight_decay * p
     s += g^2;  p -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(s) + eps)
     """
-    t = check.step(step)
-    lr = check.nonnegative("lr", lr)
-    lr_decay = check.nonnegative("lr_decay", lr_decay)
-    weight_decay = check.nonnegative("weight_decay", weight_decay)
-    eps = check.positive("eps", eps)
-    maximize = check.flag("maximize", maximize)
-    grad_scale = check.finite("grad_scale", grad_scale)
     p, g, s = check.step_arrays(param, grad, state_sum=state_sum)
-    kernel("adagrad")(p, g, p, s, grad_scale, maximize, False, adagrad_lr(t, lr, lr_decay),
+    kernel("adagrad")(p, g, p, s, grad_scale, maximize, False, adagrad_lr(step, lr, lr_decay),
                       weight_decay, eps)
 
 
@@ -229,6 +248,7 @@ def adagrad_lr(step, lr, lr_decay):
     return lr / (1.0 + (step - 1) * lr_decay)
 
 
+@_checks_keywords
 def rmsprop_(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
              momentum=0.0, centered=False, momentum_buffer=None, grad_avg=None, maximize=False,
              grad_scale=1.0):
@@ -241,14 +261,6 @@ def rmsprop_(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_d
     momentum_buffer is required when momentum > 0, grad_avg when centered (arrays like param,
     initially zeros).
     """
-    lr = check.nonnegative("lr", lr)
-    alpha = check.unit_interval("alpha", alpha)
-    eps = check.positive("eps", eps)
-    weight_decay = check.nonnegative("weight_decay", weight_decay)
-    momentum = check.nonnegative("momentum", momentum)
-    centered = check.flag("centered", centered)
-    maximize = check.flag("maximize", maximize)
-    grad_scale = check.finite("grad_scale", grad_scale)
     p = check.array("param", param)
     g = check.array("grad", grad, like=param, writable=False)
     sq = check.array("square_avg", square_avg, like=param)
@@ -260,6 +272,7 @@ def rmsprop_(param, grad, square_avg, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_d
                       maximize, False, lr, alpha, eps, weight_decay, momentum, centered)
 
 
+@_checks_keywords
 def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
             weight_decay=0.0, maximize=False, grad_scale=1.0):
     """One Adamax step in place, as torch.optim.Adamax (step t is 1-based).
@@ -268,16 +281,10 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999),
     m = beta1 * m + (1 - beta1) * g;  u = max(beta2 * u, |g| + eps)
     p -= lr / (1 - beta1^t) * m / u
     """
-    t = check.step(step)
-    lr = check.nonnegative("lr", lr)
-    beta1, beta2 = check.betas(betas)
-    eps = check.positive("eps", eps)
-    weight_decay = check.nonnegative("weight_decay", weight_decay)
-    maximize = check.flag("maximize", maximize)
-    grad_scale = check.finite("grad_scale", grad_scale)
+    beta1, beta2 = betas
     p, g, m, u = check.step_arrays(param, grad, exp_avg=exp_avg, exp_inf=exp_inf)
     kernel("adamax")(p, g, p, m, u, grad_scale, maximize, False, lr, beta1, beta2, eps,
-                     weight_decay, 1.0 - beta1 ** t)
+                     weight_decay, 1.0 - beta1 ** step)
 
 
 def nadam_coefficients(step, mu_product, lr, beta1, momentum_decay):
@@ -293,6 +300,7 @@ def nadam_coefficients(step, mu_product, lr, beta1, momentum_decay):
             mu_product)
 
 
+@_checks_keywords
 def nadam_(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr=2e-3, betas=(0.9, 0.999),
            eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
            maximize=False, grad_scale=1.0):
@@ -305,20 +313,11 @@ def nadam_(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr=2e-3, betas
     m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2;  d = sqrt(v / (1 - beta2^t)) + eps
     p -= lr * (1 - mu_t) / (1 - mu_1..mu_t) * g / d + lr * mu_{t+1} / (1 - mu_1..mu_{t+1}) * m / d
     """
-    t = check.step(step)
-    mu_product = check.fraction("mu_product", mu_product)
-    lr = check.nonnegative("lr", lr)
-    beta1, beta2 = check.betas(betas)
-    eps = check.positive("eps", eps)
-    weight_decay = check.nonnegative("weight_decay", weight_decay)
-    momentum_decay = check.nonnegative("momentum_decay", momentum_decay)
-    decoupled = check.flag("decoupled_weight_decay", decoupled_weight_decay)
-    maximize = check.flag("maximize", maximize)
-    grad_scale = check.finite("grad_scale", grad_scale)
+    beta1, beta2 = betas
     p, g, m, v = check.step_arrays(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
-    grad_coef, avg_coef, mu_product = nadam_coefficients(t, mu_product, lr, beta1, momentum_decay)
+    grad_coef, avg_coef, mu_product = nadam_coefficients(step, mu_product, lr, beta1, momentum_decay)
     kernel("nadam")(p, g, p, m, v, grad_scale, maximize, False, lr, beta1, beta2, eps, weight_decay,
-                    decoupled, grad_coef, avg_coef, 1.0 - beta2 ** t)
+                    decoupled_weight_decay, grad_coef, avg_coef, 1.0 - beta2 ** step)
     return mu_product
 
 
@@ -336,6 +335,7 @@ def radam_rectification(step, beta2):
     return True, rect
 
 
+@_checks_keywords
 def radam_(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
            weight_decay=0.0, decoupled_weight_decay=False, maximize=False, grad_scale=1.0):
     """One RAdam step in place, as torch.optim.RAdam (step t is 1-based).
@@ -346,20 +346,15 @@ def radam_(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999
     rho_t > 5: p -= lr * rect_t * m / (1 - beta1^t) * sqrt(1 - beta2^t) / (sqrt(v) + eps)
     else:      p -= lr * m / (1 - beta1^t)            (radam_rectification gives rho_t, rect_t)
     """
-    t = check.step(step)
-    lr = check.nonnegative("lr", lr)
-    beta1, beta2 = check.betas(betas)
-    eps = check.positive("eps", eps)
-    weight_decay = check.nonnegative("weight_decay", weight_decay)
-    decoupled = check.flag("decoupled_weight_decay", decoupled_weight_decay)
-    maximize = check.flag("maximize", maximize)
-    grad_scale = check.finite("grad_scale", grad_scale)
+    beta1, beta2 = betas
     p, g, m, v = check.step_arrays(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
-    adaptive, rect = radam_rectification(t, beta2)
+    adaptive, rect = radam_rectification(step, beta2)
     kernel("radam")(p, g, p, m, v, grad_scale, maximize, False, lr, beta1, beta2, eps, weight_decay,
-                    decoupled, 1.0 - beta1 ** t, 1.0 - beta2 ** t, adaptive, rect)
+                    decoupled_weight_decay, 1.0 - beta1 ** step, 1.0 - beta2 ** step, adaptive,
+                    rect)
 
 
+@_checks_keywords
 def lion_(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False,
           grad_scale=1.0):
     """One Lion step in place (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
@@ -370,10 +365,6 @@ def lion_(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
     Note: Lion's useful lr is 3-10x smaller than AdamW's and its weight_decay 3-10x larger (the
     paper's advice), since every coordinate moves by exactly lr.
     """
-    lr = check.nonnegative("lr", lr)
-    beta1, beta2 = check.betas(betas)
-    weight_decay = check.nonnegative("weight_decay", weight_decay)
-    maximize = check.flag("maximize", maximize)
-    grad_scale = check.finite("grad_scale", grad_scale)
+    beta1, beta2 = betas
     p, g, m = check.step_arrays(param, grad, exp_avg=exp_avg)
     kernel("lion")(p, g, p, m, grad_scale, maximize, False, lr, beta1, beta2, weight_decay)

@@ -4,6 +4,7 @@ import pytest
 
 import fastgd
 from fastgd import _validate as check
+from fastgd import functional as F
 from fastgd.optim import Optimizer
 
 OPTIMIZERS = [fastgd.Adam, fastgd.AdamW, fastgd.SGD, fastgd.Adagrad, fastgd.RMSprop,
@@ -38,3 +39,32 @@ def test_subclass_option_without_a_check_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"shrink must be in \[0, 1\]"):
         Checked([np.zeros(3)], shrink=2.0)
     assert Checked([np.zeros(3)]).defaults["shrink"] == 0.5
+
+
+def _arrays(n=3):
+    return [np.zeros(4) for _ in range(n)]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p, g, m, v: F.adam_(p, g, m, v, step=1, lr=-1.0, foo=1), "unexpected keyword"),
+    (lambda p, g, m, v: F.adam_(p, g, m, step=1, lr=-1.0), "missing 1 required positional"),
+    (lambda p, g, m, v: F.adam_(p, g, m, v, param=p, step=1, lr=-1.0), "multiple values"),
+    (lambda p, g, m, v: F.adam_(p, g, m, v, lr=-1.0), "required keyword-only argument: 'step'"),
+    (lambda p, g, m, v: F.adam_(p, g, m, v, 1, step=1, lr=-1.0), "positional arguments"),
+])
+def test_functional_call_that_does_not_bind_raises_pythons_type_error_first(call, message):
+    with pytest.raises(TypeError, match=message):
+        call(*_arrays(4))
+
+
+def test_functional_options_are_checked_in_signature_order_before_the_arrays():
+    p, g, m, v = _arrays(4)
+    with pytest.raises(TypeError, match="step must be an int"):
+        F.nadam_(p, g, m, v, step=1.5, mu_product=2.0, lr=-1.0)
+    with pytest.raises(ValueError, match=r"mu_product must be in \[0, 1\]"):
+        F.nadam_(p, g, m, v, step=1, mu_product=2.0, lr=-1.0)
+    with pytest.raises(ValueError, match="lr must be"):
+        F.adam_("not an array", g, m, v, step=1, lr=-1.0)
+    # by keyword too: positional parameters passed as keywords are still a call that binds
+    with pytest.raises(ValueError, match="grad_scale must not be NaN"):
+        F.lion_(param=p, grad=g, exp_avg=m, grad_scale=float("nan"))
