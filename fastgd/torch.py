@@ -650,9 +650,16 @@ def _betas(group):
     return float(b1), float(b2)
 
 
-def _floats(group, *keys):
-    """The group's options ``keys`` as floats (then checked as fastgd.functional checks them)."""
-    return [float(group[k]) for k in keys]
+def _checked(group, *names):
+    """The group's options ``names``, checked as fastgd.functional checks them (by the same
+    table, OPTION_CHECKS, in this order), as floats (betas as a pair of floats).
+
+    All are converted to float first (torch lets an option be a number or a tensor), then checked.
+    """
+    values = {name: float(group[name]) for name in names if name != "betas"}
+    if "betas" in names:
+        values["betas"] = _betas(group)
+    return [check.OPTION_CHECKS[name](name, values[name]) for name in names]
 
 
 def _require(ok, message):
@@ -749,16 +756,9 @@ class SGD(_Optimizer):
         return (("momentum_buffer", 0.0),) if group["momentum"] != 0 else ()
 
     def _prepare(self, group):
-        lr, momentum, dampening, wd = _floats(group, "lr", "momentum", "dampening", "weight_decay")
+        lr, momentum, dampening, wd = _checked(group, "lr", "momentum", "dampening", "weight_decay")
         nesterov = bool(group["nesterov"])
-        # fastgd.functional.sgd_'s checks, in its order.
-        check.nonnegative("lr", lr)
-        check.nonnegative("momentum", momentum)
-        check.fraction("dampening", dampening)
-        check.nonnegative("weight_decay", wd)
-        if nesterov and (momentum <= 0.0 or dampening != 0.0):
-            raise ValueError("nesterov=True requires momentum > 0 and dampening == 0 "
-                             f"(got momentum={momentum}, dampening={dampening})")
+        check.nesterov_momentum(nesterov, momentum, dampening)
         return kernel("sgd"), bool(group["maximize"]), lr, momentum, dampening, wd, nesterov
 
     def _rule(self, group, p, g, s, grad_scale, fresh, prep):
@@ -792,12 +792,7 @@ class Adagrad(_Optimizer):
         return (("sum", float(group["initial_accumulator_value"])),)
 
     def _prepare(self, group):
-        lr, lr_decay, wd, eps = _floats(group, "lr", "lr_decay", "weight_decay", "eps")
-        # fastgd.functional.adagrad_'s checks, in its order.
-        check.nonnegative("lr", lr)
-        check.nonnegative("lr_decay", lr_decay)
-        check.nonnegative("weight_decay", wd)
-        check.positive("eps", eps)
+        lr, lr_decay, wd, eps = _checked(group, "lr", "lr_decay", "weight_decay", "eps")
         return kernel("adagrad"), bool(group["maximize"]), lr, lr_decay, wd, eps
 
     def _rule(self, group, p, g, s, grad_scale, fresh, prep):
@@ -833,13 +828,7 @@ class RMSprop(_Optimizer):
         return tuple(out)
 
     def _prepare(self, group):
-        lr, alpha, eps, wd, momentum = _floats(group, "lr", "alpha", "eps", "weight_decay", "momentum")
-        # fastgd.functional.rmsprop_'s checks, in its order.
-        check.nonnegative("lr", lr)
-        check.unit_interval("alpha", alpha)
-        check.positive("eps", eps)
-        check.nonnegative("weight_decay", wd)
-        check.nonnegative("momentum", momentum)
+        lr, alpha, eps, wd, momentum = _checked(group, "lr", "alpha", "eps", "weight_decay", "momentum")
         return (kernel("rmsprop"), bool(group["maximize"]), lr, alpha, eps, wd, momentum,
                 bool(group["centered"]))
 
@@ -868,13 +857,7 @@ class Adamax(_Optimizer):
         return (("exp_avg", 0.0), ("exp_inf", 0.0))
 
     def _prepare(self, group):
-        lr, eps, wd = _floats(group, "lr", "eps", "weight_decay")
-        betas = _betas(group)
-        # fastgd.functional.adamax_'s checks, in its order.
-        check.nonnegative("lr", lr)
-        b1, b2 = check.betas(betas)
-        check.positive("eps", eps)
-        check.nonnegative("weight_decay", wd)
+        lr, (b1, b2), eps, wd = _checked(group, "lr", "betas", "eps", "weight_decay")
         return kernel("adamax"), bool(group["maximize"]), lr, b1, b2, eps, wd
 
     def _rule(self, group, p, g, s, grad_scale, fresh, prep):
@@ -907,14 +890,9 @@ class NAdam(_Optimizer):
         return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
 
     def _prepare(self, group):
-        lr, eps, wd, momentum_decay = _floats(group, "lr", "eps", "weight_decay", "momentum_decay")
-        betas = _betas(group)
-        # fastgd.functional.nadam_'s checks, in its order (step and mu_product: per tensor).
-        check.nonnegative("lr", lr)
-        b1, b2 = check.betas(betas)
-        check.positive("eps", eps)
-        check.nonnegative("weight_decay", wd)
-        check.nonnegative("momentum_decay", momentum_decay)
+        # (step and mu_product are checked per tensor, in _rule)
+        lr, (b1, b2), eps, wd, momentum_decay = _checked(group, "lr", "betas", "eps", "weight_decay",
+                                                         "momentum_decay")
         return (kernel("nadam"), bool(group["maximize"]), lr, b1, b2, eps, wd, momentum_decay,
                 bool(group["decoupled_weight_decay"]))
 
@@ -946,13 +924,7 @@ class RAdam(_Optimizer):
         return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
 
     def _prepare(self, group):
-        lr, eps, wd = _floats(group, "lr", "eps", "weight_decay")
-        betas = _betas(group)
-        # fastgd.functional.radam_'s checks, in its order.
-        check.nonnegative("lr", lr)
-        b1, b2 = check.betas(betas)
-        check.positive("eps", eps)
-        check.nonnegative("weight_decay", wd)
+        lr, (b1, b2), eps, wd = _checked(group, "lr", "betas", "eps", "weight_decay")
         return (kernel("radam"), bool(group["maximize"]), lr, b1, b2, eps, wd,
                 bool(group["decoupled_weight_decay"]))
 
@@ -987,12 +959,7 @@ class Lion(_Optimizer):
         return (("exp_avg", 0.0),)
 
     def _prepare(self, group):
-        lr, wd = _floats(group, "lr", "weight_decay")
-        betas = _betas(group)
-        # fastgd.functional.lion_'s checks, in its order.
-        check.nonnegative("lr", lr)
-        b1, b2 = check.betas(betas)
-        check.nonnegative("weight_decay", wd)
+        lr, (b1, b2), wd = _checked(group, "lr", "betas", "weight_decay")
         return kernel("lion"), bool(group["maximize"]), lr, b1, b2, wd
 
     def _rule(self, group, p, g, s, grad_scale, fresh, prep):
