@@ -222,3 +222,18 @@ def test_bad_data_and_optimizer(rng):
         fit(model, fastgd.Adam([model.params]), X, y, schedule=S.StepLR(other, step_size=1))
     with pytest.raises(TypeError):
         fit(model, object(), X, y)
+
+
+def test_global_norm_is_the_kernel_norm_of_any_array_likes():
+    import math
+
+    from fastgd import functional as F
+    a32, a64 = np.arange(5, dtype=np.float32), np.linspace(-1, 1, 7)
+    assert global_norm() == 0.0
+    assert global_norm(a64) == F.global_norm([a64])
+    assert global_norm(a32, a32[::-1]) == F.global_norm([a32, a32[::-1].copy()])
+    # other dtypes, and float32 with float64, go through float64: the same value
+    assert global_norm(np.arange(5)) == math.sqrt(30)
+    assert global_norm(a32, a64) == F.global_norm([a32.astype(np.float64), a64])
+    assert global_norm([[3.0, 4.0]]) == 5.0
+    assert math.isnan(global_norm(np.array([np.nan, 1.0])))

@@ -17,18 +17,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import functional
+from .._validate import FLOAT_DTYPES
 from .data import Batches, check_xy
 
 __all__ = ["History", "fit", "minimize", "MinimizeResult", "global_norm"]
 
 
 def global_norm(*arrays):
-    """||(a_1, ..., a_n)||_2 = sqrt(sum_i sum_j a_ij^2), accumulated in float64."""
-    total = 0.0
-    for a in arrays:
-        a = np.asarray(a).reshape(-1)
-        total += float(np.dot(a, a)) if a.dtype == np.float64 else float(np.dot(a.astype(np.float64), a))
-    return math.sqrt(total)
+    """||(a_1, ..., a_n)||_2 = sqrt(sum_i sum_j a_ij^2) of array-likes, accumulated in float64
+    (0.0 for none).
+
+    The norm pass is fastgd.functional.global_norm's deterministic kernel; arrays it does not
+    take as they are (other dtypes, or float32 mixed with float64) are converted to float64,
+    which changes no value.
+    """
+    flats = [np.ascontiguousarray(a) for a in arrays]
+    dtypes = {a.dtype for a in flats}
+    if len(dtypes) > 1 or not dtypes <= set(FLOAT_DTYPES):
+        flats = [a.astype(np.float64) for a in flats]
+    return functional.global_norm(flats)
 
 
 @dataclass
