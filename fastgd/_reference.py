@@ -24,6 +24,30 @@ def read_grad(grad, grad_acc, grad_scale, maximize, use_acc):
     return g
 
 
+def decay_weights(g, param, lr, weight_decay, decoupled):
+    """Weight decay, coupled or decoupled: returns the gradient the rule goes on with.
+
+    coupled (Adam):      g = g + weight_decay * p
+    decoupled (AdamW):   p = p * (1 - lr * weight_decay)  (in place; g unchanged)
+    """
+    if weight_decay != 0 and not decoupled:
+        g = g + weight_decay * param
+    if decoupled:
+        param *= 1 - lr * weight_decay
+    return g
+
+
+def adam_moments(g, exp_avg, exp_avg_sq, beta1, beta2):
+    """Adam's moment updates, in place (Adam, NAdam, RAdam):
+
+    m = m + (1 - beta1) * (g - m)            (= beta1 * m + (1 - beta1) * g, torch's lerp form)
+    v = beta2 * v + (1 - beta2) * g^2
+    """
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+
+
 def adam(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_scale, maximize, use_acc,
          lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, bias_correction1, bias_correction2):
     """Adam (Kingma & Ba 2015), AdamW (Loshchilov & Hutter 2019) and AMSGrad, as torch.optim.Adam.
@@ -36,13 +60,8 @@ def adam(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_scale,
     p = p - (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),   bc1 = 1 - beta1^t, bc2 = 1 - beta2^t
     """
     g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
-    if weight_decay != 0 and not decoupled:
-        g = g + weight_decay * param
-    if decoupled:
-        param *= 1 - lr * weight_decay
-    exp_avg += (1 - beta1) * (g - exp_avg)
-    exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * g * g
+    g = decay_weights(g, param, lr, weight_decay, decoupled)
+    adam_moments(g, exp_avg, exp_avg_sq, beta1, beta2)
     v = exp_avg_sq
     if amsgrad:
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
@@ -193,13 +212,8 @@ def nadam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use_
     grad_coef = lr * (1 - mu_t) / (1 - mu_1 ... mu_t),  avg_coef = lr * mu_{t+1} / (1 - mu_1 ... mu_{t+1})
     """
     g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
-    if weight_decay != 0 and not decoupled:
-        g = g + weight_decay * param
-    if decoupled:
-        param *= 1 - lr * weight_decay
-    exp_avg += (1 - beta1) * (g - exp_avg)
-    exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * g * g
+    g = decay_weights(g, param, lr, weight_decay, decoupled)
+    adam_moments(g, exp_avg, exp_avg_sq, beta1, beta2)
     denom = np.sqrt(exp_avg_sq) * (1 / math.sqrt(bias_correction2)) + eps
     param -= (grad_coef * g + avg_coef * exp_avg) / denom
 
@@ -217,13 +231,8 @@ def radam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use_
     rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t)) (caller).
     """
     g = read_grad(grad, grad_acc, grad_scale, maximize, use_acc)
-    if weight_decay != 0 and not decoupled:
-        g = g + weight_decay * param
-    if decoupled:
-        param *= 1 - lr * weight_decay
-    exp_avg += (1 - beta1) * (g - exp_avg)
-    exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * g * g
+    g = decay_weights(g, param, lr, weight_decay, decoupled)
+    adam_moments(g, exp_avg, exp_avg_sq, beta1, beta2)
     if adaptive:
         param -= (lr * rect * math.sqrt(bias_correction2) / bias_correction1) * exp_avg / (
             np.sqrt(exp_avg_sq) + eps)
