@@ -1,4 +1,6 @@
 """Test data and tolerances shared by the test modules (never zeros: random data)."""
+import tracemalloc
+
 import numpy as np
 import fastgd
 
@@ -27,3 +29,18 @@ def random_arrays(rng, n, dtype, k, positive=()):
 
 def assert_close(actual, expected, dtype, what=""):
     np.testing.assert_allclose(actual, expected, rtol=RTOL[dtype], atol=ATOL[dtype], err_msg=what)
+
+
+def peak_bytes_of_steps(opt, grads, steps):
+    """Peak bytes traced while ``opt`` takes ``steps`` steps, after 3 warm-up steps (state
+    created, kernels compiled); the tests of "a step allocates no array" compare it to a bound."""
+    for _ in range(3):
+        opt.step(grads)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(steps):
+            opt.step(grads)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()

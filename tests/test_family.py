@@ -13,7 +13,7 @@ import fastgd
 from fastgd import functional as F
 from fastgd.backends import kernel
 
-from _helpers import DTYPES, assert_close, random_arrays
+from _helpers import DTYPES, assert_close, peak_bytes_of_steps, random_arrays
 
 SMALL = (1, 7, 1023)
 LARGE = 100_003
@@ -374,20 +374,9 @@ def test_nan_gradient_propagates_like_the_reference(backend, rule, rng):
 
 @pytest.mark.parametrize("cls,kw", VARIANTS, ids=VARIANT_IDS)
 def test_step_allocates_nothing_once_state_exists(backend, rng, cls, kw):
-    import tracemalloc
     n = 10_000
     params = [rng.standard_normal(n).astype(np.float32) for _ in range(2)]
     grads = [rng.standard_normal(n).astype(np.float32) for _ in range(2)]
-    opt = getattr(fastgd, cls)(params, **kw)
-    for _ in range(3):
-        opt.step(grads)  # state created, kernels compiled and warm
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        for _ in range(20):
-            opt.step(grads)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = peak_bytes_of_steps(getattr(fastgd, cls)(params, **kw), grads, 20)
     # one array of n float32 is 40,000 bytes; a few small Python objects per step come and go
     assert peak < 8192, f"{cls} step allocated {peak} bytes at peak"

@@ -1,6 +1,5 @@
 """Optimizer behaviour: param groups, state_dict round trips, threads, allocation, backends."""
 import pickle
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import pytest
 import fastgd
 from fastgd import functional as F
 
-from _helpers import COMPILED, DTYPES
+from _helpers import COMPILED, DTYPES, peak_bytes_of_steps
 
 
 def _grads(rng, params, steps, dtype):
@@ -139,17 +138,7 @@ def test_num_threads_setting():
 def test_step_allocates_nothing_once_state_exists(backend, rng, n):
     params = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
     grads = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
-    opt = fastgd.AdamW(params, amsgrad=True)
-    for _ in range(3):
-        opt.step(grads)  # state created, kernels compiled and warm
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        for _ in range(50):
-            opt.step(grads)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = peak_bytes_of_steps(fastgd.AdamW(params, amsgrad=True), grads, 50)
     # A few small Python objects per step (views, a work list) come and go; no array-sized
     # allocation may happen: one array of n float32 is 4*n >= 40,000 bytes.
     assert peak < 8192, f"step allocated {peak} bytes at peak"
