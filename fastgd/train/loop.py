@@ -325,11 +325,28 @@ def minimize(fun, grad, optimizer, *, schedule=None, max_iter=10_000, gtol=1e-6)
     if not (isinstance(gtol, numbers.Real) and gtol >= 0):
         raise ValueError(f"gtol must be a number >= 0; got {gtol!r}")
     x = params[0]
+
+    def advance(x, g):
+        optimizer.step([g])  # x is updated in place
+        if schedule is not None:
+            schedule.step()
+        return x
+
+    return descend(fun, lambda x: np.asarray(grad(x), dtype=x.dtype).reshape(x.shape), x, advance,
+                   max_iter=max_iter, gtol=gtol, method=type(optimizer).__name__)
+
+
+def descend(fun, grad, x, advance, *, max_iter, gtol, method):
+    """The iteration of :func:`minimize` and Newton's method: x <- advance(x, g) with g = grad(x)
+    (an array), until ||g|| <= gtol (converged), ``max_iter`` steps, or a non-finite ||g||.
+
+    Records f(x) and ||g|| at every iterate; returns a :class:`MinimizeResult`.
+    """
     losses, norms = [], []
     t0 = time.perf_counter()
     it, converged = 0, False
     while True:
-        g = np.asarray(grad(x), dtype=x.dtype).reshape(x.shape)
+        g = grad(x)
         gn = global_norm(g)
         losses.append(float(fun(x)))
         norms.append(gn)
@@ -338,9 +355,6 @@ def minimize(fun, grad, optimizer, *, schedule=None, max_iter=10_000, gtol=1e-6)
             break
         if it >= max_iter or not math.isfinite(gn):
             break
-        optimizer.step([g])
+        x = advance(x, g)
         it += 1
-        if schedule is not None:
-            schedule.step()
-    return MinimizeResult(x, it, converged, losses, norms, time.perf_counter() - t0,
-                          type(optimizer).__name__)
+    return MinimizeResult(x, it, converged, losses, norms, time.perf_counter() - t0, method)

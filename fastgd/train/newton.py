@@ -5,13 +5,11 @@ strictly convex function (logistic regression) the error squares each iteration.
 O(d^2) memory and an O(d^3) solve per iteration against gradient descent's O(d) step, which is why
 gradient descent wins once d is large (the comparison in ``fastgd demo quadratic``).
 """
-import math
-import time
 
 import numpy as np
 
 from .data import check_xy
-from .loop import MinimizeResult, global_norm
+from .loop import descend
 from .losses import bce_with_logits, sigmoid
 
 __all__ = ["Quadratic", "newton_minimize", "newton_logistic"]
@@ -60,22 +58,9 @@ def newton_minimize(fun, grad, hess, x0, *, max_iter=100, gtol=1e-6):
     Returns a :class:`~fastgd.train.MinimizeResult` (``iterations`` = Hessian solves).
     """
     x = np.array(x0, dtype=np.float64).reshape(-1)
-    losses, norms = [], []
-    t0 = time.perf_counter()
-    it, converged = 0, False
-    while True:
-        g = np.asarray(grad(x), dtype=np.float64).reshape(-1)
-        gn = global_norm(g)
-        losses.append(float(fun(x)))
-        norms.append(gn)
-        if gn <= gtol:
-            converged = True
-            break
-        if it >= max_iter or not math.isfinite(gn):
-            break
-        x = x - _solve(np.atleast_2d(hess(x)), g)
-        it += 1
-    return MinimizeResult(x, it, converged, losses, norms, time.perf_counter() - t0, "Newton")
+    return descend(fun, lambda x: np.asarray(grad(x), dtype=np.float64).reshape(-1), x,
+                   lambda x, g: x - _solve(np.atleast_2d(hess(x)), g),
+                   max_iter=max_iter, gtol=gtol, method="Newton")
 
 
 def newton_logistic(X, y, *, l2=1e-4, max_iter=50, gtol=1e-8, model=None):
