@@ -1,4 +1,5 @@
 """Test data and tolerances shared by the test modules (never zeros: random data)."""
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -44,3 +45,24 @@ def peak_bytes_of_steps(opt, grads, steps):
         return tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
+
+
+def resume_from_state_dict(make, params, grads, split):
+    """Checkpoint round trip: ``make(params)`` steps through ``grads``, its state_dict saved
+    (through pickle) after ``split`` steps; a fresh ``make(snapshot, lr=123.0)`` on the parameters
+    as they were then loads it (its param groups must replace the wrong lr) and takes the same
+    remaining steps. Asserts both end on bit-identical parameters; returns (opt, resumed)."""
+    opt = make(params)
+    for g in grads[:split]:
+        opt.step(g)
+    sd = pickle.loads(pickle.dumps(opt.state_dict()))
+    snapshot = [p.copy() for p in params]
+    for g in grads[split:]:
+        opt.step(g)
+    resumed = make(snapshot, lr=123.0)
+    resumed.load_state_dict(sd)
+    for g in grads[split:]:
+        resumed.step(g)
+    for a, b in zip(params, snapshot):
+        np.testing.assert_array_equal(a, b)
+    return opt, resumed

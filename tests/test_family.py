@@ -4,7 +4,6 @@ against the NumPy reference, fused accumulation, thread-count independence and c
 Torch trajectories are in test_family_torch.py; bad input in test_family_validation.py.
 """
 import itertools
-import pickle
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import fastgd
 from fastgd import functional as F
 from fastgd.backends import kernel
 
-from _helpers import DTYPES, assert_close, peak_bytes_of_steps, random_arrays
+from _helpers import DTYPES, assert_close, peak_bytes_of_steps, random_arrays, resume_from_state_dict
 
 SMALL = (1, 7, 1023)
 LARGE = 100_003
@@ -238,20 +237,9 @@ def test_state_dict_resume_is_bit_identical(backend, rng, dtype, cls, kw):
     shapes = [(17,), (4, 5)]
     params = [rng.standard_normal(s).astype(dtype) for s in shapes]
     grads = _grads(rng, params, 20, dtype)
-    opt = getattr(fastgd, cls)(params, **kw)
-    for g in grads[:10]:
-        opt.step(g)
-    sd = pickle.loads(pickle.dumps(opt.state_dict()))
-    snapshot = [p.copy() for p in params]
-    for g in grads[10:]:
-        opt.step(g)
-    opt2 = getattr(fastgd, cls)(snapshot, **{**kw, "lr": 123.0})
-    opt2.load_state_dict(sd)
+    opt, opt2 = resume_from_state_dict(
+        lambda ps, **over: getattr(fastgd, cls)(ps, **{**kw, **over}), params, grads, 10)
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
-    for g in grads[10:]:
-        opt2.step(g)
-    for a, b in zip(params, snapshot):
-        np.testing.assert_array_equal(a, b)
     for i, s in opt.state.items():
         assert set(s) == set(opt2.state[i])
         for k, v in s.items():
