@@ -66,3 +66,17 @@ def resume_from_state_dict(make, params, grads, split):
     for a, b in zip(params, snapshot):
         np.testing.assert_array_equal(a, b)
     return opt, resumed
+
+
+def run_at_thread_counts(run, counts=(1, 2)):
+    """[run(n) with fastgd set to n threads, for n in counts]; the thread setting is restored
+    afterwards, whatever happens (the tests of "the same bits at any thread count")."""
+    saved = fastgd.get_num_threads()
+    try:
+        results = []
+        for n in counts:
+            fastgd.set_num_threads(n)
+            results.append(run(n))
+        return results
+    finally:
+        fastgd.set_num_threads(saved)

@@ -9,7 +9,7 @@ from fastgd import functional as F
 from fastgd import _reference as ref
 from fastgd.backends import kernel
 
-from _helpers import BACKENDS, COMPILED, DTYPES
+from _helpers import BACKENDS, COMPILED, DTYPES, run_at_thread_counts
 
 torch = pytest.importorskip("torch")
 
@@ -103,17 +103,14 @@ def test_norm_partial_matches_reference(backend, rng, dtype, norm_type, n):
 @pytest.mark.parametrize("n", [100_003, 500_003])
 def test_norm_is_bitwise_identical_at_1_and_2_threads(backend, rng, dtype, n):
     x, y = _grads(rng, [(n,), (n,)], dtype)
-    old = fastgd.get_num_threads()
-    results = {}
-    try:
-        for threads in (1, 2):
-            fastgd.set_num_threads(threads)
-            results[threads] = [kernel("norm_partial")(x, y, use_y, p).hex()
-                                for p in NORM_TYPES for use_y in (False, True)]
-            results[threads].append(F.global_norm([x, y, x[:77]]).hex())
-    finally:
-        fastgd.set_num_threads(old)
-    assert results[1] == results[2]
+
+    def run(threads):
+        return ([kernel("norm_partial")(x, y, use_y, p).hex()
+                 for p in NORM_TYPES for use_y in (False, True)]
+                + [F.global_norm([x, y, x[:77]]).hex()])
+
+    at_1, at_2 = run_at_thread_counts(run, (1, 2))
+    assert at_1 == at_2
 
 
 @pytest.mark.skipif(len(COMPILED) < 2, reason="needs both compiled backends")
@@ -278,12 +275,10 @@ def test_float32_norm_is_bitwise_the_documented_order(backend, rng, norm_type, n
     """Not just deterministic: exactly the documented order, at 1 and 2 threads (a kernel may
     walk its blocks in any interleaving, but each block and the block order must be as specified)."""
     x, y = _grads(rng, [(n,), (n,)], np.float32)
-    old = fastgd.get_num_threads()
-    try:
-        for threads in (1, 2):
-            fastgd.set_num_threads(threads)
-            for use_y in (False, True):
-                got = kernel("norm_partial", backend)(x, y, use_y, norm_type)
-                assert got.hex() == _emulated_norm_partial(x, y, use_y, norm_type).hex(), (threads, use_y)
-    finally:
-        fastgd.set_num_threads(old)
+
+    def run(threads):
+        for use_y in (False, True):
+            got = kernel("norm_partial", backend)(x, y, use_y, norm_type)
+            assert got.hex() == _emulated_norm_partial(x, y, use_y, norm_type).hex(), (threads, use_y)
+
+    run_at_thread_counts(run, (1, 2))

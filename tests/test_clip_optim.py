@@ -9,7 +9,7 @@ import pytest
 import fastgd
 from fastgd import functional as F
 
-from _helpers import DTYPES
+from _helpers import DTYPES, run_at_thread_counts
 
 CASES = [(fastgd.Adam, {}), (fastgd.Adam, dict(amsgrad=True, weight_decay=0.1)),
          (fastgd.AdamW, dict(maximize=True))]
@@ -190,21 +190,17 @@ def test_a_subclass_may_not_redeclare_a_base_option():
 
 def test_clipped_steps_are_bitwise_identical_at_1_and_2_threads(backend, rng):
     params, grads = _setup(rng, np.float32, shapes=((70_001,), (33,)))
-    runs = []
-    old = fastgd.get_num_threads()
-    try:
-        for threads in (1, 2):
-            fastgd.set_num_threads(threads)
-            ps = [p.copy() for p in params]
-            multi = fastgd.MultiSteps(fastgd.AdamW(ps, lr=1e-2, max_grad_norm=1.0), 2)
-            norms = []
-            for gs in grads:
-                multi.step(gs)
-                norms.append(multi.optimizer.last_grad_norm)
-            runs.append((ps, norms))
-    finally:
-        fastgd.set_num_threads(old)
-    (a, na), (b, nb) = runs
+
+    def run(threads):
+        ps = [p.copy() for p in params]
+        multi = fastgd.MultiSteps(fastgd.AdamW(ps, lr=1e-2, max_grad_norm=1.0), 2)
+        norms = []
+        for gs in grads:
+            multi.step(gs)
+            norms.append(multi.optimizer.last_grad_norm)
+        return ps, norms
+
+    (a, na), (b, nb) = run_at_thread_counts(run, (1, 2))
     assert na == nb
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)

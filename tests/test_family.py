@@ -12,7 +12,8 @@ import fastgd
 from fastgd import functional as F
 from fastgd.backends import kernel
 
-from _helpers import DTYPES, assert_close, peak_bytes_of_steps, random_arrays, resume_from_state_dict
+from _helpers import (DTYPES, assert_close, peak_bytes_of_steps, random_arrays, resume_from_state_dict,
+                      run_at_thread_counts)
 
 SMALL = (1, 7, 1023)
 LARGE = 100_003
@@ -251,18 +252,15 @@ def test_results_do_not_depend_on_thread_count(backend, rng, cls, kw):
     n = 40_009  # above the parallel threshold (32768), odd so the last piece is ragged
     start = [rng.standard_normal(n).astype(np.float32)]
     grads = _grads(rng, start, 3, np.float32)
-    results = []
-    saved = fastgd.get_num_threads()
-    try:
-        for threads in (1, 2):
-            fastgd.set_num_threads(threads)
-            params = [a.copy() for a in start]
-            opt = getattr(fastgd, cls)(params, **kw)
-            for g in grads:
-                opt.step(g)
-            results.append(params[0])
-    finally:
-        fastgd.set_num_threads(saved)
+
+    def run(threads):
+        params = [a.copy() for a in start]
+        opt = getattr(fastgd, cls)(params, **kw)
+        for g in grads:
+            opt.step(g)
+        return params[0]
+
+    results = run_at_thread_counts(run, (1, 2))
     np.testing.assert_array_equal(results[0], results[1])
 
 

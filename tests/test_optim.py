@@ -5,7 +5,7 @@ import pytest
 import fastgd
 from fastgd import functional as F
 
-from _helpers import COMPILED, DTYPES, peak_bytes_of_steps, resume_from_state_dict
+from _helpers import COMPILED, DTYPES, peak_bytes_of_steps, resume_from_state_dict, run_at_thread_counts
 
 
 def _grads(rng, params, steps, dtype):
@@ -90,18 +90,15 @@ def test_results_do_not_depend_on_thread_count(backend, rng, dtype):
     n = 300_007  # well above the parallel threshold, odd so the last piece is ragged
     start = [rng.standard_normal(n).astype(dtype) for _ in range(1)]
     grads = _grads(rng, start, 5, dtype)
-    results = []
-    saved = fastgd.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            fastgd.set_num_threads(threads)
-            params = [a.copy() for a in start]
-            opt = fastgd.Adam(params, lr=1e-2, amsgrad=True, weight_decay=0.01)
-            for g in grads:
-                opt.step(g)
-            results.append(params[0])
-    finally:
-        fastgd.set_num_threads(saved)
+
+    def run(threads):
+        params = [a.copy() for a in start]
+        opt = fastgd.Adam(params, lr=1e-2, amsgrad=True, weight_decay=0.01)
+        for g in grads:
+            opt.step(g)
+        return params[0]
+
+    results = run_at_thread_counts(run, (1, 2, 3))
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
 
