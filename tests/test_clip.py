@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pytest
 
-import fastgd
 from fastgd import functional as F
 from fastgd import _reference as ref
 from fastgd.backends import kernel
