@@ -67,9 +67,10 @@ def no_overlap(**arrays):
 
 
 def _real(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
-    value = float(value)
+    if type(value) is not float:  # a plain float skips the (slow) abstract-class check
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
+        value = float(value)
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN")
     return value

@@ -183,14 +183,15 @@ class Optimizer:
         ``option_checks``; betas is normalised in place (a pair of floats). A subclass with a rule
         across options (SGD's nesterov) extends this and checks the rule on the returned values.
         """
-        values = {}
-        for name in self.defaults:
-            try:
-                checker = self.option_checks[name]
-            except KeyError:
-                raise TypeError(f"{type(self).__name__} has no check for its option {name!r}; "
-                                "add one to its option_checks") from None
-            values[name] = checker(name, group[name])
+        checks = self.option_checks
+        try:
+            values = {name: checks[name](name, group[name]) for name in self.defaults}
+        except KeyError:
+            unchecked = [name for name in self.defaults if name not in checks]
+            if not unchecked:
+                raise
+            raise TypeError(f"{type(self).__name__} has no check for its option {unchecked[0]!r}; "
+                            "add one to its option_checks") from None
         if "betas" in values:
             group["betas"] = values["betas"]
         return values
