@@ -212,12 +212,6 @@ OPTION_CHECKS = {
 }
 
 
-def options(**values):
-    """Each option checked by its OPTION_CHECKS entry, in the order given (so the first bad one
-    is the one reported); returns the normalised values in that order (betas as a float pair)."""
-    return [OPTION_CHECKS[name](name, value) for name, value in values.items()]
-
-
 def nesterov_momentum(nesterov, momentum, dampening):
     """SGD's one rule across options: nesterov needs momentum > 0 and dampening == 0."""
     if nesterov and (momentum <= 0.0 or dampening != 0.0):
