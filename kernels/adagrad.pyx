@@ -13,7 +13,7 @@ cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
 from _math cimport _sqrt
-from _parallel cimport piece, threads_for
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -51,7 +51,8 @@ cdef void _adagrad(floating* p, const floating* g, floating* acc, floating* s, P
                        <floating>eps)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _adagrad_piece(p + lo, g + lo, acc + lo, s + lo, hi - lo, gs, use_acc, <floating>clr,
                            <floating>weight_decay, decay, <floating>eps)
@@ -152,7 +153,8 @@ cdef void _rmsprop(floating* p, const floating* g, floating* acc, floating* sq, 
                        <floating>momentum, use_momentum, centered)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _rmsprop_piece(p + lo, g + lo, acc + lo, sq + lo, buf + lo, ga + lo, hi - lo, gs,
                            use_acc, <floating>lr, <floating>alpha, <floating>(1.0 - alpha),

@@ -12,7 +12,7 @@ cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
 from _math cimport _sqrt
-from _parallel cimport piece, threads_for
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -95,7 +95,8 @@ cdef void _adam(floating* p, const floating* g, floating* acc, floating* m, floa
                     coupled, amsgrad)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _adam_piece(p + lo, g + lo, acc + lo, m + lo, v + lo, vmax + lo, hi - lo, gs, use_acc,
                         <floating>weight_decay,

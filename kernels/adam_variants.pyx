@@ -15,7 +15,7 @@ cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
 from _math cimport _sqrt
-from _parallel cimport piece, threads_for
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -69,7 +69,8 @@ cdef void _adamax(floating* p, const floating* g, floating* acc, floating* m, fl
                       <floating>(1.0 - beta1), <floating>beta2, <floating>eps, step_size)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _adamax_piece(p + lo, g + lo, acc + lo, m + lo, u + lo, hi - lo, gs, use_acc,
                           <floating>weight_decay, decay, <floating>(1.0 - beta1), <floating>beta2,
@@ -140,7 +141,8 @@ cdef void _nadam(floating* p, const floating* g, floating* acc, floating* m, flo
                      <floating>eps, <floating>grad_coef, <floating>avg_coef)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _nadam_piece(p + lo, g + lo, acc + lo, m + lo, v + lo, hi - lo, gs, use_acc,
                          <floating>weight_decay, coupled, decay, <floating>(1.0 - beta1),
@@ -223,7 +225,8 @@ cdef void _radam(floating* p, const floating* g, floating* acc, floating* m, flo
                      <floating>eps, step_size, adaptive)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _radam_piece(p + lo, g + lo, acc + lo, m + lo, v + lo, hi - lo, gs, use_acc,
                          <floating>weight_decay, coupled, decay, <floating>(1.0 - beta1),

@@ -10,7 +10,7 @@ from cython.parallel cimport prange
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _parallel cimport piece, threads_for
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -48,7 +48,8 @@ cdef void _lion(floating* p, const floating* g, floating* acc, floating* m, Py_s
                     <floating>(1.0 - beta1), <floating>beta2, <floating>(1.0 - beta2))
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _lion_piece(p + lo, g + lo, acc + lo, m + lo, hi - lo, gs, use_acc, <floating>lr,
                         decay, <floating>beta1, <floating>(1.0 - beta1), <floating>beta2,
