@@ -12,7 +12,7 @@ from cython.parallel cimport prange
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _math cimport _sqrt
+from _math cimport _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
@@ -27,11 +27,7 @@ cdef void _adagrad_piece(floating* p, const floating* g, floating* acc, floating
     cdef floating gi, pi, si
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         si = s[i] + gi * gi
@@ -93,11 +89,7 @@ cdef inline void _rmsprop_body(floating* p, const floating* g, floating* acc, fl
     cdef floating gi, pi, si, ai, d, bi
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         si = alpha * sq[i] + oma * gi * gi

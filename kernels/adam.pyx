@@ -11,7 +11,7 @@ from libc.math cimport sqrt
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _math cimport _sqrt
+from _math cimport _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
@@ -29,11 +29,7 @@ cdef inline void _adam_body(floating* p, const floating* g, floating* acc, float
     # division per element.
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay

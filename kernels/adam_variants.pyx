@@ -14,7 +14,7 @@ from libc.math cimport fabs, fabsf, sqrt
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _math cimport _sqrt
+from _math cimport _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
@@ -36,11 +36,7 @@ cdef void _adamax_piece(floating* p, const floating* g, floating* acc, floating*
     cdef floating gi, pi, mi, ui, ai
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         mi = m[i] + omb1 * (gi - m[i])
@@ -109,11 +105,7 @@ cdef void _nadam_piece(floating* p, const floating* g, floating* acc, floating* 
     cdef floating gi, pi, mi, vi, d
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
@@ -186,11 +178,7 @@ cdef void _radam_piece(floating* p, const floating* g, floating* acc, floating* 
     cdef floating gi, pi, mi, vi
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay

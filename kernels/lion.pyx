@@ -10,6 +10,7 @@ from cython.parallel cimport prange
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
+from _math cimport _grad
 from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
@@ -21,11 +22,7 @@ cdef void _lion_piece(floating* p, const floating* g, floating* acc, floating* m
     cdef Py_ssize_t i
     cdef floating gi, mi, c, s
     for i in range(n):
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         mi = m[i]
         c = b1 * mi + omb1 * gi
         # sign(c) as np.sign: 0 at 0, NaN stays NaN (a diverged run shows, instead of freezing).

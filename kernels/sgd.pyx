@@ -11,6 +11,7 @@ from cython.parallel cimport prange
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
+from _math cimport _grad
 from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
@@ -25,11 +26,7 @@ cdef void _sgd_piece(floating* p, const floating* g, floating* acc, floating* bu
     # Every bint is loop invariant: gcc unswitches them into branch-free vector loops.
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         if use_momentum:
