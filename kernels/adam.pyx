@@ -11,7 +11,7 @@ from libc.math cimport sqrt
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _math cimport _grad, _sqrt
+from _math cimport _adam_moments, _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
@@ -33,10 +33,7 @@ cdef inline void _adam_body(floating* p, const floating* g, floating* acc, float
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
-        mi = m[i] + omb1 * (gi - m[i])
-        vi = b2 * v[i] + omb2 * gi * gi
-        m[i] = mi
-        v[i] = vi
+        mi = _adam_moments(m, v, i, gi, omb1, b2, omb2, &vi)
         if amsgrad:
             # max(vmax, v) keeping a NaN from either side, as np.maximum/torch.maximum do: v NaN
             # fails the compare and stays; a stored NaN vmax is caught by u != u. Bitwise |: two

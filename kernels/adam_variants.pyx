@@ -14,7 +14,7 @@ from libc.math cimport fabs, fabsf, sqrt
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _math cimport _grad, _sqrt
+from _math cimport _adam_moments, _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
@@ -109,10 +109,7 @@ cdef void _nadam_piece(floating* p, const floating* g, floating* acc, floating* 
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
-        mi = m[i] + omb1 * (gi - m[i])
-        vi = b2 * v[i] + omb2 * gi * gi
-        m[i] = mi
-        v[i] = vi
+        mi = _adam_moments(m, v, i, gi, omb1, b2, omb2, &vi)
         d = _sqrt(vi) * rbc2 + eps
         p[i] = pi - (grad_coef * gi + avg_coef * mi) / d
 
@@ -182,10 +179,7 @@ cdef void _radam_piece(floating* p, const floating* g, floating* acc, floating* 
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
-        mi = m[i] + omb1 * (gi - m[i])
-        vi = b2 * v[i] + omb2 * gi * gi
-        m[i] = mi
-        v[i] = vi
+        mi = _adam_moments(m, v, i, gi, omb1, b2, omb2, &vi)
         if adaptive:
             p[i] = pi - step_size * mi / (_sqrt(vi) + eps)
         else:
