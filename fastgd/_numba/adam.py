@@ -3,6 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._compile import _OPTIONS, serial_and_parallel
+from ._math import _grad
 
 
 @njit(inline="always", **_OPTIONS)
@@ -10,11 +11,7 @@ def _adam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, gs, w
                omb2, e, step_size, rbc2, coupled, use_acc, amsgrad):
     for i in prange(param.shape[0]):
         pi = param[i]
-        if use_acc:
-            gi = (grad_acc[i] + grad[i]) * gs
-            grad_acc[i] = 0
-        else:
-            gi = grad[i] * gs
+        gi = _grad(grad, grad_acc, i, gs, use_acc)
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay

@@ -3,6 +3,7 @@ import numpy as np
 from numba import prange
 
 from ._compile import serial_and_parallel
+from ._math import _grad
 
 
 def _adamax(param, grad, grad_acc, exp_avg, exp_inf, grad_scale, maximize, use_acc, lr, beta1,
@@ -20,11 +21,7 @@ def _adamax(param, grad, grad_acc, exp_avg, exp_inf, grad_scale, maximize, use_a
     step_size = real(lr / bias_correction1)
     for i in prange(n):
         pi = param[i]
-        if use_acc:
-            gi = (grad_acc[i] + grad[i]) * gs
-            grad_acc[i] = 0
-        else:
-            gi = grad[i] * gs
+        gi = _grad(grad, grad_acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         mi = exp_avg[i] + omb1 * (gi - exp_avg[i])
