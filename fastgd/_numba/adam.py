@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._compile import _OPTIONS, serial_and_parallel
-from ._math import _grad
+from ._math import _adam_moments, _grad
 
 
 @njit(inline="always", **_OPTIONS)
@@ -15,10 +15,7 @@ def _adam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, gs, w
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
-        mi = exp_avg[i] + omb1 * (gi - exp_avg[i])
-        vi = b2 * exp_avg_sq[i] + omb2 * gi * gi
-        exp_avg[i] = mi
-        exp_avg_sq[i] = vi
+        mi, vi = _adam_moments(exp_avg, exp_avg_sq, i, gi, omb1, b2, omb2)
         if amsgrad:
             # max(vmax, v) keeping a NaN from either side, as np.maximum does: v NaN fails the
             # compare and stays, a stored NaN is caught by u != u; bitwise |, a branch-free select
