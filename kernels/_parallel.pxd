@@ -72,9 +72,15 @@ cdef inline int threads_for(Py_ssize_t n) noexcept nogil:
     return t
 
 
-cdef inline void piece(Py_ssize_t n, int nthreads, int t, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """The contiguous piece [lo, hi) of thread t among nthreads."""
+cdef inline Py_ssize_t piece_start(Py_ssize_t n, int nthreads, int t) noexcept nogil:
+    """Where the contiguous piece of thread t among nthreads starts; it ends where t + 1's starts.
+
+    Returned, not written through pointers: in a prange body, `lo = piece_start(n, nthreads, t)`
+    makes lo private to each thread. `piece(n, nthreads, t, &lo, &hi)` left lo and hi shared by
+    the team (Cython privatises only assigned variables): gcc stored lo, stored hi and re-read lo
+    from the shared slot, so another thread's store in between made a thread skip its piece or
+    do two (test_threads.py::test_concurrent_optimizers_match_serial failed now and then).
+    """
     cdef Py_ssize_t per = (n + nthreads - 1) // nthreads
     per = (per + PIECE_ALIGN - 1) // PIECE_ALIGN * PIECE_ALIGN
-    lo[0] = min(n, t * per)
-    hi[0] = min(n, lo[0] + per)
+    return min(n, t * per)

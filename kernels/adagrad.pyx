@@ -12,8 +12,8 @@ from cython.parallel cimport prange
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _math cimport _sqrt
-from _parallel cimport piece, threads_for
+from _math cimport _grad, _sqrt
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -27,11 +27,7 @@ cdef void _adagrad_piece(floating* p, const floating* g, floating* acc, floating
     cdef floating gi, pi, si
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         si = s[i] + gi * gi
@@ -51,7 +47,8 @@ cdef void _adagrad(floating* p, const floating* g, floating* acc, floating* s, P
                        <floating>eps)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _adagrad_piece(p + lo, g + lo, acc + lo, s + lo, hi - lo, gs, use_acc, <floating>clr,
                            <floating>weight_decay, decay, <floating>eps)
@@ -92,11 +89,7 @@ cdef inline void _rmsprop_body(floating* p, const floating* g, floating* acc, fl
     cdef floating gi, pi, si, ai, d, bi
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         si = alpha * sq[i] + oma * gi * gi
@@ -152,7 +145,8 @@ cdef void _rmsprop(floating* p, const floating* g, floating* acc, floating* sq, 
                        <floating>momentum, use_momentum, centered)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _rmsprop_piece(p + lo, g + lo, acc + lo, sq + lo, buf + lo, ga + lo, hi - lo, gs,
                            use_acc, <floating>lr, <floating>alpha, <floating>(1.0 - alpha),

@@ -11,8 +11,8 @@ from libc.math cimport sqrt
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _math cimport _sqrt
-from _parallel cimport piece, threads_for
+from _math cimport _adam_moments, _grad, _sqrt
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -29,18 +29,11 @@ cdef inline void _adam_body(floating* p, const floating* g, floating* acc, float
     # division per element.
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
-        mi = m[i] + omb1 * (gi - m[i])
-        vi = b2 * v[i] + omb2 * gi * gi
-        m[i] = mi
-        v[i] = vi
+        mi = _adam_moments(m, v, i, gi, omb1, b2, omb2, &vi)
         if amsgrad:
             # max(vmax, v) keeping a NaN from either side, as np.maximum/torch.maximum do: v NaN
             # fails the compare and stays; a stored NaN vmax is caught by u != u. Bitwise |: two
@@ -95,7 +88,8 @@ cdef void _adam(floating* p, const floating* g, floating* acc, floating* m, floa
                     coupled, amsgrad)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _adam_piece(p + lo, g + lo, acc + lo, m + lo, v + lo, vmax + lo, hi - lo, gs, use_acc,
                         <floating>weight_decay,

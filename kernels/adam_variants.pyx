@@ -14,8 +14,8 @@ from libc.math cimport fabs, fabsf, sqrt
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _math cimport _sqrt
-from _parallel cimport piece, threads_for
+from _math cimport _adam_moments, _grad, _sqrt
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -36,11 +36,7 @@ cdef void _adamax_piece(floating* p, const floating* g, floating* acc, floating*
     cdef floating gi, pi, mi, ui, ai
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         mi = m[i] + omb1 * (gi - m[i])
@@ -69,7 +65,8 @@ cdef void _adamax(floating* p, const floating* g, floating* acc, floating* m, fl
                       <floating>(1.0 - beta1), <floating>beta2, <floating>eps, step_size)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _adamax_piece(p + lo, g + lo, acc + lo, m + lo, u + lo, hi - lo, gs, use_acc,
                           <floating>weight_decay, decay, <floating>(1.0 - beta1), <floating>beta2,
@@ -108,18 +105,11 @@ cdef void _nadam_piece(floating* p, const floating* g, floating* acc, floating* 
     cdef floating gi, pi, mi, vi, d
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
-        mi = m[i] + omb1 * (gi - m[i])
-        vi = b2 * v[i] + omb2 * gi * gi
-        m[i] = mi
-        v[i] = vi
+        mi = _adam_moments(m, v, i, gi, omb1, b2, omb2, &vi)
         d = _sqrt(vi) * rbc2 + eps
         p[i] = pi - (grad_coef * gi + avg_coef * mi) / d
 
@@ -140,7 +130,8 @@ cdef void _nadam(floating* p, const floating* g, floating* acc, floating* m, flo
                      <floating>eps, <floating>grad_coef, <floating>avg_coef)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _nadam_piece(p + lo, g + lo, acc + lo, m + lo, v + lo, hi - lo, gs, use_acc,
                          <floating>weight_decay, coupled, decay, <floating>(1.0 - beta1),
@@ -184,18 +175,11 @@ cdef void _radam_piece(floating* p, const floating* g, floating* acc, floating* 
     cdef floating gi, pi, mi, vi
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
-        mi = m[i] + omb1 * (gi - m[i])
-        vi = b2 * v[i] + omb2 * gi * gi
-        m[i] = mi
-        v[i] = vi
+        mi = _adam_moments(m, v, i, gi, omb1, b2, omb2, &vi)
         if adaptive:
             p[i] = pi - step_size * mi / (_sqrt(vi) + eps)
         else:
@@ -223,7 +207,8 @@ cdef void _radam(floating* p, const floating* g, floating* acc, floating* m, flo
                      <floating>eps, step_size, adaptive)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _radam_piece(p + lo, g + lo, acc + lo, m + lo, v + lo, hi - lo, gs, use_acc,
                          <floating>weight_decay, coupled, decay, <floating>(1.0 - beta1),

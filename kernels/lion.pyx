@@ -10,7 +10,8 @@ from cython.parallel cimport prange
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _parallel cimport piece, threads_for
+from _math cimport _grad
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -21,11 +22,7 @@ cdef void _lion_piece(floating* p, const floating* g, floating* acc, floating* m
     cdef Py_ssize_t i
     cdef floating gi, mi, c, s
     for i in range(n):
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         mi = m[i]
         c = b1 * mi + omb1 * gi
         # sign(c) as np.sign: 0 at 0, NaN stays NaN (a diverged run shows, instead of freezing).
@@ -48,7 +45,8 @@ cdef void _lion(floating* p, const floating* g, floating* acc, floating* m, Py_s
                     <floating>(1.0 - beta1), <floating>beta2, <floating>(1.0 - beta2))
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _lion_piece(p + lo, g + lo, acc + lo, m + lo, hi - lo, gs, use_acc, <floating>lr,
                         decay, <floating>beta1, <floating>(1.0 - beta1), <floating>beta2,

@@ -23,7 +23,7 @@ from libc.stdlib cimport free, malloc
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _parallel cimport piece, threads_for
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -225,7 +225,8 @@ cdef void _scale(floating* x, Py_ssize_t n, double s) noexcept nogil:
         _scale_piece(x, n, <floating>s)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _scale_piece(x + lo, hi - lo, <floating>s)
 
@@ -237,7 +238,8 @@ cdef void _clamp(floating* x, Py_ssize_t n, double lo_, double hi_) noexcept nog
         _clamp_piece(x, n, <floating>lo_, <floating>hi_)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _clamp_piece(x + lo, hi - lo, <floating>lo_, <floating>hi_)
 
@@ -249,7 +251,8 @@ cdef void _accumulate(floating* acc, const floating* g, Py_ssize_t n, double s) 
         _accumulate_piece(acc, g, n, <floating>s)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _accumulate_piece(acc + lo, g + lo, hi - lo, <floating>s)
 

@@ -11,7 +11,8 @@ from cython.parallel cimport prange
 cimport numpy as cnp
 
 from _arrays cimport data_of, float_typenum
-from _parallel cimport piece, threads_for
+from _math cimport _grad
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -25,11 +26,7 @@ cdef void _sgd_piece(floating* p, const floating* g, floating* acc, floating* bu
     # Every bint is loop invariant: gcc unswitches them into branch-free vector loops.
     for i in range(n):
         pi = p[i]
-        if use_acc:
-            gi = (acc[i] + g[i]) * gs
-            acc[i] = 0
-        else:
-            gi = g[i] * gs
+        gi = _grad(g, acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         if use_momentum:
@@ -59,7 +56,8 @@ cdef void _sgd(floating* p, const floating* g, floating* acc, floating* buf, Py_
                    nesterov, first)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-        piece(n, nthreads, t, &lo, &hi)
+        lo = piece_start(n, nthreads, t)
+        hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
             _sgd_piece(p + lo, g + lo, acc + lo, buf + lo, hi - lo, gs, use_acc, <floating>lr,
                        <floating>momentum, <floating>(1.0 - dampening), <floating>weight_decay,

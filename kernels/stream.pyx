@@ -13,7 +13,7 @@ from cython.parallel cimport prange
 cimport numpy as cnp
 
 from _arrays cimport data_of
-from _parallel cimport piece, threads_for
+from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
@@ -111,6 +111,7 @@ def stream(list written, cnp.ndarray read):
     nthreads = threads_for(n)
     with nogil:
         for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-            piece(n, nthreads, t, &lo, &hi)
+            lo = piece_start(n, nthreads, t)
+            hi = piece_start(n, nthreads, t + 1)
             total += _stream_piece(w, nw, r, lo, hi)
     return total

@@ -3,6 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._compile import _OPTIONS, serial_and_parallel
+from ._math import _grad
 
 
 def _adagrad(param, grad, grad_acc, state_sum, grad_scale, maximize, use_acc, clr, weight_decay,
@@ -17,11 +18,7 @@ def _adagrad(param, grad, grad_acc, state_sum, grad_scale, maximize, use_acc, cl
     e = real(eps)
     for i in prange(n):
         pi = param[i]
-        if use_acc:
-            gi = (grad_acc[i] + grad[i]) * gs
-            grad_acc[i] = 0
-        else:
-            gi = grad[i] * gs
+        gi = _grad(grad, grad_acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         si = state_sum[i] + gi * gi
@@ -37,11 +34,7 @@ def _rmsprop_loop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, 
                   e, mu, step, use_acc, centered, use_momentum):
     for i in prange(param.shape[0]):
         pi = param[i]
-        if use_acc:
-            gi = (grad_acc[i] + grad[i]) * gs
-            grad_acc[i] = 0
-        else:
-            gi = grad[i] * gs
+        gi = _grad(grad, grad_acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         si = a * square_avg[i] + oma * gi * gi

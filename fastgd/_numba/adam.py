@@ -3,6 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._compile import _OPTIONS, serial_and_parallel
+from ._math import _adam_moments, _grad
 
 
 @njit(inline="always", **_OPTIONS)
@@ -10,18 +11,11 @@ def _adam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, gs, w
                omb2, e, step_size, rbc2, coupled, use_acc, amsgrad):
     for i in prange(param.shape[0]):
         pi = param[i]
-        if use_acc:
-            gi = (grad_acc[i] + grad[i]) * gs
-            grad_acc[i] = 0
-        else:
-            gi = grad[i] * gs
+        gi = _grad(grad, grad_acc, i, gs, use_acc)
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
-        mi = exp_avg[i] + omb1 * (gi - exp_avg[i])
-        vi = b2 * exp_avg_sq[i] + omb2 * gi * gi
-        exp_avg[i] = mi
-        exp_avg_sq[i] = vi
+        mi, vi = _adam_moments(exp_avg, exp_avg_sq, i, gi, omb1, b2, omb2)
         if amsgrad:
             # max(vmax, v) keeping a NaN from either side, as np.maximum does: v NaN fails the
             # compare and stays, a stored NaN is caught by u != u; bitwise |, a branch-free select

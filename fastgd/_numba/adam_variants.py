@@ -3,6 +3,7 @@ import numpy as np
 from numba import prange
 
 from ._compile import serial_and_parallel
+from ._math import _adam_moments, _grad
 
 
 def _adamax(param, grad, grad_acc, exp_avg, exp_inf, grad_scale, maximize, use_acc, lr, beta1,
@@ -20,11 +21,7 @@ def _adamax(param, grad, grad_acc, exp_avg, exp_inf, grad_scale, maximize, use_a
     step_size = real(lr / bias_correction1)
     for i in prange(n):
         pi = param[i]
-        if use_acc:
-            gi = (grad_acc[i] + grad[i]) * gs
-            grad_acc[i] = 0
-        else:
-            gi = grad[i] * gs
+        gi = _grad(grad, grad_acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         mi = exp_avg[i] + omb1 * (gi - exp_avg[i])
@@ -61,6 +58,8 @@ def _nadam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use
     cm = real(avg_coef)
     for i in prange(n):
         pi = param[i]
+        # The gradient read written out, not _grad: with _grad inlined too, the serial loop
+        # outgrows LLVM's unswitching budget and stays scalar (inspect_asm: no vector ops).
         if use_acc:
             gi = (grad_acc[i] + grad[i]) * gs
             grad_acc[i] = 0
@@ -69,10 +68,7 @@ def _nadam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
-        mi = exp_avg[i] + omb1 * (gi - exp_avg[i])
-        vi = b2 * exp_avg_sq[i] + omb2 * gi * gi
-        exp_avg[i] = mi
-        exp_avg_sq[i] = vi
+        mi, vi = _adam_moments(exp_avg, exp_avg_sq, i, gi, omb1, b2, omb2)
         d = np.sqrt(vi) * rbc2 + e
         param[i] = pi - (cg * gi + cm * mi) / d
 
@@ -100,6 +96,8 @@ def _radam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use
         step_size = real(lr / bias_correction1)
     for i in prange(n):
         pi = param[i]
+        # The gradient read written out, not _grad: with _grad inlined too, the serial loop
+        # outgrows LLVM's unswitching budget and stays scalar (inspect_asm: no vector ops).
         if use_acc:
             gi = (grad_acc[i] + grad[i]) * gs
             grad_acc[i] = 0
@@ -108,10 +106,7 @@ def _radam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use
         if coupled:
             gi = gi + wd * pi
         pi = pi * decay
-        mi = exp_avg[i] + omb1 * (gi - exp_avg[i])
-        vi = b2 * exp_avg_sq[i] + omb2 * gi * gi
-        exp_avg[i] = mi
-        exp_avg_sq[i] = vi
+        mi, vi = _adam_moments(exp_avg, exp_avg_sq, i, gi, omb1, b2, omb2)
         if adaptive:
             param[i] = pi - step_size * mi / (np.sqrt(vi) + e)
         else:

@@ -2,6 +2,7 @@
 from numba import prange
 
 from ._compile import serial_and_parallel
+from ._math import _grad
 
 
 def _lion(param, grad, grad_acc, exp_avg, grad_scale, maximize, use_acc, lr, beta1, beta2,
@@ -20,11 +21,7 @@ def _lion(param, grad, grad_acc, exp_avg, grad_scale, maximize, use_acc, lr, bet
     b2 = real(beta2)
     omb2 = real(1.0 - beta2)
     for i in prange(n):
-        if use_acc:
-            gi = (grad_acc[i] + grad[i]) * gs
-            grad_acc[i] = 0
-        else:
-            gi = grad[i] * gs
+        gi = _grad(grad, grad_acc, i, gs, use_acc)
         mi = exp_avg[i]
         c = b1 * mi + omb1 * gi
         # sign(c) as np.sign: 0 at 0, NaN stays NaN

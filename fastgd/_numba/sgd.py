@@ -2,6 +2,7 @@
 from numba import prange
 
 from ._compile import serial_and_parallel
+from ._math import _grad
 
 
 def _sgd(param, grad, grad_acc, momentum_buffer, grad_scale, maximize, use_acc, lr, momentum,
@@ -25,11 +26,7 @@ def _sgd(param, grad, grad_acc, momentum_buffer, grad_scale, maximize, use_acc, 
     step = real(lr)
     for i in prange(n):
         pi = param[i]
-        if use_acc:
-            gi = (grad_acc[i] + grad[i]) * gs
-            grad_acc[i] = 0
-        else:
-            gi = grad[i] * gs
+        gi = _grad(grad, grad_acc, i, gs, use_acc)
         if decay:
             gi = gi + wd * pi
         if use_momentum:
