@@ -80,24 +80,41 @@ def _sum_4_blocks(x0, x1, x2, x3, y0, y1, y2, y3, lanes, square, use_y):
                 lanes[3 * LANES + j] += _term(x3, y3, i, square, use_y)
 
 
-@njit(inline="always", **_OPTIONS)
-def _sum_range(x, y, b0, b1, blocks, lanes, square, use_y):
-    """Blocks [b0, b1) into blocks[]: the full ones four at a time from four equal runs, the
-    rest (fewer than four, and a partial last block) one at a time."""
-    n = x.shape[0]
-    full = min(b1, n // BLOCK)
-    per = (full - b0) // 4 if full > b0 else 0
-    for j in range(per):
-        o = [(b0 + k * per + j) * BLOCK for k in range(4)]
-        _sum_4_blocks(x[o[0]:o[0] + BLOCK], x[o[1]:o[1] + BLOCK], x[o[2]:o[2] + BLOCK],
-                      x[o[3]:o[3] + BLOCK], y[o[0]:o[0] + BLOCK], y[o[1]:o[1] + BLOCK],
-                      y[o[2]:o[2] + BLOCK], y[o[3]:o[3] + BLOCK], lanes, square, use_y)
-        for k in range(4):
-            blocks[b0 + k * per + j] = _tree(lanes, LANES * k)
-    for b in range(b0 + 4 * per, b1):
-        lo = b * BLOCK
-        hi = min(n, lo + BLOCK)
-        blocks[b] = _sum_block(x[lo:hi], y[lo:hi], lanes, square, use_y)
+def _range_summer(square, use_y):
+    """_sum_range for one choice of the flags, compiled on its own.
+
+    The flags are closure variables, which Numba freezes as constants: the element loops are
+    branch-free without inlining four copies of this body into the parallel kernel (that made
+    the first call compile for ~100 s instead of a few)."""
+    def sum_range(x, y, b0, b1, blocks, lanes):
+        """Blocks [b0, b1) into blocks[]: the full ones four at a time from four equal runs,
+        the rest (fewer than four, and a partial last block) one at a time."""
+        n = x.shape[0]
+        full = min(b1, n // BLOCK)
+        per = (full - b0) // 4 if full > b0 else 0
+        for j in range(per):
+            o0 = (b0 + j) * BLOCK
+            o1 = o0 + per * BLOCK
+            o2 = o1 + per * BLOCK
+            o3 = o2 + per * BLOCK
+            _sum_4_blocks(x[o0:o0 + BLOCK], x[o1:o1 + BLOCK], x[o2:o2 + BLOCK],
+                          x[o3:o3 + BLOCK], y[o0:o0 + BLOCK], y[o1:o1 + BLOCK],
+                          y[o2:o2 + BLOCK], y[o3:o3 + BLOCK], lanes, square, use_y)
+            for k in range(4):
+                blocks[b0 + k * per + j] = _tree(lanes, LANES * k)
+        for b in range(b0 + 4 * per, b1):
+            lo = b * BLOCK
+            hi = min(n, lo + BLOCK)
+            blocks[b] = _sum_block(x[lo:hi], y[lo:hi], lanes, square, use_y)
+
+    # Numba's disk cache is keyed by qualified name: one name per flag choice.
+    sum_range.__qualname__ = sum_range.__name__ = (
+        f"_sum_range_{'sq' if square else 'abs'}{'_xy' if use_y else ''}")
+    return njit(**_OPTIONS)(sum_range)
+
+
+_sumsq_range, _sumsq_range_xy = _range_summer(True, False), _range_summer(True, True)
+_sumabs_range, _sumabs_range_xy = _range_summer(False, False), _range_summer(False, True)
 
 
 @njit(**_OPTIONS)
@@ -147,15 +164,14 @@ def _norm_partial(x, y, use_y, norm_type, nthreads):
         b0 = t * nb // nt
         b1 = (t + 1) * nb // nt
         lanes = np.empty(4 * LANES)
-        # One call per flag pair, with literal flags: four loops, each branch-free.
         if kind == KIND_SQ and use_y:
-            _sum_range(x, y, b0, b1, blocks, lanes, True, True)
+            _sumsq_range_xy(x, y, b0, b1, blocks, lanes)
         elif kind == KIND_SQ:
-            _sum_range(x, y, b0, b1, blocks, lanes, True, False)
+            _sumsq_range(x, y, b0, b1, blocks, lanes)
         elif kind == KIND_ABS and use_y:
-            _sum_range(x, y, b0, b1, blocks, lanes, False, True)
+            _sumabs_range_xy(x, y, b0, b1, blocks, lanes)
         elif kind == KIND_ABS:
-            _sum_range(x, y, b0, b1, blocks, lanes, False, False)
+            _sumabs_range(x, y, b0, b1, blocks, lanes)
         else:
             for b in range(b0, b1):
                 lo = b * BLOCK
