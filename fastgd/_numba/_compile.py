@@ -6,6 +6,7 @@ more than it saves, and a parallel variant for large ones. Both release the GIL,
 on disk, and use the NumPy error model (no ZeroDivisionError branch in the loop, so LLVM can
 vectorise). No fastmath: results must match the reference within the tests' tolerances.
 """
+import os
 import threading
 import types
 
@@ -65,13 +66,42 @@ def _renamed(body, variant):
     return fn
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _package_stamp():
+    """Name, mtime and size of every module of this package."""
+    stamp = []
+    for name in sorted(os.listdir(_PACKAGE_DIR)):
+        if name.endswith(".py"):
+            st = os.stat(os.path.join(_PACKAGE_DIR, name))
+            stamp.append((name, st.st_mtime_ns, st.st_size))
+    return tuple(stamp)
+
+
+def _stale_with_package(dispatcher):
+    """Make ``dispatcher``'s disk cache go stale when any module of this package changes.
+
+    Numba checks a cached kernel against its own source file only, but a kernel inlines helpers
+    from _math.py and takes its options from here: after an edit there (or a ``git pull`` in an
+    editable install that touches only _math.py), the cache would hand back machine code of the
+    old helpers. The cache index stores a source stamp and recompiles when it differs; the stamp
+    is widened to the whole package. (Private Numba attributes: if they move, the cache falls
+    back to Numba's own per-file check.)
+    """
+    index = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    if index is not None and hasattr(index, "_source_stamp"):
+        index._source_stamp = (index._source_stamp, _package_stamp())
+    return dispatcher
+
+
 def serial_and_parallel(body):
     """Compile ``body`` serially and in parallel; return a dispatcher choosing by length.
 
     The dispatcher's first argument must be the parameter array (its length picks the variant).
     """
-    serial = njit(**_OPTIONS)(_renamed(body, "serial"))
-    parallel = njit(parallel=True, **_OPTIONS)(_renamed(body, "parallel"))
+    serial = _stale_with_package(njit(**_OPTIONS)(_renamed(body, "serial")))
+    parallel = _stale_with_package(njit(parallel=True, **_OPTIONS)(_renamed(body, "parallel")))
 
     def kernel(param, *args):
         if param.shape[0] < PARALLEL_MIN or _Runtime.serial_only:

@@ -6,9 +6,9 @@ vectorising it. Inlined IR is still a few blocks more than the lines written in 
 push a loop with several runtime flags past LLVM's unswitching budget and leave it scalar
 (NAdam's and RAdam's serial loops with both helpers): count vector instructions in
 ``kernel.serial.inspect_asm()`` and ``kernel.parallel.inspect_asm()`` when a loop starts using one.
-Numba's on-disk cache of a kernel is checked against the kernel's own file only: after
-editing this one, clear fastgd/_numba/__pycache__ (or touch the kernel files), or the
-kernels keep the old inlined code.
+Numba's on-disk cache checks a kernel against its own file only; serial_and_parallel widens
+that check to every module of this package (_compile._stale_with_package), so an edit here
+recompiles the kernels that inline these helpers.
 """
 from numba import njit
 

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._compile import _OPTIONS, serial_and_parallel
+from ._compile import _OPTIONS, _stale_with_package, serial_and_parallel
 
 BLOCK = 4096
 LANES = 16
@@ -110,7 +110,7 @@ def _range_summer(square, use_y):
     # Numba's disk cache is keyed by qualified name: one name per flag choice.
     sum_range.__qualname__ = sum_range.__name__ = (
         f"_sum_range_{'sq' if square else 'abs'}{'_xy' if use_y else ''}")
-    return njit(**_OPTIONS)(sum_range)
+    return _stale_with_package(njit(**_OPTIONS)(sum_range))
 
 
 _sumsq_range, _sumsq_range_xy = _range_summer(True, False), _range_summer(True, True)
