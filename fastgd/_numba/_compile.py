@@ -6,6 +6,7 @@ more than it saves, and a parallel variant for large ones. Both release the GIL,
 on disk, and use the NumPy error model (no ZeroDivisionError branch in the loop, so LLVM can
 vectorise). No fastmath: results must match the reference within the tests' tolerances.
 """
+import functools
 import os
 import threading
 import types
@@ -69,8 +70,10 @@ def _renamed(body, variant):
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+@functools.lru_cache(maxsize=None)
 def _package_stamp():
-    """Name, mtime and size of every module of this package."""
+    """Name, mtime and size of every module of this package, read once per process (every
+    kernel's dispatcher asks at import)."""
     stamp = []
     for name in sorted(os.listdir(_PACKAGE_DIR)):
         if name.endswith(".py"):
