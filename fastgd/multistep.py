@@ -14,6 +14,7 @@ discarded, so one bad micro-batch cannot poison the steps after it.
 import numpy as np
 
 from . import _validate as check
+from ._core import exclusive
 from .backends import kernel
 
 
@@ -22,15 +23,17 @@ class MultiSteps:
 
     ``use_grad_mean=False`` steps with their sum instead (optax's flag of the same name).
     ``step`` returns True on the calls where the optimizer stepped. The wrapped optimizer is
-    ``self.optimizer``; ``param_groups`` is its (so schedules work unchanged).
+    ``self.optimizer``; ``param_groups`` is its (so schedules work unchanged). It is used only
+    through its public interface (``param_groups``, ``step(grads, grad_scale=, grad_acc=)``,
+    ``skipped_steps``, ``state_dict``), so its checks and its one-thread guard apply.
     """
 
     def __init__(self, optimizer, every_k, *, use_grad_mean=True):
         if isinstance(every_k, bool) or not isinstance(every_k, (int, np.integer)) or every_k < 1:
             raise ValueError(f"every_k must be an int >= 1; got {every_k!r}")
-        for name in ("_gather", "_step"):
-            if not hasattr(optimizer, name):
-                raise TypeError(f"MultiSteps wraps a fastgd optimizer; got {type(optimizer).__name__}")
+        if not (callable(getattr(optimizer, "step", None)) and hasattr(optimizer, "param_groups")
+                and hasattr(optimizer, "skipped_steps")):
+            raise TypeError(f"MultiSteps wraps a fastgd optimizer; got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self.every_k = int(every_k)
         self.use_grad_mean = check.flag("use_grad_mean", use_grad_mean)
@@ -38,69 +41,81 @@ class MultiSteps:
         self.mini_step = 0
         #: optimizer steps taken (or skipped for a non-finite norm) through this wrapper
         self.gradient_step = 0
-        self._acc = {}        # parameter index -> flat accumulated gradient, in units of _unit
+        self._acc = {}        # parameter index -> accumulated gradient (param's shape), in units of _unit
         self._unit = 1.0      # acc holds sum(grad_scale_j * grad_j) / _unit
 
     @property
     def param_groups(self):
         return self.optimizer.param_groups
 
+    def _params(self):
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    @exclusive
     def step(self, grads=None, *, grad_scale=1.0):
         """Add one micro-batch's gradients; on every ``every_k``-th call, step the optimizer."""
-        opt = self.optimizer
         if grad_scale != 1.0:
             grad_scale = check.finite("grad_scale", grad_scale)
-        work = opt._gather(opt._flat_grad_list() if grads is None else grads)  # checks all first
-        if self.mini_step == 0:
-            self._unit = grad_scale if grad_scale != 0.0 else 1.0
-        rel = grad_scale / self._unit
+        params = self._params()
+        if grads is None:
+            grads = self.optimizer.default_grads() if hasattr(self.optimizer, "default_grads") \
+                else None
+            if grads is None:
+                raise TypeError("step() needs grads")
+        if isinstance(grads, np.ndarray):
+            raise TypeError("grads must be a list of arrays aligned with the parameters, not one array")
+        grads = list(grads)
+        if len(grads) != len(params):
+            raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
+        # every gradient checked against its parameter before anything is accumulated
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if g is not None:
+                gf = check.matching(f"grads[{i}]", g, p)
+                acc = self._acc.get(i)
+                if acc is not None and np.may_share_memory(acc, gf):
+                    raise ValueError(f"grads[{i}] shares memory with the accumulator")
+        unit = (grad_scale if grad_scale != 0.0 else 1.0) if self.mini_step == 0 else self._unit
+        rel = grad_scale / unit
         if self.mini_step + 1 < self.every_k:
             add = kernel("accumulate")
-            for _, index, p, g in work:
-                acc = self._acc.get(index)
+            for i, (p, g) in enumerate(zip(params, grads)):
+                if g is None:
+                    continue
+                acc = self._acc.get(i)
                 if acc is None:
-                    acc = self._acc[index] = np.zeros_like(p)
+                    acc = self._acc[i] = np.zeros_like(p)
                 if self.mini_step == 0:
                     np.copyto(acc, g)        # acc is zero and rel is 1: a copy, not a read of acc
                 else:
-                    add(acc, g, rel)
+                    add(acc.reshape(-1), np.ascontiguousarray(g).reshape(-1), rel)
+            self._unit = unit
             self.mini_step += 1
             return False
-        return self._last(work, rel)
+        return self._last(params, grads, rel, unit)
 
-    def _last(self, work, rel):
+    def _last(self, params, grads, rel, unit):
         """The k-th micro-batch: one fused pass of the optimizer over acc + grad."""
         opt = self.optimizer
-        add = kernel("accumulate")
-        items, accs, unfused = [], [], []
-        for item in work:
-            acc = self._acc.get(item[1])
-            if rel != 1.0:
-                # The last micro-batch has another grad_scale than the first (rare, e.g. a loss
-                # scale changed): add it to acc, then step from acc alone.
-                if acc is None:
-                    acc = self._acc[item[1]] = np.zeros_like(item[2])
-                add(acc, item[3], rel)
-                items.append(item[:3] + (acc,))
+        step_grads, accs, unfused = [], [], []
+        for i, g in enumerate(grads):
+            acc = self._acc.get(i)
+            if g is None and acc is not None:
+                step_grads.append(acc)       # a gradient in earlier micro-batches only: acc alone
                 accs.append(None)
                 unfused.append(acc)
-            else:
-                items.append(item)
+            elif acc is not None and rel != 1.0:
+                # the last micro-batch has another grad_scale than the first (rare, e.g. a loss
+                # scale changed): the step reads acc + rel * g, so fold rel into acc first
+                step_grads.append(np.asarray(g) * rel)
                 accs.append(acc)
-        # Parameters with gradients in earlier micro-batches but none now step from acc alone.
-        seen = {item[1] for item in items}
-        groups = [g for g in opt.param_groups for _ in g["params"]]
-        params = [p for g in opt.param_groups for p in g["params"]]
-        for index, acc in self._acc.items():
-            if index not in seen:
-                items.append((groups[index], index, params[index].reshape(-1), acc))
-                accs.append(None)
-                unfused.append(acc)
-        order = sorted(range(len(items)), key=lambda i: items[i][1])
-        items = [items[i] for i in order]
-        accs = [accs[i] for i in order]
+            else:
+                step_grads.append(g)
+                accs.append(acc)
         n = self.every_k if self.use_grad_mean else 1
-        stepped = opt._step(items, self._unit / n, accs if any(a is not None for a in accs) else None)
+        skipped = opt.skipped_steps
+        opt.step(step_grads, grad_scale=unit / n,
+                 grad_acc=accs if any(a is not None for a in accs) else None)   # raises: nothing changed
+        stepped = opt.skipped_steps == skipped
         # The fused pass zeroed the accumulators it read; the others (all of them after a skipped
         # step: its micro-batches are discarded) are zeroed here.
         for acc in (unfused if stepped else self._acc.values()):
@@ -109,29 +124,48 @@ class MultiSteps:
         self.gradient_step += 1
         return stepped
 
+    @exclusive
     def state_dict(self):
         """The optimizer's state_dict plus the accumulator (copied)."""
         return {"optimizer": self.optimizer.state_dict(), "mini_step": self.mini_step,
                 "gradient_step": self.gradient_step, "unit": self._unit,
                 "acc": {i: a.copy() for i, a in self._acc.items()}}
 
+    @exclusive
     def load_state_dict(self, state_dict):
-        """Restore a snapshot from ``state_dict()``."""
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        """Restore a snapshot from ``state_dict()``; checked whole before anything changes."""
+        if not isinstance(state_dict, dict) or set(state_dict) != {"optimizer", "mini_step",
+                                                                   "gradient_step", "unit", "acc"}:
+            raise ValueError("state_dict must be a MultiSteps state_dict (keys optimizer, mini_step, "
+                             "gradient_step, unit, acc)")
+        params = self._params()
         acc = {}
         for i, a in dict(state_dict["acc"]).items():
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < len(params):
+                raise ValueError(f"accumulator {i!r} names no parameter of the optimizer")
             a = np.asarray(a)
-            if not 0 <= int(i) < len(params) or a.size != params[int(i)].size or a.dtype != params[int(i)].dtype:
+            p = params[int(i)]
+            if a.size != p.size or a.dtype != p.dtype:
                 raise ValueError(f"accumulator {i!r} does not match the optimizer's parameters")
-            acc[int(i)] = np.array(a, order="C").reshape(-1)
-        mini = int(state_dict["mini_step"])
-        if not 0 <= mini < self.every_k:
-            raise ValueError(f"mini_step {mini} is not in [0, every_k={self.every_k})")
-        self.optimizer.load_state_dict(state_dict["optimizer"])
-        self._acc, self.mini_step = acc, mini
-        self.gradient_step = int(state_dict["gradient_step"])
-        self._unit = float(state_dict["unit"])
+            acc[int(i)] = np.array(a, order="C").reshape(p.shape)
+        mini = state_dict["mini_step"]
+        if isinstance(mini, bool) or not isinstance(mini, (int, np.integer)) or not 0 <= mini < self.every_k:
+            raise ValueError(f"mini_step {mini!r} is not an int in [0, every_k={self.every_k})")
+        gstep = state_dict["gradient_step"]
+        if isinstance(gstep, bool) or not isinstance(gstep, (int, np.integer)) or gstep < 0:
+            raise ValueError(f"gradient_step {gstep!r} is not an int >= 0")
+        unit = check.finite("unit", state_dict["unit"])
+        if unit == 0.0:
+            raise ValueError("unit must not be 0")
+        self.optimizer.load_state_dict(state_dict["optimizer"])   # checked whole before it changes
+        self._acc, self.mini_step = acc, int(mini)
+        self.gradient_step = int(gstep)
+        self._unit = unit
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_busy", None)
+        return state
 
     def __repr__(self):
         return f"MultiSteps(every_k={self.every_k}, mini_step={self.mini_step}, {self.optimizer!r})"
-

@@ -37,15 +37,16 @@ half/bfloat16 parameters, sparse gradients, ``differentiable=True`` and ``captur
 a gradient or state tensor sharing memory with its parameter or each other.
 Parameters whose ``grad`` is None are skipped.
 """
-import math
+import inspect
 import operator
 
 import numpy as np
 import torch
 
-from . import _validate as check
 from . import functional as F
-from .backends import kernel
+from ._core import Core, Slot, exclusive
+from .optim import constructor_signature
+from .rules import SPECS
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion",
            "clip_grad_norm_"]
@@ -134,42 +135,6 @@ def _scalar_array(t, name, what, optimizer):
     return t.detach().numpy().reshape(())
 
 
-def _norm_type(norm_type):
-    value = float(norm_type)
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"norm_type must be > 0 (or inf); got {norm_type!r}")
-    return value
-
-
-def _global_norm(arrays, norm_type):
-    """The norm of all ``arrays`` taken together (deterministic, float64)."""
-    fn = getattr(F, "global_norm", None)
-    if fn is not None:
-        return float(fn(arrays, norm_type))
-    # Until fastgd.functional.global_norm exists: the same quantity with NumPy, blocks of
-    # _NORM_BLOCK elements in a fixed order, each block's sum added in float64.
-    if not arrays:
-        return 0.0
-    if math.isinf(norm_type):
-        return max(float(np.max(np.abs(a))) if a.size else 0.0 for a in arrays)
-    total = 0.0
-    for a in arrays:
-        for lo in range(0, a.size, _NORM_BLOCK):
-            b = a[lo:lo + _NORM_BLOCK]
-            if norm_type == 2.0:
-                total += float(np.dot(b, b))
-            else:
-                total += float(np.sum(np.abs(b.astype(np.float64)) ** norm_type))
-    return total ** (1.0 / norm_type)
-
-
-_NORM_BLOCK = 1 << 14
-
-
-def _clip_coef(norm, max_norm):
-    return min(1.0, max_norm / (norm + 1e-6))
-
-
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
     """``torch.nn.utils.clip_grad_norm_`` on fastgd kernels, with a deterministic norm.
 
@@ -180,29 +145,15 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     grads = [p.grad for p in parameters if p.grad is not None]
-    max_norm = float(max_norm)
-    norm_type = _norm_type(norm_type)
     if not grads:
         return torch.tensor(0.0)
     arrays = []
     for i, g in enumerate(grads):
         _check_param(g, f"gradient {i}", "clip_grad_norm_")
         arrays.append(g.detach().numpy())
-    dtype = grads[0].dtype
-    fn = getattr(F, "clip_grad_norm_", None)
-    if fn is not None:
-        total = float(fn(arrays, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite))
-    else:
-        total = _global_norm([a.reshape(-1) for a in arrays], norm_type)
-        if error_if_nonfinite and not math.isfinite(total):
-            raise RuntimeError(f"The total norm of order {norm_type} for gradients from `parameters` "
-                               "is non-finite, so it cannot be clipped. To disable this error and "
-                               "scale the gradients by the non-finite norm anyway, set "
-                               "`error_if_nonfinite=False`")
-        coef = _clip_coef(total, max_norm)
-        for a in arrays:
-            a *= a.dtype.type(coef)
-    return torch.tensor(total, dtype=dtype)
+    total = F.clip_grad_norm_(arrays, _plain(max_norm, "max_norm"), norm_type=_plain(norm_type, "norm_type"),
+                              error_if_nonfinite=error_if_nonfinite)
+    return torch.tensor(total, dtype=grads[0].dtype)
 
 
 # --- flat buffers --------------------------------------------------------------------------------
@@ -255,53 +206,97 @@ class _Flat:
         return self.scalars[name]
 
 
-class _Slot:
-    """Cached NumPy views of one parameter and its state tensors (non-flat mode), and the memory
-    they occupy (``spans``: {"the parameter" | state name: (lo, hi)}, checked disjoint)."""
-    __slots__ = ("ptr", "p", "tensors", "arrays", "spans")
+class _Run:
+    """Parameters [i0, i1) of a flat buffer stepped by one kernel call (same step count, all
+    with or all without fresh state): Slot.aux of such a step."""
+    __slots__ = ("fg", "i0", "i1")
 
-    def __init__(self, ptr, p, span):
-        self.ptr = ptr
-        self.p = p
-        self.tensors = {}
-        self.arrays = {}
-        self.spans = {"the parameter": span}
+    def __init__(self, fg, i0, i1):
+        self.fg, self.i0, self.i1 = fg, i0, i1
 
 
-# --- the base ------------------------------------------------------------------------------------
+def _plain(value, name):
+    """An option as a Python number: a 1-element tensor is read (torch lets lr be a tensor;
+    torch's own message for a larger one), anything else is passed to the check as it is."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element")
+        return value.item()
+    if isinstance(value, tuple):
+        return tuple(_plain(v, f"{name}[{i}]") for i, v in enumerate(value))
+    return value
 
-class _Optimizer(torch.optim.Optimizer):
-    """torch.optim.Optimizer whose step runs a fastgd kernel per tensor (or per flat buffer).
 
-    A subclass declares its state (``_tensor_state``: arrays like the parameter with their initial
-    value; ``_scalar_state``: float32 scalar tensors such as ``step``), ``_prepare``, which checks a
-    group's options and returns the raw kernel and its constants, and ``_rule``, which calls that
-    kernel on flat NumPy views.
-    """
+#: options of torch.optim that fastgd.torch takes and what it does with them
+_TORCH_ONLY = ("foreach", "fused", "capturable", "differentiable")
+#: keyword-only options of every fastgd.torch optimizer beyond torch's
+_EXTRA = (("flatten", False), ("max_grad_norm", None), ("norm_type", 2.0), ("error_if_nonfinite", False))
 
-    #: scalar (0-d float32 tensor) state and initial values, in torch's order
-    _scalar_state = (("step", 0.0),)
+# Where torch.optim accepts a value fastgd refuses, the message says why (issue: "says why").
+_WHY = {
+    "eps": "with eps = 0 a coordinate whose gradient history is all zero divides 0 by 0 (NaN)",
+    "alpha": "alpha >= 1 never updates square_avg, which then stays at its initial 0 (division by eps)",
+    "betas": "a beta of 1 never updates its moving average (and divides by 1 - beta^t = 0)",
+    "dampening": "dampening outside [0, 1] reverses or amplifies the gradient in the momentum",
+}
 
-    def __init__(self, params, defaults, *, flatten=False, max_grad_norm=None, norm_type=2.0):
+
+class _Optimizer(Core, torch.optim.Optimizer):
+    """torch.optim.Optimizer on fastgd's core: a rule's spec, torch.optim's constructor
+    signature (its peer's, from torch itself) and checks, and the kernel call per tensor, or
+    per run of a flat buffer with ``flatten=True``."""
+
+    peer = None            # the torch.optim class of the same rule, None if torch has none
+    _torch_layout = True   # the state in torch's names and types (step a float32 tensor)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.spec is None:
+            return
+        P = inspect.Parameter
+        if cls.peer is not None:
+            sig = inspect.signature(getattr(torch.optim, cls.peer))
+            params = [q.replace(default=cls.overrides.get(q.name, q.default)) if q.name in cls.overrides
+                      else q for q in sig.parameters.values() if q.name not in cls.fixed]
+        else:   # lion-pytorch's signature
+            params = list(constructor_signature(cls.spec, cls.fixed, cls.overrides).parameters.values())
+            params += [P(n, P.KEYWORD_ONLY, default=d) for n, d in (("foreach", None),
+                                                                    ("differentiable", False))]
+        params += [P(n, P.KEYWORD_ONLY, default=d) for n, d in _EXTRA]
+        cls._signature = cls.__signature__ = inspect.Signature(params)
+
+    overrides = {}
+
+    def __init__(self, params, *args, **kwargs):
+        bound = self._signature.bind(params, *args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        params = values.pop("params")
+        extra = {n: values.pop(n) for n, _ in _EXTRA}
         name = type(self).__name__
-        if not isinstance(flatten, bool):
-            raise TypeError(f"{name}: flatten must be a bool; got {flatten!r}")
-        if max_grad_norm is not None:
-            max_grad_norm = float(max_grad_norm)
-            if not (0.0 < max_grad_norm < math.inf):
-                raise ValueError(f"{name}: max_grad_norm must be a finite number > 0; got {max_grad_norm}")
-        self.flatten = flatten
-        self.max_grad_norm = max_grad_norm
-        self.norm_type = _norm_type(norm_type)
-        self.last_grad_norm = None
+        if not isinstance(extra["flatten"], bool):
+            raise TypeError(f"{name}: flatten must be a bool; got {extra['flatten']!r}")
+        if self.peer is not None:
+            # What torch.optim refuses is refused with torch's own error (tensor lr of 2
+            # elements, lr tensor with foreach=True, ...): its constructor is the check.
+            getattr(torch.optim, self.peer)([torch.zeros(1, requires_grad=True)], **values)
+        values.update(self.fixed)
+        self._init_core()
+        self._init_clipping(extra["max_grad_norm"], extra["norm_type"], extra["error_if_nonfinite"])
+        self.flatten = extra["flatten"]
         self._flats = []
-        self._slots = {}
-        super().__init__(params, defaults)
+        self._ptrs = {}      # param -> data_ptr() when its slot was made (p.data = ... is noticed)
+        self._copies = {}    # non-contiguous param -> the contiguous tensor its kernel steps
+        self._check_group(values)        # the defaults, with fastgd's checks
+        super().__init__(params, values)
+        if self.spec.name == "adagrad":
+            self._init_all_state()       # torch.optim.Adagrad creates its state in the constructor
 
-    # --- groups and state ---------------------------------------------------------------------
+    # --- options --------------------------------------------------------------------------------
 
-    def _check_options(self, group):
-        """Refuse what fastgd cannot do; subclasses add their hyperparameter checks."""
+    def _check_group(self, group):
+        """The spec's checks (the same as fastgd.optim's) on the group's values read as Python
+        numbers, after refusing what fastgd cannot do at all."""
         name = type(self).__name__
         if group.get("differentiable"):
             raise ValueError(f"{name}: differentiable=True is not supported by fastgd.torch "
@@ -309,14 +304,27 @@ class _Optimizer(torch.optim.Optimizer):
         if group.get("capturable"):
             raise ValueError(f"{name}: capturable=True (CUDA graphs) is not supported by "
                              "fastgd.torch, which steps CPU tensors")
+        plain = {k: _plain(group[k], k) for k, _ in self.spec.options}
+        try:
+            return Core._check_group(self, plain)
+        except (TypeError, ValueError) as exc:
+            if self.peer is None:
+                raise
+            # what torch.optim refuses too is refused with torch's own message
+            options = {k: v for k, v in group.items() if k != "params" and k not in self.fixed}
+            getattr(torch.optim, self.peer)([torch.zeros(1, requires_grad=True)], **options)
+            bad = next((k for k in _WHY if str(exc).startswith(k)), None)
+            why = f": {_WHY[bad]}" if bad else ""
+            raise type(exc)(f"{name}: {exc} (torch.optim.{self.peer} accepts it, fastgd does "
+                            f"not{why})") from None
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            self._check_options(group)
+            self._check_group(group)
             for i, p in enumerate(group["params"]):
-                _check_param(p, f"parameter {i} of group {len(self.param_groups) - 1}", type(self).__name__)
+                _check_tensor(p, f"parameter {i} of group {len(self.param_groups) - 1}", type(self).__name__)
         except Exception:
             self.param_groups.pop()
             raise
@@ -330,111 +338,204 @@ class _Optimizer(torch.optim.Optimizer):
         flats = [_Flat(ps, dtype) for dtype, ps in by_dtype.items()]
         self._flats.append((group, flats))
 
-    def _tensor_state(self, group):
-        """[(name, initial value)] of the state arrays a parameter needs under these options."""
-        raise NotImplementedError
-
-    def _new_state(self, group, p, state):
-        """Create missing state of ``p`` (non-flat mode); True if any array was created."""
-        created = False
-        for name, value in self._scalar_state:
-            if name not in state:
-                state[name] = torch.tensor(value, dtype=torch.float32)
-        for name, value in self._tensor_state(group):
-            if name not in state:
-                state[name] = torch.full_like(p, value, memory_format=torch.contiguous_format)
-                created = True
-        return created
-
-    def _init_all_state(self):
-        """Create every parameter's state now (torch.optim.Adagrad does so in its constructor)."""
-        for group in self.param_groups:
-            if self.flatten:
-                for fg in self._flat_of(group):
-                    self._flat_state(group, fg, range(len(fg.params)))
-            else:
-                for p in group["params"]:
-                    self._new_state(group, p, self.state[p])
-
     def _flat_of(self, group):
         for g, flats in self._flats:
             if g is group:
                 return flats
         raise AssertionError("a flattened group without buffers")
 
-    def _flat_state(self, group, fg, indices):
+    # --- Core's storage hooks: torch's state, {param: {"step": float32 tensor, name: tensor}} ----
+
+    def _state_get(self, key):
+        return self.state.get(key)
+
+    def _state_put(self, key, state):
+        self.state[key] = state
+
+    def _new_state(self, slot, name, init):
+        return torch.full_like(slot.param, init, memory_format=torch.contiguous_format)
+
+    def _view(self, t, flat, where):
+        name = type(self).__name__
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided \
+                or t.numel() != flat.size or not t.is_contiguous() \
+                or t.dtype != _TORCH_DTYPE[flat.dtype]:
+            desc = (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor)
+                    else type(t).__name__)
+            raise ValueError(f"{name}: {where} is {desc}; expected a contiguous CPU tensor like the "
+                             f"parameter ({flat.dtype}, {flat.size} elements)")
+        return t.detach().numpy().reshape(-1)
+
+    @staticmethod
+    def _zero_step():
+        return torch.tensor(0.0, dtype=torch.float32)
+
+    @staticmethod
+    def _new_scalar(value):
+        return torch.tensor(value, dtype=torch.float32)
+
+    def _advance(self, slot):
+        aux = slot.aux
+        if type(aux) is _Run:
+            if not self.spec.torch_step:
+                return 0
+            steps = aux.fg.np_scalars["step"][aux.i0:aux.i1]
+            steps += 1                      # float32, as torch's step tensors
+            return int(steps[0])
+        if not self.spec.torch_step:
+            return 0
+        step = slot.store["step"]
+        if aux is None or aux[0] is not step:
+            aux = slot.aux = (step, _scalar_array(step, "step", "a parameter", type(self).__name__))
+        view = aux[1]
+        view += 1
+        return int(view)
+
+    def _scalars_of(self, slot):
+        # numpy.float32 values: NAdam's mu_product * mu_t is then rounded to float32 as torch's
+        # float32 tensor is (rules/nadam.py)
+        aux = slot.aux
+        if type(aux) is _Run:
+            return {n: aux.fg.np_scalars[n][aux.i0] for n, _, _ in self.spec.scalar_state}
+        return {n: np.float32(_scalar_array(slot.store[n], n, "a parameter", type(self).__name__))
+                for n, _, _ in self.spec.scalar_state}
+
+    def _store_scalars(self, slot, values):
+        aux = slot.aux
+        for n, v in values.items():
+            if type(aux) is _Run:
+                aux.fg.np_scalars[n][aux.i0:aux.i1] = v
+            else:
+                slot.store[n].fill_(float(v))
+
+    def _init_all_state(self):
+        """Create every parameter's state now (torch.optim.Adagrad does so in its constructor)."""
+        for group in self.param_groups:
+            prep = self._prep(group)
+            if self.flatten:
+                for fg in self._flat_of(group):
+                    self._flat_state(prep, fg, range(len(fg.params)))
+            else:
+                work = []
+                for i, p in enumerate(group["params"]):
+                    flat = p.detach().numpy().reshape(-1)
+                    work.append((prep, self._slot(p, p, flat, prep, f"parameter {i}"), None))
+                self._commit(work)
+
+    def _flat_state(self, prep, fg, indices):
         """Make sure parameters ``indices`` of ``fg`` have their state as views of its buffers;
         returns the set of those whose tensor state was created now."""
         fresh = set()
-        tensor_state = self._tensor_state(group)
-        names = frozenset(n for n, _ in tensor_state) | frozenset(n for n, _ in self._scalar_state)
+        spec = self.spec
+        names = frozenset(prep.names) | ({"step"} if spec.torch_step else set()) \
+            | {n for n, _, _ in spec.scalar_state}
         if names <= fg.ready:
             return fresh
-        for name, _ in tensor_state:
+        inits = {st.name: st.initial(prep.o) for st in spec.state if st.name in prep.names}
+        scalars = ([("step", 0.0)] if spec.torch_step else []) + [(n, v) for n, v, _ in spec.scalar_state]
+        for name in prep.names:
             fg.tensor_buffer(name)
-        for name, _ in self._scalar_state:
+        for name, _ in scalars:
             fg.scalar_buffer(name)
         for i in indices:
             p = fg.params[i]
             state = self.state[p]
             lo, hi = fg.slot(i)
-            for name, value in self._scalar_state:
+            for name, value in scalars:
                 if name not in state:
                     fg.scalars[name][i] = value
                     state[name] = fg.scalars[name][i]
-            for name, value in tensor_state:
+            for name in prep.names:
                 if name not in state:
                     view = fg.state[name][lo:hi]
-                    view.fill_(value)
+                    view.fill_(inits[name])
                     state[name] = view.view(p.shape)
                     fresh.add(i)
         if all(all(n in self.state[p] for n in names) for p in fg.params):
             fg.ready = names
         return fresh
 
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    @exclusive
+    def state_dict(self):
+        return super().state_dict()
+
+    @exclusive
+    def load_state_dict(self, state_dict):
+        """torch.optim's load_state_dict (hooks included), after the whole state_dict is checked
+        by the core and its state converted to what this optimizer keeps (private contiguous
+        tensors, step and scalar state as float32 scalar tensors, as torch): a refused one
+        changes nothing, and hooks see torch's types."""
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError("state_dict must be a dict with the keys 'state' and 'param_groups'")
+        if not isinstance(state_dict["state"], dict):
+            raise ValueError("state_dict['state'] must be a dict {parameter index: state dict}")
+        checked = self._checked_groups(state_dict["param_groups"], self.param_groups, self.defaults)
+        params = [p for g in self.param_groups for p in g["params"]]
+        order = [i for saved, _ in checked for i in saved["params"]]
+        index_of = dict(zip(order, range(len(params))))
+        options_of = [o for saved, o in checked for _ in saved["params"]]
+        state = {}
+        for key, saved in state_dict["state"].items():
+            if key not in index_of:
+                raise ValueError(f"state_dict has state for parameter {key!r}, which no group lists")
+            p = params[index_of[key]]
+            loaded = self._checked_param_state(
+                saved, options_of[index_of[key]], tuple(p.shape),
+                p.dtype, f"state of parameter {key}",
+                lambda v: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+            out = {}
+            for name, v in loaded.items():
+                if isinstance(v, np.ndarray):
+                    out[name] = torch.tensor(v, dtype=p.dtype).reshape(p.shape).contiguous()
+                else:
+                    out[name] = torch.tensor(float(v), dtype=torch.float32)
+            state[key] = out
+        super().load_state_dict({**state_dict, "state": state})
+        # torch replaced the group dicts: the flat buffers follow them (same order and params)
+        self._flats = [(group, flats) for group, (_, flats) in zip(self.param_groups, self._flats)]
+        self._slots.clear()
+        self._preps.clear()
+        if self.flatten:
+            self._relink_flat()
+
+    def _relink_flat(self):
+        """Move the loaded state into the flat buffers (each state tensor a view of them)."""
+        scalar_names = (["step"] if self.spec.torch_step else []) + [n for n, _, _ in self.spec.scalar_state]
+        for group, flats in self._flats:
+            for fg in flats:
+                fg.ready = frozenset()
+                for i, p in enumerate(fg.params):
+                    state = self.state.get(p)
+                    if not state:
+                        continue
+                    lo, hi = fg.slot(i)
+                    for key, value in list(state.items()):
+                        if not isinstance(value, torch.Tensor):
+                            continue          # a hook's own entry: not ours to move
+                        if key in scalar_names:
+                            fg.scalar_buffer(key)[i] = value
+                            state[key] = fg.scalars[key][i]
+                        elif value.numel() == hi - lo:
+                            view = fg.tensor_buffer(key)[lo:hi]
+                            view.copy_(value.reshape(-1))
+                            state[key] = view.view(p.shape)
+
+    def __getstate__(self):
+        # torch.optim pickles only defaults/state/param_groups; fastgd's settings and flat
+        # buffers go too (deepcopy and pickle must give an optimizer that steps), its caches
+        # (views and ids of this process) and lock do not
+        state = dict(self.__dict__)
+        state.pop("_busy", None)
+        state["_slots"], state["_preps"], state["_ptrs"], state["_copies"] = {}, {}, {}, {}
+        return state
+
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:  # checkpoints of older torch versions lack newer options
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        name = type(self).__name__
-        # torch replaced the group dicts: the flat buffers follow them (same order and params).
-        self._flats = [(group, flats) for group, (_, flats) in zip(self.param_groups, self._flats)]
-        for group in self.param_groups:
-            self._check_options(group)
-        scalars = dict(self._scalar_state)
-        # Private, contiguous copies (torch.optim would alias the loaded tensors), and the
-        # scalars as float32 scalar tensors as torch keeps them.
-        for p, state in self.state.items():
-            for key, value in list(state.items()):
-                if key in scalars:
-                    state[key] = torch.tensor(float(value), dtype=torch.float32)
-                elif isinstance(value, torch.Tensor):
-                    state[key] = value.detach().to(dtype=p.dtype).clone(memory_format=torch.contiguous_format)
-        self._slots.clear()
-        if self.flatten:
-            for group, flats in self._flats:
-                for fg in flats:
-                    fg.ready = frozenset()
-                    for i, p in enumerate(fg.params):
-                        state = self.state.get(p)
-                        if not state:
-                            continue
-                        lo, hi = fg.slot(i)
-                        for key, value in list(state.items()):
-                            if key in scalars:
-                                fg.scalar_buffer(key)[i] = value
-                                state[key] = fg.scalars[key][i]
-                            elif isinstance(value, torch.Tensor):
-                                if value.numel() != hi - lo:
-                                    raise ValueError(f"{name}: state {key!r} has {value.numel()} "
-                                                     f"elements but its parameter has {hi - lo}")
-                                view = fg.tensor_buffer(key)[lo:hi]
-                                view.copy_(value.reshape(-1))
-                                state[key] = view.view(p.shape)
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -451,103 +552,72 @@ class _Optimizer(torch.optim.Optimizer):
                         p.grad = view
 
     @torch.no_grad()
+    @exclusive
     def step(self, closure=None):
-        """One optimization step over every parameter with a gradient; returns closure's loss."""
+        """One optimization step over every parameter with a gradient; returns closure's loss.
+        Everything is checked before anything is written; with max_grad_norm, a non-finite norm
+        skips the step (counted in skipped_steps) or raises with error_if_nonfinite."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Every group's options are checked (and its kernel constants computed) before any write.
-        preps = {}
-        for group in self.param_groups:
-            self._check_options(group)
-            preps[id(group)] = self._prepare(group)
-        work = self._gather_flat() if self.flatten else self._gather()
-        grad_scale = 1.0
-        arrays = [g for item in work for g in item[-1]] if self.max_grad_norm is not None else []
-        if arrays:
-            norm = _global_norm(arrays, self.norm_type)
-            if not math.isfinite(norm):
-                raise RuntimeError(f"{type(self).__name__}: the total gradient norm (order "
-                                   f"{self.norm_type}) is {norm}; not stepping (nothing changed)")
-            self.last_grad_norm = norm
-            grad_scale = _clip_coef(norm, self.max_grad_norm)
-        if self.flatten:
-            self._step_flat(work, grad_scale, preps)
-        else:
-            self._step_each(work, grad_scale, preps)
+        preps = [self._prep(group) for group in self.param_groups]
+        work, copies = (self._gather_flat(preps), ()) if self.flatten else self._gather(preps)
+        if self._run(work, 1.0):
+            for p, copy in copies:
+                p.copy_(copy)
         return loss
 
-    def _gather(self):
-        """[(group, p, slot, grad span, [grad array])] for every parameter with a gradient, all
-        checked (as the kernels need them, and not sharing memory with the parameter or its state)."""
-        work = []
+    def _gather(self, preps):
+        """[(prep, slot, flat grad)] for every parameter with a gradient, all checked, and the
+        (non-contiguous param, its contiguous copy) pairs to write back after the step."""
+        work, copies = [], []
         name = type(self).__name__
-        for gi, group in enumerate(self.param_groups):
+        for gi, (group, prep) in enumerate(zip(self.param_groups, preps)):
             for i, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
                     continue
                 slot = self._slots.get(p)
                 ptr = p.data_ptr()
-                if slot is None or slot.ptr != ptr:
-                    _check_param(p, f"parameter {i} of group {gi}", name)
-                    slot = self._slots[p] = _Slot(ptr, p.detach().numpy().reshape(-1), _span(p))
+                where = f"parameter {i} of group {gi}"
+                if slot is None or self._ptrs.get(p) != ptr:
+                    _check_tensor(p, where, name)
+                    if p.is_contiguous():
+                        flat = p.detach().numpy().reshape(-1)
+                    else:
+                        # stepped through a contiguous copy (written back after the step), as
+                        # torch steps any strided tensor; only this tensor pays the copies
+                        self._copies[p] = torch.empty(p.shape, dtype=p.dtype)
+                        flat = self._copies[p].numpy().reshape(-1)
+                    self._ptrs[p] = ptr
+                    self._slots.pop(p, None)
+                else:
+                    flat = slot.s["param"]
+                copy = self._copies.get(p) if self._copies else None
+                if copy is not None:
+                    copy.copy_(p.detach())
+                    copies.append((p, copy))
                 # Not cached: holding last step's gradients would keep them alive after
                 # zero_grad(set_to_none=True) frees them. The common case (a plain gradient like
-                # the parameter, which was checked) is tested in one expression; anything else
-                # goes through the checks that name what is wrong.
+                # the parameter) is tested in one expression; anything else goes through the
+                # checks that name what is wrong.
                 if not (g.dtype == p.dtype and g.shape == p.shape and g.is_cpu
                         and g.layout == torch.strided and not g.requires_grad and g.is_contiguous()):
-                    g = _grad_tensor(p, g, f"parameter {i} of group {gi}", name)
-                n = g.numel()
-                lo = g.data_ptr() if n else 0
-                hi = lo + n * g.element_size()
-                for other, (a, b) in slot.spans.items():
-                    if lo < b and a < hi:
-                        _refuse_overlap((lo, hi), slot.spans, f"the gradient of parameter {i} of "
-                                        f"group {gi}", name)
-                work.append((group, p, slot, (lo, hi), (g.numpy().reshape(-1),)))
-        return work
+                    g = _grad_tensor(p, g, where, name)
+                gf = g.numpy().reshape(-1)
+                slot = self._slot(p, p, flat, prep, where)
+                self._checked_grad(slot, gf, where)
+                work.append((prep, slot, gf))
+        return work, copies
 
-    def _step_each(self, work, grad_scale, preps):
+    def _gather_flat(self, preps):
+        """[(prep, slot of a run, flat grad)]: one item per run of parameters of a flat buffer
+        that one kernel call can step (all with a gradient, equal step counts, all or none with
+        fresh state)."""
         name = type(self).__name__
-        scalar_keys = tuple(k for k, _ in self._scalar_state)
-        current = None
-        for group, p, slot, gspan, (g,) in work:
-            if group is not current:  # per group, once: the state it needs, the rule's constants
-                current = group
-                tensor_keys = tuple(k for k, _ in self._tensor_state(group))
-                keys = scalar_keys + tensor_keys
-                needed = set(keys)
-                prep = preps[id(group)]
-            state = self.state[p]
-            fresh = self._new_state(group, p, state) if not state.keys() >= needed else False
-            tensors, cached = slot.tensors, slot.arrays
-            for key in keys:
-                t = state[key]
-                if tensors.get(key) is not t:
-                    if key in scalar_keys:
-                        cached[key] = _scalar_array(t, key, "a parameter", name)
-                    else:  # a new state tensor (created, loaded or assigned): check it once
-                        cached[key] = _state_array(t, p, key, "a parameter", name)
-                        spans = {k: v for k, v in slot.spans.items() if k != f"state {key!r}"}
-                        spans["its gradient"] = gspan
-                        span = _span(t)
-                        _refuse_overlap(span, spans, f"state {key!r} of a parameter", name)
-                        slot.spans[f"state {key!r}"] = span
-                    tensors[key] = t
-            arrays = {key: cached[key] for key in keys}
-            if "step" in arrays:
-                arrays["step"] += 1
-            self._rule(group, slot.p, g, arrays, grad_scale, fresh, prep)
-
-    def _gather_flat(self):
-        """[(group, fg, active, [grad arrays])]: ``active`` None when every parameter of the flat
-        buffer has its gradient there, else a list of bools (grad is None: False)."""
-        work = []
-        name = type(self).__name__
-        for gi, (group, flats) in enumerate(self._flats):
+        pending = []
+        for gi, ((group, flats), prep) in enumerate(zip(self._flats, preps)):
             for fg in flats:
                 params = fg.params
                 if [p.data_ptr() for p in params] != fg.ptrs:
@@ -556,7 +626,7 @@ class _Optimizer(torch.optim.Optimizer):
                                        "optimizer again")
                 grads = [p.grad for p in params]
                 if all(map(operator.is_, grads, fg.grad_views)):
-                    work.append((group, fg, None, (fg.np_grad,)))
+                    pending.append((prep, fg, None))
                     continue
                 active = []
                 for i, (p, g, view) in enumerate(zip(params, grads, fg.grad_views)):
@@ -564,65 +634,53 @@ class _Optimizer(torch.optim.Optimizer):
                         active.append(False)
                         continue
                     if g is not view:
-                        # A gradient autograd allocated (after grad = None): move it into the buffer.
                         _grad_tensor(p, g, f"parameter {i} of group {gi}", name)
-                        view.copy_(g)
-                        p.grad = view
                     active.append(True)
-                arrays = [fg.np_grad[lo:hi] for lo, hi in _runs_of(fg, active)]
-                work.append((group, fg, active, arrays))
-        return work
-
-    def _step_flat(self, work, grad_scale, preps):
-        scalar_names = [n for n, _ in self._scalar_state]
-        for group, fg, active, _ in work:
+                pending.append((prep, fg, active))
+        # checked: now gradients autograd allocated (after grad = None) move into the buffers
+        work = []
+        for prep, fg, active in pending:
+            if active is not None:
+                for p, view, on in zip(fg.params, fg.grad_views, active):
+                    if on and p.grad is not view:
+                        view.copy_(p.grad)
+                        p.grad = view
             indices = range(len(fg.params)) if active is None else [i for i, a in enumerate(active) if a]
-            fresh = self._flat_state(group, fg, indices)
-            names = [n for n, _ in self._tensor_state(group)]
+            fresh = self._flat_state(prep, fg, indices)
             sc = fg.np_scalars
+            scalar_names = list(sc)
             uniform = (active is None and not fresh
                        and all(sc[n][0] == sc[n][-1] and (sc[n] == sc[n][0]).all() for n in scalar_names))
-            if uniform:
-                runs = [(0, len(fg.params))]
-            else:
-                runs = _param_runs(fg, active, fresh, [sc[n] for n in scalar_names])
-            prep = preps[id(group)]
+            runs = [(0, len(fg.params))] if uniform else \
+                _param_runs(fg, active, fresh, [sc[n] for n in scalar_names])
             for i0, i1 in runs:
                 lo, hi = fg.offsets[i0], fg.offsets[i1]
-                arrays = {n: fg.np_state[n][lo:hi] for n in names}
-                for n in scalar_names:
-                    arrays[n] = np.array(sc[n][i0])
-                if "step" in arrays:
-                    arrays["step"] += 1
-                self._rule(group, fg.np_data[lo:hi], fg.np_grad[lo:hi], arrays, grad_scale, i0 in fresh,
-                           prep)
-                for n in scalar_names:
-                    sc[n][i0:i1] = arrays[n]
-
-    def _prepare(self, group):
-        """Check the group's options, once per step and before any write, raising as
-        fastgd.functional's form of the rule would (same checks, same messages), and return what
-        ``_rule`` needs from them: the raw kernel and its per-group constants."""
-        raise NotImplementedError
-
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
-        """Update flat arrays ``p`` and the state arrays ``s`` in place from gradient ``g`` with
-        the raw kernel (the arrays are checked: CPU, dtype, contiguous, sizes, no overlap);
-        ``s["step"]`` is already advanced; ``fresh``: the state arrays were created now;
-        ``prep``: what ``_prepare(group)`` returned."""
-        raise NotImplementedError
+                slot = _RunSlot(fg.np_data[lo:hi])
+                for n in prep.names:
+                    slot.s[n] = fg.np_state[n][lo:hi]
+                slot.aux = _Run(fg, i0, i1)
+                slot.fresh = i0 in fresh
+                work.append((prep, slot, fg.np_grad[lo:hi]))
+        return work
 
 
-def _runs_of(fg, active):
-    """Element ranges of consecutive active parameters of ``fg``."""
-    out, start = [], None
-    for i, a in enumerate(list(active) + [False]):
-        if a and start is None:
-            start = i
-        elif not a and start is not None:
-            out.append((fg.offsets[start], fg.offsets[i]))
-            start = None
-    return out
+class _RunSlot(Slot):
+    __slots__ = ()
+
+    def __init__(self, flat):
+        self.param = None
+        self.s = {"param": flat}
+        self.spans = ()
+        self.names = ()
+        self.fresh = False
+        self.store = None
+        self.containers = ()
+        self.key = None
+        self.pending = None
+        self.aux = None
+
+
+_TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 
 def _param_runs(fg, active, fresh, scalars):
@@ -641,327 +699,56 @@ def _param_runs(fg, active, fresh, scalars):
     return runs
 
 
-def _lr(group):
-    return float(group["lr"])
+# --- the optimizers: a spec, a torch peer, and a docstring ---------------------------------------
 
+def _doc(title, spec):
+    return f"{title}\n\n" + "\n".join("    " + line for line in spec.doc.splitlines())
 
-def _betas(group):
-    b1, b2 = group["betas"]
-    return float(b1), float(b2)
-
-
-def _checked(group, *names):
-    """The group's options ``names``, checked as fastgd.functional checks them (by the same
-    table, OPTION_CHECKS, in this order), as floats (betas as a pair of floats).
-
-    All are converted to float first (torch lets an option be a number or a tensor), then checked.
-    """
-    values = {name: float(group[name]) for name in names if name != "betas"}
-    if "betas" in names:
-        values["betas"] = _betas(group)
-    return [check.OPTION_CHECKS[name](name, values[name]) for name in names]
-
-
-def _require(ok, message):
-    if not ok:
-        raise ValueError(message)
-
-
-# --- the optimizers -------------------------------------------------------------------------------
 
 class Adam(_Optimizer):
-    """torch.optim.Adam on fastgd's fused kernel (AdamW with ``decoupled_weight_decay=True``).
-
-    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2  (vmax = max(vmax, v) with amsgrad)
-    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-    weight decay: g += wd p, or p *= 1 - lr wd when decoupled. ``foreach``/``fused`` are accepted
-    and ignored (the kernel is fused).
-    """
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
-                 *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False, flatten=False, max_grad_norm=None, norm_type=2.0):
-        _adam_args(lr, betas, eps, weight_decay)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach, capturable=capturable,
-                        differentiable=differentiable, fused=fused,
-                        decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults, flatten=flatten, max_grad_norm=max_grad_norm,
-                         norm_type=norm_type)
-
-    def _tensor_state(self, group):
-        if group["amsgrad"]:
-            return (("exp_avg", 0.0), ("exp_avg_sq", 0.0), ("max_exp_avg_sq", 0.0))
-        return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
-
-    def _prepare(self, group):
-        # torch.optim.Adam's checks and messages, as in the constructor.
-        _adam_args(group["lr"], group["betas"], group["eps"], group["weight_decay"])
-        b1, b2 = _betas(group)
-        return (kernel("adam"), bool(group["maximize"]), _lr(group), b1, b2, float(group["eps"]),
-                float(group["weight_decay"]), bool(group["decoupled_weight_decay"]),
-                bool(group["amsgrad"]))
-
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
-        fn, maximize, lr, b1, b2, eps, wd, decoupled, amsgrad = prep
-        t = int(s["step"])
-        v = s["exp_avg_sq"]
-        fn(p, g, p, s["exp_avg"], v, s.get("max_exp_avg_sq", v), grad_scale, maximize, False, lr,
-           b1, b2, eps, wd, decoupled, amsgrad, 1.0 - b1 ** t, 1.0 - b2 ** t)
+    spec, peer = SPECS["adam"], "Adam"
+    __doc__ = _doc("torch.optim.Adam on fastgd's fused kernel (``foreach``/``fused`` are accepted "
+                   "and ignored: the kernel is fused); AdamW with decoupled_weight_decay=True.", spec)
 
 
-def _adam_args(lr, betas, eps, weight_decay):
-    lr, eps, weight_decay = float(lr), float(eps), float(weight_decay)
-    _require(0.0 <= lr < math.inf, f"Invalid learning rate: {lr}")
-    _require(0.0 < eps < math.inf, f"Invalid epsilon value: {eps}")
-    _require(0.0 <= weight_decay < math.inf, f"Invalid weight_decay value: {weight_decay}")
-    b1, b2 = betas
-    _require(0.0 <= float(b1) < 1.0, f"Invalid beta parameter at index 0: {b1}")
-    _require(0.0 <= float(b2) < 1.0, f"Invalid beta parameter at index 1: {b2}")
-
-
-class AdamW(Adam):
-    """torch.optim.AdamW: Adam with decoupled weight decay (p *= 1 - lr wd), default wd 1e-2."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, flatten=False, max_grad_norm=None, norm_type=2.0):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, foreach=foreach, maximize=maximize, capturable=capturable,
-                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
-                         flatten=flatten, max_grad_norm=max_grad_norm, norm_type=norm_type)
+class AdamW(_Optimizer):
+    spec, peer = SPECS["adam"], "AdamW"
+    fixed = {"decoupled_weight_decay": True}
+    __doc__ = _doc("torch.optim.AdamW: Adam with decoupled weight decay (default 1e-2).", spec)
 
 
 class SGD(_Optimizer):
-    """torch.optim.SGD: p -= lr g, with momentum (buf = g at its first step, then
-    buf = mu buf + (1 - dampening) g; nesterov: g + mu buf), weight decay g += wd p."""
-
-    _scalar_state = ()
-
-    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
-                 maximize=False, foreach=None, differentiable=False, fused=None, flatten=False,
-                 max_grad_norm=None, norm_type=2.0):
-        _require(float(lr) >= 0.0, f"Invalid learning rate: {lr}")
-        _require(momentum >= 0.0, f"Invalid momentum value: {momentum}")
-        _require(weight_decay >= 0.0, f"Invalid weight_decay value: {weight_decay}")
-        _require(not nesterov or (momentum > 0 and dampening == 0),
-                 "Nesterov momentum requires a momentum and zero dampening")
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, maximize=maximize, foreach=foreach,
-                        differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, flatten=flatten, max_grad_norm=max_grad_norm,
-                         norm_type=norm_type)
-
-    def _tensor_state(self, group):
-        return (("momentum_buffer", 0.0),) if group["momentum"] != 0 else ()
-
-    def _prepare(self, group):
-        lr, momentum, dampening, wd = _checked(group, "lr", "momentum", "dampening", "weight_decay")
-        nesterov = bool(group["nesterov"])
-        check.nesterov_momentum(nesterov, momentum, dampening)
-        return kernel("sgd"), bool(group["maximize"]), lr, momentum, dampening, wd, nesterov
-
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
-        fn, maximize, lr, momentum, dampening, wd, nesterov = prep
-        # The buffer is set to g at its first step (``fresh``: created now), as torch's.
-        fn(p, g, p, s["momentum_buffer"] if momentum > 0.0 else p, grad_scale, maximize, False, lr,
-           momentum, dampening, wd, nesterov, bool(fresh))
+    spec, peer = SPECS["sgd"], "SGD"
+    __doc__ = _doc("torch.optim.SGD with momentum, dampening, nesterov.", spec)
 
 
 class Adagrad(_Optimizer):
-    """torch.optim.Adagrad: s += g^2; p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps).
-    The state is created in the constructor (``sum`` = initial_accumulator_value), as torch does."""
-
-    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
-                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
-                 flatten=False, max_grad_norm=None, norm_type=2.0):
-        _require(float(lr) >= 0.0, f"Invalid learning rate: {lr}")
-        _require(lr_decay >= 0.0, f"Invalid lr_decay value: {lr_decay}")
-        _require(weight_decay >= 0.0, f"Invalid weight_decay value: {weight_decay}")
-        _require(initial_accumulator_value >= 0.0,
-                 f"Invalid initial_accumulator_value value: {initial_accumulator_value}")
-        _require(eps >= 0.0, f"Invalid epsilon value: {eps}")
-        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
-                        initial_accumulator_value=initial_accumulator_value, foreach=foreach,
-                        maximize=maximize, differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, flatten=flatten, max_grad_norm=max_grad_norm,
-                         norm_type=norm_type)
-        self._init_all_state()
-
-    def _tensor_state(self, group):
-        return (("sum", float(group["initial_accumulator_value"])),)
-
-    def _prepare(self, group):
-        lr, lr_decay, wd, eps = _checked(group, "lr", "lr_decay", "weight_decay", "eps")
-        return kernel("adagrad"), bool(group["maximize"]), lr, lr_decay, wd, eps
-
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
-        fn, maximize, lr, lr_decay, wd, eps = prep
-        clr = F.adagrad_lr(check.step(int(s["step"])), lr, lr_decay)
-        fn(p, g, p, s["sum"], grad_scale, maximize, False, clr, wd, eps)
+    spec, peer = SPECS["adagrad"], "Adagrad"
+    __doc__ = _doc("torch.optim.Adagrad; the state is created in the constructor, as torch does.", spec)
 
 
 class RMSprop(_Optimizer):
-    """torch.optim.RMSprop: sq = a sq + (1 - a) g^2; d = sqrt(sq [- ga^2 if centered]) + eps;
-    p -= lr g / d (or through a momentum buffer buf = mu buf + g / d)."""
-
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False, *, flatten=False, max_grad_norm=None, norm_type=2.0):
-        _require(float(lr) >= 0.0, f"Invalid learning rate: {lr}")
-        _require(eps >= 0.0, f"Invalid epsilon value: {eps}")
-        _require(momentum >= 0.0, f"Invalid momentum value: {momentum}")
-        _require(weight_decay >= 0.0, f"Invalid weight_decay value: {weight_decay}")
-        _require(alpha >= 0.0, f"Invalid alpha value: {alpha}")
-        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
-                        weight_decay=weight_decay, capturable=capturable, foreach=foreach,
-                        maximize=maximize, differentiable=differentiable)
-        super().__init__(params, defaults, flatten=flatten, max_grad_norm=max_grad_norm,
-                         norm_type=norm_type)
-
-    def _tensor_state(self, group):
-        out = [("square_avg", 0.0)]
-        if group["momentum"] > 0:
-            out.append(("momentum_buffer", 0.0))
-        if group["centered"]:
-            out.append(("grad_avg", 0.0))
-        return tuple(out)
-
-    def _prepare(self, group):
-        lr, alpha, eps, wd, momentum = _checked(group, "lr", "alpha", "eps", "weight_decay", "momentum")
-        return (kernel("rmsprop"), bool(group["maximize"]), lr, alpha, eps, wd, momentum,
-                bool(group["centered"]))
-
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
-        fn, maximize, lr, alpha, eps, wd, momentum, centered = prep
-        sq = s["square_avg"]
-        fn(p, g, p, sq, s["momentum_buffer"] if momentum > 0.0 else sq,
-           s["grad_avg"] if centered else sq, grad_scale, maximize, False, lr, alpha, eps, wd,
-           momentum, centered)
+    spec, peer = SPECS["rmsprop"], "RMSprop"
+    __doc__ = _doc("torch.optim.RMSprop (centered, momentum).", spec)
 
 
 class Adamax(_Optimizer):
-    """torch.optim.Adamax: m = b1 m + (1 - b1) g; u = max(b2 u, |g| + eps);
-    p -= lr / (1 - b1^t) * m / u."""
-
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, foreach=None,
-                 *, maximize=False, differentiable=False, capturable=False, flatten=False,
-                 max_grad_norm=None, norm_type=2.0):
-        _adam_args(lr, betas, eps, weight_decay)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
-                        maximize=maximize, differentiable=differentiable, capturable=capturable)
-        super().__init__(params, defaults, flatten=flatten, max_grad_norm=max_grad_norm,
-                         norm_type=norm_type)
-
-    def _tensor_state(self, group):
-        return (("exp_avg", 0.0), ("exp_inf", 0.0))
-
-    def _prepare(self, group):
-        lr, (b1, b2), eps, wd = _checked(group, "lr", "betas", "eps", "weight_decay")
-        return kernel("adamax"), bool(group["maximize"]), lr, b1, b2, eps, wd
-
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
-        fn, maximize, lr, b1, b2, eps, wd = prep
-        t = check.step(int(s["step"]))
-        fn(p, g, p, s["exp_avg"], s["exp_inf"], grad_scale, maximize, False, lr, b1, b2, eps, wd,
-           1.0 - b1 ** t)
+    spec, peer = SPECS["adamax"], "Adamax"
+    __doc__ = _doc("torch.optim.Adamax.", spec)
 
 
 class NAdam(_Optimizer):
-    """torch.optim.NAdam (Dozat 2016) with momentum decay; state ``mu_product`` as torch keeps it
-    (a float32 scalar tensor)."""
-
-    _scalar_state = (("step", 0.0), ("mu_product", 1.0))
-
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None, maximize=False,
-                 capturable=False, differentiable=False, flatten=False, max_grad_norm=None,
-                 norm_type=2.0):
-        _adam_args(lr, betas, eps, weight_decay)
-        _require(momentum_decay >= 0.0, f"Invalid momentum_decay value: {momentum_decay}")
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
-                        maximize=maximize, foreach=foreach, capturable=capturable,
-                        differentiable=differentiable)
-        super().__init__(params, defaults, flatten=flatten, max_grad_norm=max_grad_norm,
-                         norm_type=norm_type)
-
-    def _tensor_state(self, group):
-        return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
-
-    def _prepare(self, group):
-        # (step and mu_product are checked per tensor, in _rule)
-        lr, (b1, b2), eps, wd, momentum_decay = _checked(group, "lr", "betas", "eps", "weight_decay",
-                                                         "momentum_decay")
-        return (kernel("nadam"), bool(group["maximize"]), lr, b1, b2, eps, wd, momentum_decay,
-                bool(group["decoupled_weight_decay"]))
-
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
-        fn, maximize, lr, b1, b2, eps, wd, momentum_decay, decoupled = prep
-        t = check.step(int(s["step"]))
-        mu_product = check.fraction("mu_product", float(s["mu_product"]))
-        grad_coef, avg_coef, mu_product = F.nadam_coefficients(t, mu_product, lr, b1, momentum_decay)
-        fn(p, g, p, s["exp_avg"], s["exp_avg_sq"], grad_scale, maximize, False, lr, b1, b2, eps, wd,
-           decoupled, grad_coef, avg_coef, 1.0 - b2 ** t)
-        s["mu_product"][...] = mu_product
+    spec, peer = SPECS["nadam"], "NAdam"
+    __doc__ = _doc("torch.optim.NAdam (Dozat 2016) with momentum decay; ``mu_product`` is a float32 "
+                   "scalar tensor rounded every step, as torch keeps it.", spec)
 
 
 class RAdam(_Optimizer):
-    """torch.optim.RAdam (Liu et al. 2020): Adam with the variance rectification term, plain
-    momentum SGD while the variance is intractable (rho_t <= 5)."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, flatten=False, max_grad_norm=None, norm_type=2.0):
-        _adam_args(lr, betas, eps, weight_decay)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
-                        foreach=foreach, capturable=capturable,
-                        decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable)
-        super().__init__(params, defaults, flatten=flatten, max_grad_norm=max_grad_norm,
-                         norm_type=norm_type)
-
-    def _tensor_state(self, group):
-        return (("exp_avg", 0.0), ("exp_avg_sq", 0.0))
-
-    def _prepare(self, group):
-        lr, (b1, b2), eps, wd = _checked(group, "lr", "betas", "eps", "weight_decay")
-        return (kernel("radam"), bool(group["maximize"]), lr, b1, b2, eps, wd,
-                bool(group["decoupled_weight_decay"]))
-
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
-        fn, maximize, lr, b1, b2, eps, wd, decoupled = prep
-        t = check.step(int(s["step"]))
-        adaptive, rect = F.radam_rectification(t, b2)
-        fn(p, g, p, s["exp_avg"], s["exp_avg_sq"], grad_scale, maximize, False, lr, b1, b2, eps, wd,
-           decoupled, 1.0 - b1 ** t, 1.0 - b2 ** t, adaptive, rect)
+    spec, peer = SPECS["radam"], "RAdam"
+    __doc__ = _doc("torch.optim.RAdam (Liu et al. 2020).", spec)
 
 
 class Lion(_Optimizer):
-    """Lion (Chen et al. 2023), as lion-pytorch (torch.optim has none):
-    p *= 1 - lr wd;  p -= lr sign(b1 m + (1 - b1) g);  m = b2 m + (1 - b2) g.
-    State: ``exp_avg`` only (no step count)."""
-
-    _scalar_state = ()
-
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
-                 foreach=None, differentiable=False, flatten=False, max_grad_norm=None, norm_type=2.0):
-        _require(float(lr) >= 0.0, f"Invalid learning rate: {lr}")
-        _require(weight_decay >= 0.0, f"Invalid weight_decay value: {weight_decay}")
-        b1, b2 = betas
-        _require(0.0 <= b1 <= 1.0, f"Invalid beta parameter at index 0: {b1}")
-        _require(0.0 <= b2 <= 1.0, f"Invalid beta parameter at index 1: {b2}")
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
-                        foreach=foreach, differentiable=differentiable)
-        super().__init__(params, defaults, flatten=flatten, max_grad_norm=max_grad_norm,
-                         norm_type=norm_type)
-
-    def _tensor_state(self, group):
-        return (("exp_avg", 0.0),)
-
-    def _prepare(self, group):
-        lr, (b1, b2), wd = _checked(group, "lr", "betas", "weight_decay")
-        return kernel("lion"), bool(group["maximize"]), lr, b1, b2, wd
-
-    def _rule(self, group, p, g, s, grad_scale, fresh, prep):
-        fn, maximize, lr, b1, b2, wd = prep
-        fn(p, g, p, s["exp_avg"], grad_scale, maximize, False, lr, b1, b2, wd)
+    spec = SPECS["lion"]
+    __doc__ = _doc("Lion (Chen et al. 2023), as lion-pytorch (torch.optim has none); state "
+                   "``exp_avg`` only (no step count).", spec)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastgd
+import fastgd.rules
 from fastgd import functional as F
 
 from _helpers import DTYPES, run_at_thread_counts
@@ -118,7 +119,7 @@ def test_without_max_grad_norm_nonfinite_grads_are_not_checked(backend, rng):
 def test_base_options_on_every_subclass_signature():
     for cls in (fastgd.Adam, fastgd.AdamW):
         sig = inspect.signature(cls)
-        for name, default in fastgd.optim.BASE_OPTIONS.items():
+        for name, default in fastgd.optim.CLIPPING_OPTIONS.items():
             assert sig.parameters[name].default == default
             assert sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
     opt = fastgd.AdamW([np.zeros(3)], max_grad_norm=2, norm_type="inf", error_if_nonfinite=True)
@@ -147,19 +148,10 @@ def test_bad_base_options(kw, exc, match):
 
 
 class _PlainSGD(fastgd.Optimizer):
-    """What an optimizer written elsewhere looks like: it lists only its own options."""
-
-    def __init__(self, params, lr=0.1):
-        super().__init__(params, lr=lr)
-
-    def _init_state(self, group, p):
-        return {"step": 0}
-
-    def _update(self, group, state, p, g, grad_scale, acc):
-        gsum = g if acc is None else g + acc
-        p -= group["lr"] * grad_scale * gsum
-        if acc is not None:
-            acc[...] = 0
+    """What a new optimizer looks like: a rule's spec (and a default of its own); the base gives
+    it the clipping options without the spec listing them."""
+    spec = fastgd.rules.SPECS["sgd"]
+    overrides = {"lr": 0.1}
 
 
 def test_a_subclass_gets_clipping_without_listing_it(rng):
@@ -171,7 +163,7 @@ def test_a_subclass_gets_clipping_without_listing_it(rng):
     np.testing.assert_allclose(p, expected, rtol=1e-14)
     assert opt.last_grad_norm == pytest.approx(np.linalg.norm(g))
     with pytest.raises(TypeError):
-        _PlainSGD([p], momentum=0.9)
+        _PlainSGD([p], shrink=0.9)
 
 
 def test_clip_rule_makes_a_clipping_optimizer():
@@ -182,10 +174,12 @@ def test_clip_rule_makes_a_clipping_optimizer():
 
 
 def test_a_subclass_may_not_redeclare_a_base_option():
+    import dataclasses
+    bad = dataclasses.replace(fastgd.rules.SPECS["sgd"],
+                              options=fastgd.rules.SPECS["sgd"].options + (("max_grad_norm", None),))
     with pytest.raises(TypeError, match="must not declare max_grad_norm"):
         class _Bad(fastgd.Optimizer):
-            def __init__(self, params, lr=0.1, max_grad_norm=None):
-                super().__init__(params, lr=lr)
+            spec = bad
 
 
 def test_clipped_steps_are_bitwise_identical_at_1_and_2_threads(backend, rng):

@@ -1,10 +1,21 @@
-"""The one list of update rules that tests, benchmarks and the CLI iterate over.
+"""The update rules: one spec per rule (``SPECS``), and the variants that tests, benchmarks and
+the CLI iterate over (``RULES``).
 
-A rule here is what a user benchmarks or verifies: an optimizer class with the options that
-select a variant, its memory traffic, and its peer in torch.optim. Adding an optimizer means
-adding its entries here; nothing else lists rules.
+``SPECS[name]`` (fastgd/rules/<name>.py) is the only place above the kernels where a rule is
+written: its options, state, step scalars and kernel call (see _spec.py). fastgd.functional,
+fastgd.optim and fastgd.torch are built from it.
+
+``RULES[name]`` is what a user benchmarks or verifies: an optimizer class with the options that
+select a variant, its memory traffic, and its peer in torch.optim. Adding a rule means its spec
+here, its reference, its two kernels, and its variants below; nothing else lists rules.
 """
 from dataclasses import dataclass, field
+
+from . import adagrad, adam, adamax, lion, nadam, radam, rmsprop, sgd
+from ._spec import Spec, State  # noqa: F401
+
+#: every rule's spec, by the rule's (and its kernel's) name
+SPECS = {m.SPEC.name: m.SPEC for m in (adam, sgd, adagrad, rmsprop, adamax, nadam, radam, lion)}
 
 
 @dataclass(frozen=True)
@@ -16,6 +27,12 @@ class Rule:
     written: int = 1          # arrays read and written per element (param + state); grad is read only
     torch: str = None         # torch.optim class of the peer, None when torch has none
     torch_fused: bool = False  # torch has a fused CPU kernel for it (else its foreach is the peer)
+
+    @property
+    def spec(self):
+        """The Spec of this variant's rule."""
+        import fastgd
+        return getattr(fastgd, self.optimizer).spec
 
     def make(self, params, **extra):
         """The fastgd optimizer of this rule over ``params``."""

@@ -1,0 +1,352 @@
+"""The one optimizer core under every front end (fastgd.optim for NumPy arrays, fastgd.torch for
+torch tensors): a rule's spec turned into checked, stepped, checkpointed state.
+
+What lives here, once:
+
+- **options**: each param group is checked by its rule's spec (fastgd/rules/) whenever it
+  changed, at construction, ``add_param_group``, every ``step`` and ``load_state_dict``; the
+  checked values are cached by the identity of the group's values, so an unchanged group costs
+  one tuple comparison a step;
+- **state**: the arrays a parameter needs under its group's options, created lazily at its first
+  step (or when an option that needs one is switched on), as flat NumPy views of whatever the
+  front end stores (arrays, tensors, flat buffers);
+- **the step**: the gradient checked against the parameter and its state (dtype, shape,
+  layout, no shared memory) before anything is written, then clipping and the non-finite policy
+  (fastgd.clipping), then one kernel call per array with the spec's scalars;
+- **checkpoints**: a state_dict checked whole (keys, sizes, steps, scalar state, options,
+  another optimizer's state_dict refused in both directions) before anything changes;
+- **the thread guard**: one optimizer used from two threads at once is refused.
+
+A front end subclasses ``Core`` and says where arrays are (``_slot_arrays``, ``_advance``, the
+scalar state's storage); it knows nothing about any rule.
+"""
+import functools
+import math
+import numbers
+import threading
+
+import numpy as np
+
+from . import _validate as check
+from .backends import kernel
+from .clipping import Clipping
+
+#: a step count must fit an int64 (the kernels' bias corrections need beta ** t as a float)
+MAX_STEP = 2 ** 63 - 1
+
+
+def exclusive(method):
+    """Refuse, with a RuntimeError, a call made while another thread is inside a guarded method
+    (step, state_dict, load_state_dict) of the same optimizer.
+
+    Two threads updating one optimizer's parameters and moments at once would interleave their
+    read-modify-write passes element by element: a corrupted result, not "both steps". Waiting
+    instead would hide the same bug (the order of the steps would depend on scheduling), so the
+    second caller is told at once. The lock is an RLock, so a guarded method may call another
+    of its own optimizer (MultiSteps calls step); different optimizers never contend.
+    """
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        lock = self.__dict__.get("_busy") or self.__dict__.setdefault("_busy", threading.RLock())
+        if not lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"{type(self).__name__}.{method.__name__}() was called while another thread is in "
+                "step(), state_dict() or load_state_dict() of the same optimizer; one optimizer must "
+                "be used by one thread at a time (give each thread its own optimizer, or hold a lock)")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            lock.release()
+    return guarded
+
+
+def _item(value):
+    """A 1-element array or tensor as its Python number; anything else as it is."""
+    if hasattr(value, "item"):
+        n = value.numel() if callable(getattr(value, "numel", None)) else getattr(value, "size", 0)
+        if n == 1:
+            return value.item()
+    return value
+
+
+def step_count(value, where):
+    """A saved step count as an int >= 0 (ints, integral floats, 0-d/1-element arrays)."""
+    value = _item(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{where}: step must be an integer >= 0; got {value!r}")
+    if not (math.isfinite(value) and float(value).is_integer() and 0 <= value <= MAX_STEP):
+        raise ValueError(f"{where}: step must be an integer in [0, 2**63); got {value!r}")
+    return int(value)
+
+
+_CACHEABLE = (float, int, bool, str, type(None))
+
+
+def _snapshot(group):
+    """The group's option values, or None when one of them can change in place (a tensor lr):
+    such a group is checked at every step."""
+    values = []
+    for k, v in group.items():
+        if k == "params":
+            continue
+        if type(v) in _CACHEABLE or (type(v) is tuple and all(type(x) in _CACHEABLE for x in v)):
+            values.append(v)
+        else:
+            return None
+    return values
+
+
+class Prep:
+    """What a step needs of one checked group: options, kernel, constants, state names."""
+    __slots__ = ("o", "kernel", "constants", "maximize", "names", "snapshot")
+
+    def __init__(self, spec, o, snapshot):
+        self.o = o
+        self.kernel = None
+        self.constants = spec.constants(o)
+        self.maximize = o["maximize"]
+        self.names = spec.state_names(o)
+        self.snapshot = snapshot
+
+
+class Slot:
+    """One parameter as the kernels see it: ``s`` the flat views (``"param"`` and each state
+    array), ``spans`` the bytes they occupy, ``fresh`` whether its state arrays were created in
+    this step; ``key``/``param``/``store``: what the views were made from, to notice a change."""
+    __slots__ = ("param", "s", "spans", "names", "fresh", "store", "containers", "key", "pending",
+                 "aux")
+
+    def __init__(self, param, flat):
+        self.param = param
+        self.s = {"param": flat}
+        self.spans = [check.span(flat)]
+        self.names = ()
+        self.fresh = False
+        self.store = None
+        self.containers = ()
+        self.key = None
+        self.pending = None
+        self.aux = None       # the front end's own (fastgd.torch: the data pointer, scalar views)
+
+
+class Core(Clipping):
+    """The engine of an optimizer (see the module docstring). Subclasses set ``spec`` and
+    ``fixed`` (options the class pins, e.g. AdamW's decoupled weight decay) and provide:
+
+    - ``_state_get(key)`` -> the state dict of one parameter or None, ``_state_put(key, state)``;
+    - ``_new_state(slot, name, init)`` -> a new state container filled with ``init``, and
+      ``_view(container, flat_param, where)`` -> its flat NumPy view (checked like the parameter);
+    - ``_zero_step()``, ``_new_scalar(value)``: new step count and scalar state;
+    - ``_advance(slot)`` -> the step count after adding one; ``_scalars_of(slot)`` /
+      ``_store_scalars(slot, values)`` for the spec's scalar state.
+    """
+
+    spec = None
+    fixed = {}
+
+    def _init_core(self):
+        self._preps = {}
+        self._slots = {}
+
+    # --- options --------------------------------------------------------------------------------
+
+    def _check_group(self, group):
+        """The group's options checked by the spec (TypeError/ValueError naming the option), and
+        the class's fixed options enforced; returns {name: checked value}."""
+        o = self.spec.check_options(group)
+        for name, value in self.fixed.items():
+            if o[name] != value:
+                raise ValueError(f"{type(self).__name__} always has {name}={value}; this param group "
+                                 f"has {name}={group[name]!r} (a state_dict of another optimizer?)")
+        return o
+
+    def _prep(self, group):
+        """Prep of ``group``, re-checked only when one of its values changed (a schedule setting
+        lr, a user editing the group): the check costs more than the step on small arrays."""
+        key = id(group)
+        prep = self._preps.get(key)
+        snap = _snapshot(group)
+        if prep is None or snap is None or prep.snapshot != snap:
+            prep = Prep(self.spec, self._check_group(group), snap)
+            if snap is not None:
+                self._preps[key] = prep
+        prep.kernel = kernel(self.spec.name)
+        return prep
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def _slot(self, key, param, flat, prep, where):
+        """The Slot of one parameter with every state array ``prep`` needs, rebuilt when the
+        parameter, its state dict or a state array was replaced. Missing state arrays are made
+        but not stored: ``_commit`` stores them once every parameter of the step is checked."""
+        slot = self._slots.get(key)
+        state = self._state_get(key)
+        if (slot is None or slot.param is not param or slot.store is not state or state is None
+                or slot.names != prep.names
+                or any(state.get(n) is not c for n, c in zip(slot.names, slot.containers))):
+            slot = self._build_slot(key, param, flat, {} if state is None else state, prep, where)
+        return slot
+
+    def _build_slot(self, key, param, flat, state, prep, where):
+        slot = Slot(param, flat)
+        new = {}
+        for st in self.spec.state:
+            if st.needed(prep.o) and st.name not in state:
+                new[st.name] = self._new_state(slot, st.name, st.initial(prep.o))
+        containers = []
+        for name in prep.names:
+            c = new[name] if name in new else state[name]
+            v = self._view(c, flat, f"state {name!r} of {where}")
+            span = check.span(v)
+            for other in slot.spans:
+                if span[0] < other[1] and other[0] < span[1]:
+                    raise ValueError(f"state {name!r} of {where} shares memory with the parameter "
+                                     "or another of its state arrays; each must be its own array")
+            slot.spans.append(span)
+            slot.s[name] = v
+            containers.append(c)
+        slot.names, slot.store, slot.containers = prep.names, state, tuple(containers)
+        slot.key, slot.pending = key, new
+        return slot
+
+    def _commit(self, work):
+        """Store the state the slots of checked ``work`` made (nothing was stored before)."""
+        spec = self.spec
+        for _, slot, _ in work:
+            if slot.pending is None:
+                continue
+            state = slot.store
+            if spec.torch_step or not self._torch_layout:
+                if "step" not in state:
+                    state["step"] = self._zero_step()
+            for name, init, _ in spec.scalar_state:
+                if name not in state:
+                    state[name] = self._new_scalar(init)
+            state.update(slot.pending)
+            slot.fresh = bool(slot.pending)
+            slot.pending = None
+            self._state_put(slot.key, state)
+            self._slots[slot.key] = slot
+
+    _torch_layout = False
+
+    # --- the step ------------------------------------------------------------------------------
+
+    def _checked_grad(self, slot, g, where):
+        """Refuse a gradient sharing memory with its parameter or state (g already checked for
+        dtype, shape and layout)."""
+        lo, hi = check.span(g)
+        for a, b in slot.spans:
+            if lo < b and a < hi:
+                raise ValueError(f"the gradient of {where} shares memory with the parameter or its "
+                                 "state; each must be its own array")
+
+    def _run(self, work, grad_scale, accs=None):
+        """Clip (fastgd.clipping's policy), then one kernel call per item of checked ``work``
+        ([(prep, slot, flat grad)]); ``accs[i]``: a flat accumulated gradient the kernel adds to
+        item i's gradient and zeroes in the same pass, or None. False if the step was skipped."""
+        if self._max_grad_norm is not None:
+            grad_scale = self._clipped_scale([w[2] for w in work], accs, grad_scale)
+            if grad_scale is None:
+                return False
+        self._commit(work)
+        spec = self.spec
+        scalars = spec.scalars
+        has_scalar_state = bool(spec.scalar_state)
+        for i, (prep, slot, g) in enumerate(work):
+            acc = None if accs is None else accs[i]
+            t = self._advance(slot)
+            s = slot.s
+            if scalars is None:
+                sc = ()
+            elif has_scalar_state:
+                values = self._scalars_of(slot)
+                sc = scalars(prep.o, t, values, slot.fresh)
+                self._store_scalars(slot, values)
+            else:
+                sc = scalars(prep.o, t, None, slot.fresh)
+            slot.fresh = False
+            p = s["param"]
+            prep.kernel(p, g, p if acc is None else acc, *spec.arrays(s), grad_scale, prep.maximize,
+                        acc is not None, *prep.constants, *sc)
+        return True
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def _checked_param_state(self, saved, o, shape, dtype, where, to_array):
+        """One parameter's saved state, checked against the spec under options ``o``:
+        {name: float array | step int | scalar}. ``to_array(value)``: the value as a NumPy array
+        (a copy is made later) or raise. A state array has the parameter's shape, or is flat, and
+        its dtype (fastgd.torch: any float dtype, which torch casts to the parameter's)."""
+        spec = self.spec
+        if not isinstance(saved, dict):
+            raise ValueError(f"{where}: a parameter's state must be a dict; got {type(saved).__name__}")
+        has_step = spec.torch_step or not self._torch_layout
+        expected = set(spec.state_names(o)) | {n for n, _, _ in spec.scalar_state}
+        if has_step:
+            expected.add("step")
+        if not saved and self._torch_layout:
+            return {}
+        if set(saved) != expected:
+            raise ValueError(f"{where} has state keys {sorted(map(str, saved))}; {type(self).__name__} "
+                             f"with these options keeps {sorted(expected)} (a state_dict of another "
+                             "optimizer or other options?)")
+        out = {}
+        if has_step:
+            out["step"] = step_count(saved["step"], where)
+        for name, _, check_one in spec.scalar_state:
+            out[name] = check_one(f"{where}: {name}", _item(saved[name]))
+        for name in spec.state_names(o):
+            try:
+                a = to_array(saved[name])
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(f"{where}: state {name!r} is not an array: {exc}") from None
+            size = int(np.prod(shape))
+            if (a.dtype != dtype if not self._torch_layout else a.dtype.kind != "f") or \
+                    a.shape not in ((size,), tuple(shape)):
+                raise ValueError(f"{where}: state {name!r} has shape {a.shape} and dtype {a.dtype}; "
+                                 f"the parameter has {size} elements of {dtype}")
+            out[name] = a
+        return out
+
+    def _checked_groups(self, saved_groups, current_groups, defaults):
+        """The param groups of a state_dict checked against this optimizer's: the same count and
+        sizes, exactly this optimizer's options, each checked; the fixed options unchanged.
+        Returns [(saved group, checked options)]."""
+        kind = type(self).__name__
+        if not isinstance(saved_groups, (list, tuple)):
+            raise ValueError("state_dict['param_groups'] must be a list of param-group dicts")
+        if len(saved_groups) != len(current_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} param groups; this optimizer has "
+                             f"{len(current_groups)}")
+        out = []
+        for i, (mine, saved) in enumerate(zip(current_groups, saved_groups)):
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"param_groups[{i}] of the state_dict is not a param-group dict "
+                                 "with a 'params' list")
+            if len(saved["params"]) != len(mine["params"]):
+                raise ValueError(f"param_groups[{i}] has {len(saved['params'])} parameters in the "
+                                 f"state_dict but {len(mine['params'])} here")
+            keys = set(saved) - {"params"}
+            unknown, missing = keys - set(defaults), set(defaults) - keys
+            if unknown:
+                raise ValueError(f"param_groups[{i}] has option(s) {sorted(unknown)} that {kind} "
+                                 "does not know (a state_dict of another optimizer?)")
+            if missing:
+                raise ValueError(f"param_groups[{i}] of the state_dict lacks option(s) "
+                                 f"{sorted(missing)} of {kind} (a state_dict of another optimizer?)")
+            try:
+                o = self._check_group(saved)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"param_groups[{i}] of the state_dict: {exc}") from None
+            for name in self.spec.fixed:
+                if o[name] != self._check_group(mine)[name]:
+                    raise ValueError(f"param_groups[{i}] of the state_dict has {name}={saved[name]!r} "
+                                     f"but this {kind} has {mine[name]!r}: another rule's state_dict "
+                                     "(e.g. AdamW's into Adam)")
+            out.append((saved, o))
+        order = [i for saved in saved_groups for i in saved["params"]]
+        if (not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in order)
+                or len(set(order)) != len(order)):
+            raise ValueError("the state_dict's param groups must list distinct parameter indices (ints)")
+        return out
