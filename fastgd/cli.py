@@ -25,6 +25,7 @@ import sys
 
 import numpy as np
 
+import fastgd
 from . import benchmarks as B
 from .rules import RULES
 
@@ -161,7 +162,7 @@ def _check_requested_backends(names):
     status = None
     for name in names:
         if name in B.FASTGD_BACKENDS:
-            status = status or B._backends.backend_status()
+            status = status or fastgd.backend_status()
             ok, why = status[name]
             if not ok:
                 raise B.UsageError(f"backend {name} is unusable here: {why}")
@@ -218,6 +219,9 @@ def _bench_tables(data):
                 last_group = group
             stream = r["backend"] == "stream"
             cache = (("in " if r["in_cache"] else "out ") + f"{r['cache_ratio']:.2f}x") if stream else ""
+            speedups = [(r["speedup_vs_numpy"], ".1f")] if reference else []
+            speedups += [(r.get("speedup_vs_torch_fused"), ".2f")] if fused else []
+            speedups += [(r["speedup_vs_best_peer"], ".2f")]
             rows.append([
                 r["rule"] if stream else "",
                 str(r["threads"]) if stream else "",
@@ -225,9 +229,7 @@ def _bench_tables(data):
                 ("floor " if stream else ("~" if r["estimated"] else "")) + _fmt_time(r["seconds"]),
                 _fmt(r["gbps"], ".1f"),
                 _fmt(r["fraction_of_bandwidth"], ".2f", "cache"), cache,
-            ] + (["" if stream else _fmt(r["speedup_vs_numpy"], ".1f")] if reference else []) + (["" if stream else _fmt(r.get("speedup_vs_torch_fused"), ".2f")] if fused else []) + [
-                "" if stream else _fmt(r["speedup_vs_best_peer"], ".2f"),
-            ])
+            ] + ["" if stream else _fmt(x, spec) for x, spec in speedups])
         sub0 = sub[0]
         title = (f"{size} elements" + (f" ({sub0['tensors']:,} tensors, {layout})" if sub0["tensors"] > 1 else "")
                  + f", {sub0['dtype']}")
@@ -361,9 +363,10 @@ def _bench_settings(args):
     if args.repeat is not None and args.repeat < 1:
         raise B.UsageError(f"--repeat must be >= 1; got {args.repeat}")
     stream_elements = B._count(args.stream_size, "--stream-size") if args.stream_size else B.STREAM_ELEMENTS
-    if B._backends.backend_status()["cython"][0] is False and args.preset != "callpath":
+    cython_ok, cython_why = fastgd.backend_status()["cython"]
+    if not cython_ok and args.preset != "callpath":
         raise B.UsageError("the bandwidth is measured with the Cython stream kernel, and the Cython "
-                           f"extension is unusable: {B._backends.backend_status()['cython'][1]}")
+                           f"extension is unusable: {cython_why}")
     rounds = args.repeat or (3 if args.quick else preset.get("rounds", 7))
     return {"preset": args.preset, "rules": rules if args.preset in ("rules", "adam", "family") else [],
             "sizes": [{"label": s.label, "elements": s.elements, "tensors": s.tensors} for s in sizes],
@@ -430,7 +433,6 @@ def cmd_bench(args, argv):
 # --- info ----------------------------------------------------------------------------------------
 
 def cmd_info(args, argv):
-    import fastgd
     env = B.environment()
     status = fastgd.backend_status()
     build = env.get("build") or {}
@@ -471,7 +473,6 @@ def cmd_info(args, argv):
 
 
 def _active_backend():
-    import fastgd
     try:
         return fastgd.get_backend()
     except Exception as exc:  # FASTGD_BACKEND names an unusable backend: say so, don't crash info
@@ -481,7 +482,6 @@ def _active_backend():
 # --- verify --------------------------------------------------------------------------------------
 
 def cmd_verify(args, argv):
-    import fastgd
     rules = B.parse_rules(args.rules)
     compiled = [b for b in fastgd.backends.ORDER if b != "numpy"]
     explicit = bool(args.backends)
