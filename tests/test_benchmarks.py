@@ -16,8 +16,9 @@ SMALL = ["--repeat", "1", "--threads", "1", "--stream-size", "1e5", "--no-progre
 
 @pytest.mark.parametrize("probe, big, in_cache", [
     (80.0, 50.0, True),     # the VM of the issue: 4M at 80 GB/s, 16M+ at 50
-    (60.0, 50.0, True),     # exactly 1.2x
-    (59.0, 50.0, False),
+    (65.0, 50.0, True),     # exactly 1.3x
+    (64.0, 50.0, False),
+    (61.0, 50.0, False),    # 1.22x: seen beyond the cache on a noisy VM
     (50.0, 50.0, False),    # both beyond the cache
     (40.0, 50.0, False),    # a noisy probe, slower than the big stream
     (300.0, 30.0, True),
@@ -65,7 +66,7 @@ def _rows_in_cache(monkeypatch, ratio):
     return rows
 
 
-@pytest.mark.parametrize("ratio", [0.9, 1.1, 1.3, 3.0])
+@pytest.mark.parametrize("ratio", [0.9, 1.25, 1.35, 3.0])
 def test_the_measured_ratio_decides_the_fraction(monkeypatch, ratio):
     rows = _rows_in_cache(monkeypatch, ratio)
     assert len(rows) == 2
