@@ -203,12 +203,25 @@ def get_num_threads():
     return _threads["n"] or _max_threads()
 
 
+@contextlib.contextmanager
+def use_num_threads(n):
+    """``with use_num_threads(1): ...`` runs the block with ``n`` threads, then restores the
+    previous setting exactly (also "never set": all cores)."""
+    previous = _threads["n"]
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        _threads["n"] = previous
+        _apply_threads()
+
+
 def _apply_threads():
     # Backends not loaded yet pick the setting up when they load (_Backend.load).
     for name in ("cython", "numba"):
         module = _BACKENDS[name].module
         if module is not None:
-            module.set_num_threads(_threads["n"])
+            module.set_num_threads(_threads["n"] or _max_threads())
 
 
 # --- fork safety ------------------------------------------------------------------------------

@@ -13,43 +13,72 @@ one optimizer step of one rule on one backend over arrays of one size and dtype:
                                                          access pattern (``rule.written`` arrays read
                                                          and written, the gradient read)
 
-``run_bench`` times, for each size, rule and thread count, the stream kernel and every case
-round-robin (fastgd.timing), so the bandwidth each row is divided by was measured in the same
-rounds as the row. The stream arrays are always far larger than the last-level cache.
 
-JSON schema (``fastgd bench --json FILE``), ``"schema": "fastgd-bench/1"``::
+``run_bench`` times, for each size, rule and thread count, two stream kernels of the rule's
+pattern and every case round-robin (fastgd.timing), so the bandwidth each row is divided by was
+measured in the same rounds as the row:
+
+  the big stream    arrays of max(``stream_elements``, CACHE_FACTOR x the row's elements): the
+                    memory bandwidth the rows are divided by (``fraction_of_bandwidth``)
+  the cache probe   arrays of the row's size (at least min(CACHE_PROBE_MIN, big / CACHE_FACTOR)
+                    elements, so that the call overhead does not hide the bytes; data smaller
+                    than a footprint that sits in cache sit in cache too)
+
+The row is *in cache* when the probe streams at least CACHE_RATIO (1.3) times the big stream's
+bytes per second (``cache_decision``): the data live in a cache, so a fraction of the memory
+bandwidth means nothing and is null. The size the CPU reports for its L3 is not used: VMs
+report sizes far from what they get. Presets (``fastgd bench --preset``) are other sets of
+groups in the same row format (``clip``: the norm pass, Adam and clip+Adam of every backend in
+the same rounds) or, ``callpath``, their own rows (``callpath_rows``).
+
+JSON schema (``fastgd bench --json FILE``), ``"schema": "fastgd-bench/2"`` (/1 decided "in
+cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads both)::
 
   {
-    "schema": "fastgd-bench/1",
+    "schema": "fastgd-bench/2",
     "created": "2026-11-25T13:00:00+00:00",          # UTC
     "argv": ["bench", "--quick", ...],
     "environment": {                                 # see environment()
       "fastgd", "python", "numpy", "numba", "torch", "deepspeed",   # versions (null if absent)
-      "cpu", "simd": [...], "cores", "l3_bytes", "numba_threading_layer",
-      "openmp_version", "build": {... build_info.json ...}, "peers": {name: null | "why absent"}
+      "cpu", "simd": [...], "cores", "l3_bytes" (reported, informative only),
+      "numba_threading_layer", "openmp_version", "build": {... build_info.json ...},
+      "peers": {name: null | "why absent"}
     },
-    "settings": {"rules": [...], "sizes": [{"label", "elements", "tensors"}], "dtype",
+    "settings": {"preset", "rules": [...], "sizes": [{"label", "elements", "tensors"}], "dtype",
                  "threads": [...], "backends": [...], "rounds", "min_seconds", "quick",
-                 "stream_elements"},
-    "results": [                                     # one per measured row
-      {"rule", "size", "elements", "tensors", "layout", "dtype", "threads",
+                 "stream_elements", "cache_ratio_threshold"},
+    "results": [                                     # one per measured row (presets rules, adam,
+                                                     # family, clip)
+      {"rule",                    # a rule of RULES, or "norm" (clip preset: the norm pass alone)
+       "size", "elements", "tensors", "layout", "dtype", "threads",
        "backend",                 # "stream" | "cython" | "numba" | "numpy" | "torch-fused" | ...
+                                  # (clip preset: also "cython list": the separate arrays)
        "kind",                    # "stream" | "fastgd" | "reference" | "peer"
        "seconds",                 # median seconds per step; for "stream": the time floor of
-                                  # this rule's traffic at the measured bandwidth
+                                  # this rule's traffic at the big stream's bandwidth
        "bytes_per_element",       # memory traffic of one step (float64: twice float32)
        "gbps",                    # bytes_per_element * elements / seconds / 1e9
-       "bandwidth_gbps",          # the stream kernel of this rule's pattern, same rounds
-       "fraction_of_bandwidth",   # gbps / bandwidth_gbps; null when the data fit in the L3 cache
+       "bandwidth_gbps",          # the big stream of this rule's pattern, same rounds
+       "stream_elements",         # float32 elements per array of the big stream
+       "cache_stream_gbps",       # the cache probe (this pattern at the row's size), same rounds
+       "cache_stream_elements",   # float32 elements per array of the cache probe
+       "cache_ratio",             # cache_stream_gbps / bandwidth_gbps
+       "in_cache",                # cache_ratio >= settings.cache_ratio_threshold
+       "fraction_of_bandwidth",   # gbps / bandwidth_gbps; null when in_cache
        "speedup_vs_numpy",        # reference seconds / seconds (null without a reference row)
        "speedup_vs_best_peer",    # fastest peer's seconds / seconds (null without peers)
        "speedup_vs_torch_fused",  # torch fused's seconds / seconds (null without that row)
        "estimated",               # true: timed on a subsample and scaled (quick-mode reference)
        "note"}                    # null or a short remark
     ],
+    # preset callpath instead: one row per call path (callpath_rows)
+    #  {"case", "backend", "threads", "elements", "tensors", "seconds" (per call),
+    #   "seconds_per_tensor", "vs_np_add" (seconds_per_tensor / np.add's seconds),
+    #   "vs_torch_fused" (seconds / torch.optim.AdamW(fused=True)'s; torch rows only)}
     "skipped": [{"rule", "size", "backend", "reason"}]
   }
 """
+import functools
 import gc
 import importlib
 import importlib.util
@@ -68,16 +97,36 @@ from . import backends as _backends
 from .rules import RULES
 from .timing import round_robin
 
-SCHEMA = "fastgd-bench/1"
+SCHEMA = "fastgd-bench/2"
+READABLE_SCHEMAS = ("fastgd-bench/1", SCHEMA)   # what --compare reads
 FASTGD_BACKENDS = ("cython", "numba", "numpy")
 PEERS = ("torch-fused", "torch-foreach", "deepspeed")
 # What --backends accepts: "torch" selects both torch rows.
 BACKEND_CHOICES = FASTGD_BACKENDS + ("torch", "deepspeed")
 DEFAULT_SIZES = "1e3,16e6,many"
 QUICK_SIZES = "1e3,4e6"
-STREAM_ELEMENTS = 16_000_000          # float32 elements per stream array: 64 MiB, > 2x a 32 MiB L3
+STREAM_ELEMENTS = 16_000_000          # least float32 elements per big stream array (64 MiB)
+CACHE_FACTOR = 4                      # the big stream has at least 4x the row's elements
+CACHE_PROBE_MIN = 262_144             # least elements of the cache probe (1 MiB per float32 array)
+CACHE_RATIO = 1.3                     # probe / big stream bandwidth from which a row is "in cache"
 STREAM_MAX_WRITTEN = 5               # kernels/stream.pyx MAX_WRITTEN
 REFERENCE_SUBSAMPLE = 1_000_000       # quick mode times the NumPy reference on this many elements
+
+# ``fastgd bench --preset NAME``: what each measures and its defaults (explicit options win).
+# adam, family and clip replace bench/adam_roofline.py, family_roofline.py and clip_roofline.py.
+PRESETS = {
+    "rules": {"about": "every rule (--rules) on every backend, each size against its stream",
+              "sizes": DEFAULT_SIZES, "quick_sizes": QUICK_SIZES},
+    "adam": {"about": "the rules table of Adam alone at 16M",
+             "rules": "adam", "sizes": "16e6", "quick_sizes": "4e6"},
+    "family": {"about": "the rules table of every rule at 16M",
+               "rules": "all", "sizes": "16e6", "quick_sizes": "4e6"},
+    "clip": {"about": "norm pass alone, Adam, clip+Adam fused vs torch clip_grad_norm_ + fused Adam, "
+                      "all backends in the same rounds",
+             "sizes": "16e6,many", "quick_sizes": "4e6,many", "rounds": 9},
+    "callpath": {"about": "microseconds per call on 1,000 float32: opt.step, functional.adam_, the raw "
+                          "kernel, np.add; fastgd.torch.AdamW vs torch fused on 150 tensors"},
+}
 
 
 class UsageError(ValueError):
@@ -156,6 +205,35 @@ def default_threads():
     return sorted({1, os.cpu_count() or 1})
 
 
+# --- in cache or not: measured ---------------------------------------------------------------------
+
+def stream_sizes(elements, stream_elements=STREAM_ELEMENTS):
+    """(cache probe, big stream) float32 elements per array for a row of ``elements``.
+
+    The big stream has at least CACHE_FACTOR times the row's elements (and ``stream_elements``);
+    the probe has the row's, but at least min(CACHE_PROBE_MIN, big / CACHE_FACTOR): below that
+    the call overhead of the stream kernel would hide how fast the bytes move.
+    """
+    big = max(stream_elements, CACHE_FACTOR * elements)
+    return max(elements, min(CACHE_PROBE_MIN, big // CACHE_FACTOR)), big
+
+
+def cache_decision(probe_gbps, big_gbps, threshold=CACHE_RATIO):
+    """(ratio, in_cache) of a row whose pattern streams at ``probe_gbps`` at the row's size and
+    at ``big_gbps`` over arrays several times larger: in cache when ratio >= ``threshold``.
+
+    Beyond the cache both streams move the same memory and the ratio is near 1 (on a shared
+    2-core VM, 0.6-1.22 was seen: a busy moment can slow either); from the cache it is well
+    above (1.5-3x on common CPUs: 1.7 on that VM, 1.6 on the one of issue 13). 1.3 sits
+    between: a row at the edge of the cache, only slightly faster, is treated as beyond it and
+    gets a fraction of the bandwidth.
+    """
+    if not (probe_gbps > 0 and big_gbps > 0):
+        raise ValueError(f"bandwidths must be positive; got {probe_gbps!r}, {big_gbps!r}")
+    ratio = probe_gbps / big_gbps
+    return ratio, ratio >= threshold
+
+
 # --- environment ---------------------------------------------------------------------------------
 
 def _version(module):
@@ -222,7 +300,7 @@ def numba_threading_layer():
     try:
         from ._numba._compile import PARALLEL_MIN
         rule = next(iter(RULES.values()))
-        opt = make_optimizer(rule, [np.ones(PARALLEL_MIN, np.float32)])
+        opt = rule.make([np.ones(PARALLEL_MIN, np.float32)])
         with fastgd.use_backend("numba"):
             opt.step([np.full(PARALLEL_MIN, 1e-3, np.float32)])
     except Exception as exc:  # report, don't fail, an info command
@@ -301,39 +379,13 @@ def release_pool():
     _POOL.clear()
 
 
-def _many_layout(arrays, dtype):
-    """Params and grads for the "many tensors" size: FlatParams' one buffer when it exists.
-
-    Returns (params, grads, layout). With fastgd.FlatParams the optimizer steps its contiguous
-    buffer in one pass (that is what FlatParams is for); without it, a list of separate arrays.
-    """
-    flat_cls = getattr(fastgd, "FlatParams", None)
-    total = sum(a.size for a in arrays)
-    if flat_cls is not None:
-        try:
-            fp = flat_cls(arrays)
-            def flat_attr(names):
-                for attr in names:
-                    cand = getattr(fp, attr, None)
-                    if isinstance(cand, np.ndarray) and cand.size == total:
-                        return cand
-                return None
-            buf = flat_attr(("flat", "buffer", "data", "param", "flat_param", "params_flat"))
-            if buf is not None:
-                grad = flat_attr(("grad", "flat_grad", "grad_buffer", "grads_flat"))
-                if grad is None or np.may_share_memory(grad, buf):
-                    grad = np.empty_like(buf)
-                grad[...] = _random(total, dtype, 1).reshape(buf.shape)
-                return [buf], [grad], "FlatParams"
-            note = "FlatParams exposes no flat buffer attribute this benchmark knows"
-        except Exception as exc:  # an API this code does not know: fall back, and say so
-            note = f"FlatParams({len(arrays)} arrays) failed: {type(exc).__name__}: {exc}"
-        return arrays, [_random(a.size, dtype, 1) for a in arrays], f"list ({note})"
-    return arrays, [_random(a.size, dtype, 1).reshape(a.shape) for a in arrays], "list"
-
-
 def make_arrays(size, dtype, flat=True):
-    """(params, grads, layout) for a Size; ``flat=False``: peers get the separate tensors."""
+    """(params, grads, layout) for a Size.
+
+    Many tensors: with ``flat`` one ``fastgd.FlatParams`` (params) stepped with its own gradient
+    buffer (grads None: ``opt.step()`` reads ``flat.grad``), that is what FlatParams is for;
+    without, the separate arrays (what the peers step).
+    """
     if size.tensors == 1:
         return [_random(size.elements, dtype, 0)], [_random(size.elements, dtype, 1)], "array"
     per = size.per_tensor
@@ -341,17 +393,9 @@ def make_arrays(size, dtype, flat=True):
     arrays = [pool[i * per:(i + 1) * per].copy() for i in range(size.tensors)]
     if not flat:
         return arrays, [_random(a.size, dtype, 1) for a in arrays], "list"
-    return _many_layout(arrays, dtype)
-
-
-def make_optimizer(rule, params):
-    """``rule.make(params)``; rules whose optimizer has no default lr get one."""
-    try:
-        return rule.make(params)
-    except TypeError as exc:
-        if "lr" not in str(exc):
-            raise
-        return rule.make(params, lr=1e-3)
+    fp = fastgd.FlatParams(arrays)
+    fp.grad[...] = _random(fp.size, dtype, 1)
+    return fp, None, "FlatParams"
 
 
 # --- cases ---------------------------------------------------------------------------------------
@@ -360,20 +404,14 @@ class Skip(Exception):
     """This case cannot run here; the message says why."""
 
 
-def _fastgd_case(rule, backend, size, dtype):
+def _fastgd_case(rule, backend, size, dtype, flat=True):
+    """A step on whichever backend is active: the caller activates ``backend`` (Entry.uses)."""
     ok, why = _backends.backend_status()[backend]
     if not ok:
         raise Skip(f"backend {backend} is unusable: {why}")
-    params, grads, layout = make_arrays(size, dtype)
-    opt = make_optimizer(rule, params)
-    state = _backends._state
-
-    def step():
-        # Switch the active backend without the checks of set_backend: they would cost more
-        # than a step of 1,000 elements. run_bench restores the user's backend afterwards.
-        state["active"] = backend
-        opt.step(grads)
-    return step, layout
+    params, grads, layout = make_arrays(size, dtype, flat)
+    opt = rule.make(params)
+    return (lambda: opt.step(grads)), layout
 
 
 def _torch_case(rule, mode, size, dtype):
@@ -467,7 +505,10 @@ def _deepspeed_case(rule, size, dtype):
 
 
 def make_case(rule, backend, size, dtype):
-    """(callable, layout) of one optimizer step; raises Skip with the reason it cannot run."""
+    """(callable, layout) of one optimizer step; raises Skip with the reason it cannot run.
+
+    A fastgd case steps on the active backend: activate ``backend`` (fastgd.use_backend /
+    set_backend) around calls to it."""
     if backend in FASTGD_BACKENDS:
         return _fastgd_case(rule, backend, size, dtype)
     if backend in ("torch-fused", "torch-foreach"):
@@ -482,29 +523,30 @@ def bytes_per_element(rule, dtype):
 
 
 class Stream:
-    """The Cython stream kernel over float32 arrays far larger than the cache, one per pattern."""
+    """The Cython stream kernel over float32 arrays, one pool of arrays per length."""
 
     def __init__(self, elements=STREAM_ELEMENTS):
-        self.elements = elements
+        self.elements = elements          # the default length (the least big stream)
         self.kernel = _backends.kernel("stream", "cython")
-        self._arrays = []
+        self._pools = {}
 
-    def case(self, written, dtype):
-        """(callable, elements of float32 it streams, bytes per element of the rule's dtype)."""
-        # The kernel streams at most STREAM_MAX_WRITTEN read-write arrays; a rule with more is
-        # measured against that pattern (its row's note says so).
+    def case(self, written, dtype, elements=None):
+        """(callable, float32 elements per array, bytes per float32 element) of the pattern of a
+        ``dtype`` rule that reads and writes ``written`` arrays and reads one, over ``elements``.
+
+        The kernel streams at most STREAM_MAX_WRITTEN read-write arrays; a rule with more is
+        measured against that pattern. float64: the same bytes as twice the float32 elements.
+        """
         written = min(written, STREAM_MAX_WRITTEN)
-        factor = np.dtype(dtype).itemsize // 4
-        n = self.elements * factor            # float64 rules: the same bytes as twice the floats
-        while len(self._arrays) < written + 1 or self._arrays[0].size < n:
-            if self._arrays and self._arrays[0].size < n:
-                self._arrays = []
-            self._arrays.append(np.full(n, 1e-7, dtype=np.float32))
-        read = self._arrays[0]
-        ws = self._arrays[1:written + 1]
-        kernel = self.kernel
-        bytes_f32 = 4 * (2 * written + 1)
-        return (lambda: kernel(ws, read)), n, bytes_f32
+        n = (elements or self.elements) * (np.dtype(dtype).itemsize // 4)
+        pool = self._pools.setdefault(n, [])
+        while len(pool) < written + 1:
+            pool.append(np.full(n, 1e-7, dtype=np.float32))
+        read, ws, kernel = pool[0], pool[1:written + 1], self.kernel
+        return (lambda: kernel(ws, read)), n, 4 * (2 * written + 1)
+
+    def release(self):
+        self._pools.clear()
 
 
 def expand_backends(names):
@@ -545,114 +587,338 @@ def _kind(backend):
     return "peer"
 
 
+@dataclass
+class Entry:
+    """One timed row: ``fn()`` is one step; ``uses`` the fastgd backend active while it runs."""
+    backend: str              # the row's backend label
+    kind: str                 # "fastgd" | "reference" | "peer"
+    fn: object
+    layout: str
+    uses: str = None          # None: a peer (no fastgd backend involved)
+    scale: float = 1.0        # seconds multiplier: a subsample scaled to the row's size
+    once: bool = False        # time it at the first thread count only (single-threaded NumPy)
+    seconds: float = None     # set after the first timing of a ``once`` entry
+    note: str = None
+
+
+@dataclass
+class Group:
+    """The rows of one rule over one size: bytes per element, access pattern, entries."""
+    rule: str
+    bpe: int
+    written: int
+    entries: list
+
+
+def _call_on(backend, fn):
+    if backend is None:
+        return fn()
+    with fastgd.use_backend(backend):
+        return fn()
+
+
+def _guarded(skipped, rule, size, backend, build):
+    """``build()`` -> Entry, warmed up once (lazy state, Numba's cache load, a failing step);
+    None, with the reason appended to ``skipped``, when it cannot run or fails."""
+    try:
+        entry = build()
+        _call_on(entry.uses, entry.fn)
+        return entry
+    except Skip as why:
+        reason = str(why)
+    except Exception as exc:  # a broken case must not end the whole run: report it
+        reason = f"FAILED: {type(exc).__name__}: {str(exc)[:160]}"
+    skipped.append({"rule": rule, "size": size.label, "backend": backend, "reason": reason})
+    return None
+
+
+def _rule_entry(rule, backend, size, dtype, skipped, *, quick=False, flat=True, label=None):
+    """The Entry of ``rule`` on ``backend`` at ``size`` (or None: see ``skipped``).
+
+    In quick mode the NumPy reference of sizes above REFERENCE_SUBSAMPLE is timed on a
+    subsample and scaled to the full size (rows marked ``estimated``), once for all threads.
+    """
+    case_size = size
+    if quick and backend == "numpy" and size.elements > REFERENCE_SUBSAMPLE:
+        tensors = min(size.tensors, REFERENCE_SUBSAMPLE // max(size.per_tensor, 1)) or 1
+        case_size = (Size(size.label, max(tensors * size.per_tensor, 1), tensors) if size.tensors > 1
+                     else Size(size.label, REFERENCE_SUBSAMPLE))
+    scale = size.elements / case_size.elements
+
+    def build():
+        if backend in FASTGD_BACKENDS:
+            fn, layout = _fastgd_case(rule, backend, case_size, dtype, flat)
+        else:
+            fn, layout = make_case(rule, backend, case_size, dtype)
+        return Entry(label or backend, _kind(backend), fn, layout,
+                     uses=backend if backend in FASTGD_BACKENDS else None, scale=scale,
+                     once=scale != 1, note=f"timed on {case_size.elements:,} elements, scaled (quick mode)"
+                     if scale != 1 else None)
+    return _guarded(skipped, rule.name, size, label or backend, build)
+
+
+def _entry_seconds(entry, times, key):
+    if entry.seconds is not None:
+        return entry.seconds
+    seconds = times[key] * entry.scale
+    if entry.once:
+        entry.seconds = seconds
+    return seconds
+
+
+def measure(groups, size, dtype, threads, stream, *, rounds, min_seconds):
+    """Rows of ``groups`` over ``size``: every entry and, per access pattern, the cache probe and
+    the big stream (stream_sizes), all in one round-robin; the schema's row format."""
+    dtype = np.dtype(dtype)
+    probe_n, big_n = stream_sizes(size.elements, stream.elements)
+    cands, before, streams = {}, {}, {}
+    for g in groups:
+        w = min(g.written, STREAM_MAX_WRITTEN)
+        if w not in streams:
+            streams[w] = {}
+            for which, n in (("probe", probe_n), ("big", big_n)):
+                fn, n32, b32 = stream.case(w, dtype, n)
+                cands[("stream", which, w)] = fn
+                streams[w][which] = (n32, b32)
+        for e in g.entries:
+            if e.seconds is None:
+                cands[(g.rule, e.backend)] = e.fn
+                if e.uses:
+                    before[(g.rule, e.backend)] = functools.partial(fastgd.set_backend, e.uses)
+    times = round_robin(cands, rounds=rounds, min_seconds=min_seconds, before=before)
+    rows = []
+    for g in groups:
+        w = min(g.written, STREAM_MAX_WRITTEN)
+        bw = {which: b32 * n32 / times[("stream", which, w)] for which, (n32, b32) in streams[w].items()}
+        ratio, in_cache = cache_decision(bw["probe"], bw["big"])
+        seconds = {e.backend: _entry_seconds(e, times, (g.rule, e.backend)) for e in g.entries}
+        ref = seconds.get("numpy")
+        peer_times = [seconds[e.backend] for e in g.entries if e.kind == "peer"]
+        best_peer = min(peer_times) if peer_times else None
+        fused = seconds.get("torch-fused")
+        common = {"rule": g.rule, "size": size.label, "elements": size.elements, "tensors": size.tensors,
+                  "dtype": dtype.name, "threads": threads, "bytes_per_element": g.bpe,
+                  "bandwidth_gbps": bw["big"] / 1e9, "stream_elements": streams[w]["big"][0],
+                  "cache_stream_gbps": bw["probe"] / 1e9, "cache_stream_elements": streams[w]["probe"][0],
+                  "cache_ratio": ratio, "in_cache": in_cache}
+        more = f" (the rule writes {g.written}: measured against {w})" if g.written > w else ""
+        rows.append({**common, "layout": "stream", "backend": "stream", "kind": "stream",
+                     "seconds": g.bpe * size.elements / bw["big"], "gbps": bw["big"] / 1e9,
+                     "fraction_of_bandwidth": None if in_cache else 1.0, "speedup_vs_numpy": None,
+                     "speedup_vs_best_peer": None, "speedup_vs_torch_fused": None, "estimated": False,
+                     "note": f"{w} arrays read+written, 1 read{more}; {streams[w]['big'][0]:,} float32 "
+                             f"elements each (cache probe: {streams[w]['probe'][0]:,})"})
+        for e in g.entries:
+            t = seconds[e.backend]
+            gbps = g.bpe * size.elements / t
+            rows.append({**common, "layout": e.layout, "backend": e.backend, "kind": e.kind, "seconds": t,
+                         "gbps": gbps / 1e9, "fraction_of_bandwidth": None if in_cache else gbps / bw["big"],
+                         "speedup_vs_numpy": ref / t if ref else None,
+                         "speedup_vs_best_peer": best_peer / t if best_peer else None,
+                         "speedup_vs_torch_fused": fused / t if fused else None,
+                         "estimated": e.scale != 1, "note": e.note})
+    return rows
+
+
+def run_groups(units, *, sizes, dtype, threads, rounds=7, min_seconds=0.05, stream_elements=STREAM_ELEMENTS,
+               progress=None):
+    """``units(size)`` yields (label, [Group]); each is measured once per thread count.
+
+    The user's backend and thread settings (fastgd's and torch's) are restored afterwards.
+    """
+    results = []
+    torch = sys.modules.get("torch")
+    previous_torch_threads = torch.get_num_threads() if torch else None
+    stream = Stream(stream_elements)
+    try:
+        with fastgd.use_backend(fastgd.get_backend()), _backends.use_num_threads(fastgd.get_num_threads()):
+            for size in sizes:
+                for label, groups in units(size):
+                    for nthreads in threads:
+                        set_threads(nthreads)
+                        if progress:
+                            progress(f"{label} {size.label} {np.dtype(dtype).name} threads={nthreads}")
+                        results += measure(groups, size, dtype, nthreads, stream, rounds=rounds,
+                                           min_seconds=min_seconds)
+                    del groups
+                    gc.collect()
+                stream.release()
+    finally:
+        if previous_torch_threads is not None:
+            torch.set_num_threads(previous_torch_threads)
+        release_pool()
+    return results
+
+
 def run_bench(*, rules, sizes, dtype, threads, backends, rounds=7, min_seconds=0.05, quick=False,
               stream_elements=STREAM_ELEMENTS, progress=None):
-    """Time every case; return (results, skipped) in the JSON schema's row format.
+    """The rules table (presets rules, adam, family): (results, skipped) in the schema's format.
 
-    ``progress(description)`` is called before each round-robin group (size x rule x threads).
-    In quick mode the NumPy reference of sizes above REFERENCE_SUBSAMPLE is timed on a
-    subsample, scaled to the full size (rows marked ``estimated``), once per rule and size.
+    One round-robin group per size x rule x threads; ``progress(description)`` before each.
     """
     dtype = np.dtype(dtype)
     rows_backends = expand_backends(backends)
-    stream = Stream(stream_elements)
-    cache_bytes = l3_bytes() or 32 * 1024 ** 2
-    results, skipped = [], []
-    previous_backend = _backends._state["active"]
-    previous_threads = _backends._threads["n"]
-    previous_torch_threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
-    try:
-        for size in sizes:
-            for name in rules:
-                rule = RULES[name]
-                cases, layouts = {}, {}
-                estimated = {}
-                for backend in rows_backends:
-                    case_size = size
-                    if (quick and backend == "numpy" and size.elements > REFERENCE_SUBSAMPLE):
-                        tensors = min(size.tensors, REFERENCE_SUBSAMPLE // max(size.per_tensor, 1)) or 1
-                        case_size = Size(size.label, max(tensors * size.per_tensor, 1), tensors) \
-                            if size.tensors > 1 else Size(size.label, REFERENCE_SUBSAMPLE)
-                        estimated[backend] = size.elements / case_size.elements
-                    try:
-                        fn, layout = make_case(rule, backend, case_size, dtype)
-                        fn()   # lazy state, Numba's cache load; and a step that fails is reported
-                    except Skip as why:
-                        skipped.append({"rule": name, "size": size.label, "backend": backend,
-                                        "reason": str(why)})
-                        continue
-                    except Exception as exc:  # a broken case must not end the whole run: report it
-                        skipped.append({"rule": name, "size": size.label, "backend": backend,
-                                        "reason": f"FAILED: {type(exc).__name__}: {str(exc)[:160]}"})
-                        continue
-                    cases[backend], layouts[backend] = fn, layout
-                # Reference timed once (it is single-threaded NumPy) when estimated.
-                reference_once = {}
-                for nthreads in threads:
-                    set_threads(nthreads)
-                    if progress:
-                        progress(f"{name} {size.label} {dtype.name} threads={nthreads}")
-                    s_fn, s_n, s_bytes = stream.case(rule.written, dtype)
-                    cand = {"stream": s_fn}
-                    for backend, fn in cases.items():
-                        if backend in reference_once:
-                            continue
-                        cand[backend] = fn
-                    times = round_robin(cand, rounds=rounds, min_seconds=min_seconds)
-                    for backend in estimated:
-                        if backend in times:
-                            times[backend] *= estimated[backend]
-                            reference_once[backend] = times[backend]
-                        elif backend in reference_once:
-                            times[backend] = reference_once[backend]
-                    bw = s_bytes * s_n / times["stream"]
-                    bpe = bytes_per_element(rule, dtype)
-                    in_cache = size.elements * bpe <= cache_bytes
-                    ref = times.get("numpy")
-                    peer_times = [t for b, t in times.items() if b in PEERS]
-                    best_peer = min(peer_times) if peer_times else None
-                    order = ["stream"] + [b for b in rows_backends if b in times]
-                    for backend in order:
-                        t = times[backend]
-                        if backend == "stream":
-                            gbps = bw
-                        else:
-                            gbps = bpe * size.elements / t
-                        note = None
-                        if backend == "numpy" and backend in estimated:
-                            note = (f"timed on {size.elements / estimated[backend]:,.0f} elements, "
-                                    "scaled (quick mode)")
-                        elif backend == "stream":
-                            note = (f"{min(rule.written, STREAM_MAX_WRITTEN)} arrays read+written, 1 read; "
-                                    f"{s_n:,} float32 elements each")
-                        results.append({
-                            "rule": name, "size": size.label, "elements": size.elements,
-                            "tensors": size.tensors,
-                            "layout": "stream" if backend == "stream" else layouts[backend],
-                            "dtype": dtype.name, "threads": nthreads, "backend": backend,
-                            "kind": "stream" if backend == "stream" else _kind(backend),
-                            "seconds": t if backend != "stream" else t * bpe * size.elements / (s_bytes * s_n),
-                            "bytes_per_element": bpe,
-                            "gbps": gbps / 1e9,
-                            "bandwidth_gbps": bw / 1e9,
-                            "fraction_of_bandwidth": None if in_cache else gbps / bw,
-                            "speedup_vs_numpy": (ref / t) if (ref and backend != "stream") else None,
-                            "speedup_vs_best_peer": (best_peer / t) if (best_peer and backend != "stream") else None,
-                            "speedup_vs_torch_fused": (times["torch-fused"] / t)
-                            if ("torch-fused" in times and backend != "stream") else None,
-                            "estimated": backend in estimated,
-                            "note": note,
-                        })
-                cases.clear()
-                gc.collect()
-    finally:
-        _backends._state["active"] = previous_backend
-        fastgd.set_num_threads(previous_threads or os.cpu_count() or 1)
-        _backends._threads["n"] = previous_threads
-        if previous_torch_threads is not None:
-            sys.modules["torch"].set_num_threads(previous_torch_threads)
-        release_pool()
+    skipped = []
+
+    def units(size):
+        for name in rules:
+            rule = RULES[name]
+            entries = [_rule_entry(rule, b, size, dtype, skipped, quick=quick) for b in rows_backends]
+            yield name, [Group(name, bytes_per_element(rule, dtype), rule.written, [e for e in entries if e])]
+    results = run_groups(units, sizes=sizes, dtype=dtype, threads=threads, rounds=rounds,
+                         min_seconds=min_seconds, stream_elements=stream_elements, progress=progress)
     return results, skipped
+
+
+# --- preset clip ---------------------------------------------------------------------------------
+
+CLIP_BACKENDS = ("cython", "numba", "torch-fused")
+CLIP_RULES = ("adam", "clip_adam")
+
+
+def _norm_entry(backend, size, dtype):
+    """The norm pass alone (fastgd.functional.global_norm): a read-only stream of the gradient."""
+    grads = [_random(size.elements, dtype, 1)]
+    return Entry(backend, "fastgd", lambda: fastgd.functional.global_norm(grads),
+                 "FlatParams" if size.tensors > 1 else "array", uses=backend)
+
+
+def run_clip(*, sizes, dtype, threads, backends, rounds=9, min_seconds=0.05, stream_elements=STREAM_ELEMENTS,
+             progress=None):
+    """Preset clip: per size and thread count, in one round-robin, the norm pass alone (rule
+    "norm", 4 bytes/element, against a read-only stream), Adam and clip+Adam fused (rules adam
+    and clip_adam, against the Adam-pattern stream) on every compiled backend, torch fused Adam
+    and clip_grad_norm_(foreach=True) + fused Adam; over many tensors also fastgd on the
+    separate arrays (backend "<name> list") next to the FlatParams rows."""
+    dtype = np.dtype(dtype)
+    rows_backends = [b for b in expand_backends(backends) if b in CLIP_BACKENDS]
+    compiled = [b for b in rows_backends if b in FASTGD_BACKENDS]
+    skipped = []
+
+    def units(size):
+        norm = [_guarded(skipped, "norm", size, b, lambda b=b: _norm_entry(b, size, dtype)) for b in compiled]
+        groups = [Group("norm", 4 * dtype.itemsize // 4, 0, [e for e in norm if e])]
+        for name in CLIP_RULES:
+            rule = RULES[name]
+            entries = [_rule_entry(rule, b, size, dtype, skipped) for b in rows_backends]
+            if size.tensors > 1:
+                entries += [_rule_entry(rule, b, size, dtype, skipped, flat=False, label=f"{b} list")
+                            for b in compiled]
+            groups.append(Group(name, bytes_per_element(rule, dtype), rule.written, [e for e in entries if e]))
+        yield "norm, adam, clip_adam", groups
+    results = run_groups(units, sizes=sizes, dtype=dtype, threads=threads, rounds=rounds,
+                         min_seconds=min_seconds, stream_elements=stream_elements, progress=progress)
+    return results, skipped
+
+
+# --- preset callpath -----------------------------------------------------------------------------
+
+CALLPATH_ELEMENTS = 1_000
+CALLPATH_TENSORS = 150
+CALLPATH_BACKENDS = ("cython", "numba", "torch")
+
+
+def _callpath_cases(backend, rng):
+    """{case: (fn, tensors)} of the Adam call paths on one compiled backend, 1,000 float32."""
+    n = CALLPATH_ELEMENTS
+
+    def arrays(k):
+        return [rng.standard_normal(n).astype(np.float32) for _ in range(k)]
+    p, g = arrays(2)
+    opt = fastgd.Adam([p])
+    fp, fg, fm, fv = arrays(2) + [np.zeros(n, np.float32) for _ in range(2)]
+    counter = [0]
+
+    def functional():
+        counter[0] += 1
+        fastgd.functional.adam_(fp, fg, fm, fv, step=counter[0])
+    kp, kg, km, kv = arrays(2) + [np.zeros(n, np.float32) for _ in range(2)]
+    adam = _backends.kernel("adam", backend)
+    beta1, beta2 = 0.9, 0.999
+    # The kernel functional.adam_ calls, with the arguments it passes (step 10's bias corrections).
+    args = (kp, kg, kp, km, kv, kv, 1.0, False, False, 1e-3, beta1, beta2, 1e-8, 0.0, False, False,
+            1 - beta1 ** 10, 1 - beta2 ** 10)
+    return {"opt.step": (lambda: opt.step([g]), 1), "functional.adam_": (functional, 1),
+            "kernel": (lambda: adam(*args), 1)}
+
+
+def _torch_params(torch, rng):
+    params = []
+    for _ in range(CALLPATH_TENSORS):
+        t = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(CALLPATH_ELEMENTS).astype(np.float32)))
+        t.grad = torch.from_numpy(rng.standard_normal(CALLPATH_ELEMENTS).astype(np.float32))
+        params.append(t)
+    return params
+
+
+def run_callpath(*, threads, backends, rounds=7, min_seconds=0.05, progress=None):
+    """Preset callpath: (rows, skipped). In one round-robin per thread count, for each compiled
+    backend ``opt.step([g])`` of fastgd.Adam, ``functional.adam_`` and the raw kernel on 1,000
+    float32, ``np.add(a, b, out=c)`` on 1,000 float32 (the yardstick), and with torch
+    fastgd.torch.AdamW over 150 tensors of 1,000 against torch.optim.AdamW(fused=True)."""
+    rng = np.random.default_rng(0)
+    skipped, cases = [], {}          # (case, backend) -> (fn, tensors, uses)
+    compiled = [b for b in backends if b in ("cython", "numba")]
+
+    def skip(case, backend, exc):
+        skipped.append({"rule": case, "size": f"{CALLPATH_ELEMENTS:,}", "backend": backend,
+                        "reason": f"FAILED: {type(exc).__name__}: {str(exc)[:160]}"})
+
+    def add(case, backend, build, uses):
+        try:
+            fn, tensors = build()
+            _call_on(uses, fn)
+        except Exception as exc:  # an API being rewritten, a backend that fails: a skipped row
+            return skip(case, backend, exc)
+        cases[(case, backend)] = (fn, tensors, uses)
+    for b in compiled:
+        try:
+            built = _callpath_cases(b, rng)
+        except Exception as exc:  # noqa: BLE001 - one skipped row for the backend's cases
+            skip("opt.step, functional.adam_, kernel", b, exc)
+            continue
+        for case, (fn, tensors) in built.items():
+            add(case, b, lambda fn=fn, tensors=tensors: (fn, tensors), b)
+    x, y, out = (rng.standard_normal(CALLPATH_ELEMENTS).astype(np.float32) for _ in range(3))
+    add("np.add", "numpy", lambda: ((lambda: np.add(x, y, out=out)), 1), None)
+    torch_why = peer_status()["torch"]
+    if "torch" in backends and torch_why is None:
+        import torch
+
+        import fastgd.torch as ft
+        for b in compiled:
+            add("fastgd.torch.AdamW", b, lambda: (ft.AdamW(_torch_params(torch, rng)).step, CALLPATH_TENSORS), b)
+        add("torch.optim.AdamW(fused)", "torch",
+            lambda: (torch.optim.AdamW(_torch_params(torch, rng), fused=True).step, CALLPATH_TENSORS), None)
+    elif "torch" in backends:
+        skipped.append({"rule": "fastgd.torch.AdamW", "size": f"{CALLPATH_TENSORS}x{CALLPATH_ELEMENTS:,}",
+                        "backend": "torch", "reason": torch_why})
+    rows = []
+    torch_mod = sys.modules.get("torch")
+    previous_torch_threads = torch_mod.get_num_threads() if torch_mod else None
+    try:
+        with fastgd.use_backend(fastgd.get_backend()), _backends.use_num_threads(fastgd.get_num_threads()):
+            for nthreads in threads:
+                set_threads(nthreads)
+                if progress:
+                    progress(f"call paths, threads={nthreads}")
+                before = {k: functools.partial(fastgd.set_backend, uses)
+                          for k, (_, _, uses) in cases.items() if uses}
+                times = round_robin({k: fn for k, (fn, _, _) in cases.items()}, rounds=rounds,
+                                    min_seconds=min_seconds, before=before)
+                yardstick = times.get(("np.add", "numpy"))
+                fused = times.get(("torch.optim.AdamW(fused)", "torch"))
+                for (case, backend), t in times.items():
+                    tensors = cases[(case, backend)][1]
+                    rows.append({"case": case, "backend": backend, "threads": nthreads,
+                                 "elements": CALLPATH_ELEMENTS, "tensors": tensors, "seconds": t,
+                                 "seconds_per_tensor": t / tensors,
+                                 "vs_np_add": t / tensors / yardstick if yardstick else None,
+                                 "vs_torch_fused": t / fused if (fused and tensors > 1) else None})
+    finally:
+        if previous_torch_threads is not None:
+            torch_mod.set_num_threads(previous_torch_threads)
+    return rows, skipped
 
 
 def load_json(path):
@@ -664,7 +930,8 @@ def load_json(path):
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise UsageError(f"{path} is not JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("results"), list):
+    if (not isinstance(data, dict) or data.get("schema") not in READABLE_SCHEMAS
+            or not isinstance(data.get("results"), list)):
         raise UsageError(f"{path} is not a `fastgd bench --json` file (schema {SCHEMA})")
     return data
 
@@ -684,7 +951,7 @@ def _verify_run(rule, backend, n, dtype, steps, seed):
     rng = np.random.default_rng(seed)
     param = rng.standard_normal(n).astype(dtype)
     grads = [rng.standard_normal(n).astype(dtype) for _ in range(steps)]
-    opt = make_optimizer(rule, [param])
+    opt = rule.make([param])
     with fastgd.use_backend(backend):
         for g in grads:
             opt.step([g])

@@ -1,7 +1,8 @@
 """The ``fastgd`` command (also ``python -m fastgd``): bench, verify, info, demo.
 
-    fastgd bench [--rules adam,sgd,...] [--sizes 1e3,16e6,many] [--dtype float32|float64]
-                 [--threads 1,2] [--backends cython,numba,numpy,torch,deepspeed] [--repeat N]
+    fastgd bench [--preset rules|adam|family|clip|callpath] [--rules adam,sgd,...]
+                 [--sizes 1e3,16e6,many] [--dtype float32|float64] [--threads 1,2]
+                 [--backends cython,numba,numpy,torch,deepspeed] [--repeat N]
                  [--quick] [--json FILE] [--plot FILE.png] [--stream-size N]
     fastgd bench --compare A.json B.json
     fastgd verify [--rules ...] [--backends cython,numba]
@@ -10,8 +11,10 @@
 
 ``bench`` measures, in the same rounds, the memory bandwidth of a stream kernel with each rule's
 access pattern and the step of every rule on every backend, and prints the median time, GB/s,
-the fraction of that bandwidth, and the speedups over the NumPy reference and over the fastest
-peer present (torch fused/foreach, DeepSpeed). The JSON schema is in fastgd/benchmarks.py.
+the fraction of that bandwidth (or "cache" when a stream at the row's size is measured clearly
+faster than the big one), and the speedups over the NumPy reference and over the fastest peer
+present (torch fused/foreach, DeepSpeed). ``--preset`` picks other measurements (clip,
+callpath; benchmarks.PRESETS). The JSON schema is in fastgd/benchmarks.py.
 Bad arguments print a message and exit with status 2; ``verify`` exits 1 when a backend
 disagrees with the reference.
 """
@@ -22,6 +25,7 @@ import sys
 
 import numpy as np
 
+import fastgd
 from . import benchmarks as B
 from .rules import RULES
 
@@ -158,7 +162,7 @@ def _check_requested_backends(names):
     status = None
     for name in names:
         if name in B.FASTGD_BACKENDS:
-            status = status or B._backends.backend_status()
+            status = status or fastgd.backend_status()
             ok, why = status[name]
             if not ok:
                 raise B.UsageError(f"backend {name} is unusable here: {why}")
@@ -183,11 +187,12 @@ def _header(env, settings):
         f"OpenMP {env.get('openmp_version')}",
     ]
     if settings is not None:
+        streams = "" if settings["preset"] == "callpath" else (
+            f", stream arrays of max({settings['stream_elements']:,}, {B.CACHE_FACTOR}x the row) float32")
         lines.append(
-            f"Run: dtype {settings['dtype']}, threads {','.join(map(str, settings['threads']))}, "
-            f"{settings['rounds']} round-robin rounds (medians), stream arrays of "
-            f"{settings['stream_elements']:,} float32"
-            + ("; QUICK mode" if settings["quick"] else ""))
+            f"Run: preset {settings['preset']}, dtype {settings['dtype']}, threads "
+            f"{','.join(map(str, settings['threads']))}, {settings['rounds']} round-robin rounds (medians)"
+            + streams + ("; QUICK mode" if settings["quick"] else ""))
     for peer, why in (env.get("peers") or {}).items():
         if why:
             lines.append(f"No {peer} rows: {why}")
@@ -206,38 +211,46 @@ def _bench_tables(data):
         sub = [r for r in results if r["size"] == size]
         layout = next((r["layout"] for r in sub if r["kind"] == "fastgd"), None)
         fused = any(r["backend"] == "torch-fused" for r in sub)
+        reference = any(r["backend"] == "numpy" for r in sub)
         for r in sub:
             group = (r["rule"], r["threads"])
             if group != last_group:
                 sections.append(len(rows))
                 last_group = group
             stream = r["backend"] == "stream"
+            cache = (("in " if r["in_cache"] else "out ") + f"{r['cache_ratio']:.2f}x") if stream else ""
+            speedups = [(r["speedup_vs_numpy"], ".1f")] if reference else []
+            speedups += [(r.get("speedup_vs_torch_fused"), ".2f")] if fused else []
+            speedups += [(r["speedup_vs_best_peer"], ".2f")]
             rows.append([
                 r["rule"] if stream else "",
                 str(r["threads"]) if stream else "",
                 "stream (bw)" if stream else r["backend"],
                 ("floor " if stream else ("~" if r["estimated"] else "")) + _fmt_time(r["seconds"]),
                 _fmt(r["gbps"], ".1f"),
-                _fmt(r["fraction_of_bandwidth"], ".2f", "cache"),
-                "" if stream else _fmt(r["speedup_vs_numpy"], ".1f"),
-            ] + (["" if stream else _fmt(r.get("speedup_vs_torch_fused"), ".2f")] if fused else []) + [
-                "" if stream else _fmt(r["speedup_vs_best_peer"], ".2f"),
-            ])
+                _fmt(r["fraction_of_bandwidth"], ".2f", "cache"), cache,
+            ] + ["" if stream else _fmt(x, spec) for x, spec in speedups])
         sub0 = sub[0]
         title = (f"{size} elements" + (f" ({sub0['tensors']:,} tensors, {layout})" if sub0["tensors"] > 1 else "")
                  + f", {sub0['dtype']}")
-        notes = ["floor: this rule's bytes at the stream bandwidth; of bw: GB/s / stream GB/s "
-                 "(cache: the data fit in the L3 cache); x numpy, x fused (torch fused), x peer (fastest "
-                 "of torch/DeepSpeed): speedups"]
+        notes = ["floor: this rule's bytes at the stream bandwidth; of bw: GB/s / stream GB/s; "
+                 "in cache: the rule's pattern streamed at this size (the probe) is >= "
+                 f"{B.CACHE_RATIO}x faster per byte than the big stream (ratio shown), so no fraction; "
+                 "x numpy, x fused (torch fused), x peer (fastest of torch/DeepSpeed): speedups"]
         if any(r["estimated"] for r in sub):
             notes.append("~ NumPy reference timed on a 1M-element subsample and scaled (quick mode); "
                          "run without --quick for a measured reference.")
         caption = "\n".join(notes)
         columns = [("rule", "left"), ("thr", "right"), ("backend", "left"), ("time", "right"),
-                   ("GB/s", "right"), ("of bw", "right"), ("x numpy", "right")]
+                   ("GB/s", "right"), ("of bw", "right"), ("cache", "right")]
+        columns += [("x numpy", "right")] if reference else []
         columns += [("x fused", "right")] if fused else []
         columns += [("x peer", "right")]
         _show_table(title, columns, rows, sections=sections, caption=caption)
+    _skipped(data)
+
+
+def _skipped(data):
     skipped = {}
     for s in data.get("skipped", []):
         skipped.setdefault((s["backend"], s["reason"]), []).append(s["rule"])
@@ -245,6 +258,24 @@ def _bench_tables(data):
         _print("Rows not measured:")
         for (backend, reason), rules in skipped.items():
             _print(f"  {backend}: {reason} ({', '.join(dict.fromkeys(rules))})")
+
+
+def _callpath_table(data):
+    results = data["results"]
+    for threads in dict.fromkeys(r["threads"] for r in results):
+        rows = []
+        for r in (r for r in results if r["threads"] == threads):
+            per = f" ({_fmt_time(r['seconds_per_tensor'])}/tensor)" if r["tensors"] > 1 else ""
+            rows.append([r["case"], r["backend"], f"{r['tensors']}x{r['elements']:,}",
+                         _fmt_time(r["seconds"]) + per, _fmt(r["vs_np_add"], ".1f"),
+                         _fmt(r["vs_torch_fused"], ".2f", "")])
+        _show_table(f"call paths, float32, threads={threads}",
+                    [("call", "left"), ("backend", "left"), ("arrays", "right"), ("time per call", "right"),
+                     ("x np.add", "right"), ("x torch fused", "right")], rows,
+                    caption="x np.add: time per call (per tensor for the 150-tensor rows) / np.add(a, b, out=c)"
+                            " on 1,000 float32; x torch fused: time / torch.optim.AdamW(fused=True)'s "
+                            "(> 1: slower)")
+    _skipped(data)
 
 
 def _plot(data, path):
@@ -284,8 +315,8 @@ def _plot(data, path):
 def _compare(path_a, path_b):
     a, b = B.load_json(path_a), B.load_json(path_b)
 
-    def key(r):
-        return (r["rule"], r["size"], r["dtype"], r["threads"], r["backend"])
+    def key(r):   # callpath rows: their call in place of the rule, no size or dtype
+        return (r.get("rule", r.get("case")), r.get("size", ""), r.get("dtype", ""), r["threads"], r["backend"])
     index_b = {key(r): r for r in b["results"]}
     rows, sections, last = [], [], None
     for ra in a["results"]:
@@ -297,9 +328,9 @@ def _compare(path_a, path_b):
             sections.append(len(rows))
             last = group
         ratio = ra["seconds"] / rb["seconds"] if rb["seconds"] else None
-        rows.append([ra["rule"], ra["size"], str(ra["threads"]), ra["backend"], _fmt_time(ra["seconds"]),
+        rows.append([key(ra)[0], key(ra)[1], str(ra["threads"]), ra["backend"], _fmt_time(ra["seconds"]),
                      _fmt_time(rb["seconds"]), _fmt(ratio, ".2f"),
-                     _fmt(ra["fraction_of_bandwidth"], ".2f"), _fmt(rb["fraction_of_bandwidth"], ".2f")])
+                     _fmt(ra.get("fraction_of_bandwidth"), ".2f"), _fmt(rb.get("fraction_of_bandwidth"), ".2f")])
     if not rows:
         raise B.UsageError(f"{path_a} and {path_b} have no row in common (rule, size, dtype, threads, backend)")
     _print(f"A: {path_a} ({a['created'][:16]}, {a['environment']['cpu']})")
@@ -311,11 +342,18 @@ def _compare(path_a, path_b):
     return 0
 
 
-def cmd_bench(args, argv):
-    if args.compare:
-        return _compare(*args.compare)
-    rules = B.parse_rules(args.rules)
-    sizes = B.parse_sizes(args.sizes or (B.QUICK_SIZES if args.quick else B.DEFAULT_SIZES))
+def _bench_settings(args):
+    """Parsed, checked options of ``bench`` (UsageError on a bad one), the preset's defaults applied."""
+    preset = B.PRESETS[args.preset]
+    if args.rules and args.preset != "rules":
+        raise B.UsageError(f"--rules applies to --preset rules only (--preset {args.preset} has its own)")
+    if args.sizes and "sizes" not in preset:
+        raise B.UsageError(f"--sizes does not apply to --preset {args.preset} (its sizes are fixed)")
+    if args.plot and args.preset == "callpath":
+        raise B.UsageError("--plot does not apply to --preset callpath")
+    rules = B.parse_rules(args.rules or preset.get("rules"))
+    sizes = B.parse_sizes(args.sizes or preset[("quick_sizes" if args.quick else "sizes")]) \
+        if "sizes" in preset else []
     threads = B.parse_threads(args.threads) if args.threads else B.default_threads()
     if args.backends:
         backends = _backend_list(args.backends, B.BACKEND_CHOICES)
@@ -325,6 +363,39 @@ def cmd_bench(args, argv):
     if args.repeat is not None and args.repeat < 1:
         raise B.UsageError(f"--repeat must be >= 1; got {args.repeat}")
     stream_elements = B._count(args.stream_size, "--stream-size") if args.stream_size else B.STREAM_ELEMENTS
+    cython_ok, cython_why = fastgd.backend_status()["cython"]
+    if not cython_ok and args.preset != "callpath":
+        raise B.UsageError("the bandwidth is measured with the Cython stream kernel, and the Cython "
+                           f"extension is unusable: {cython_why}")
+    rounds = args.repeat or (3 if args.quick else preset.get("rounds", 7))
+    return {"preset": args.preset, "rules": rules if args.preset in ("rules", "adam", "family") else [],
+            "sizes": [{"label": s.label, "elements": s.elements, "tensors": s.tensors} for s in sizes],
+            "dtype": args.dtype, "threads": threads, "backends": backends, "rounds": rounds,
+            "min_seconds": 0.005 if args.quick else 0.05, "quick": bool(args.quick),
+            "stream_elements": stream_elements, "cache_ratio_threshold": B.CACHE_RATIO}, sizes
+
+
+def _run_preset(settings, sizes, progress):
+    common = {"threads": settings["threads"], "backends": settings["backends"], "rounds": settings["rounds"],
+              "min_seconds": settings["min_seconds"], "progress": progress}
+    if settings["preset"] == "callpath":
+        return B.run_callpath(**common)
+    common.update(sizes=sizes, dtype=settings["dtype"], stream_elements=settings["stream_elements"])
+    if settings["preset"] == "clip":
+        return B.run_clip(**common)
+    return B.run_bench(rules=settings["rules"], quick=settings["quick"], **common)
+
+
+def _groups(settings, sizes):
+    """Round-robin groups the run has (for the progress bar)."""
+    per_size = {"callpath": 0, "clip": 1}.get(settings["preset"], len(settings["rules"]))
+    return max(1, len(sizes) * per_size) * len(settings["threads"])
+
+
+def cmd_bench(args, argv):
+    if args.compare:
+        return _compare(*args.compare)
+    settings, sizes = _bench_settings(args)
     json_path = _writable(args.json, "--json") if args.json else None
     plot_path = _writable(args.plot, "--plot") if args.plot else None
     if plot_path:
@@ -332,31 +403,22 @@ def cmd_bench(args, argv):
             import matplotlib  # noqa: F401
         except ImportError:
             raise B.UsageError(f"--plot needs matplotlib, which is not installed ({BENCH_EXTRA})") from None
-    if B._backends.backend_status()["cython"][0] is False:
-        raise B.UsageError("the bandwidth is measured with the Cython stream kernel, and the Cython "
-                           f"extension is unusable: {B._backends.backend_status()['cython'][1]}")
-    rounds = args.repeat or (3 if args.quick else 7)
-    min_seconds = 0.005 if args.quick else 0.05
-    settings = {"rules": rules, "sizes": [{"label": s.label, "elements": s.elements, "tensors": s.tensors}
-                                          for s in sizes],
-                "dtype": args.dtype, "threads": threads, "backends": backends, "rounds": rounds,
-                "min_seconds": min_seconds, "quick": bool(args.quick), "stream_elements": stream_elements}
     env = B.environment()
     for line in _header(env, settings):
         _print(line)
     if _rich is None:
         _print(f"(plain-text tables: {BENCH_EXTRA} for rich tables and a progress bar)")
     _print()
-    with _Progress(len(sizes) * len(rules) * len(threads), quiet=args.no_progress) as progress:
-        results, skipped = B.run_bench(rules=rules, sizes=sizes, dtype=args.dtype, threads=threads,
-                                       backends=backends, rounds=rounds, min_seconds=min_seconds,
-                                       quick=args.quick, stream_elements=stream_elements,
-                                       progress=progress)
+    with _Progress(_groups(settings, sizes), quiet=args.no_progress) as progress:
+        results, skipped = _run_preset(settings, sizes, progress)
     data = {"schema": B.SCHEMA,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "argv": list(argv), "environment": env, "settings": settings,
             "results": results, "skipped": skipped}
-    _bench_tables(data)
+    if settings["preset"] == "callpath":
+        _callpath_table(data)
+    else:
+        _bench_tables(data)
     if json_path:
         import json
         with open(json_path, "w") as f:
@@ -371,7 +433,6 @@ def cmd_bench(args, argv):
 # --- info ----------------------------------------------------------------------------------------
 
 def cmd_info(args, argv):
-    import fastgd
     env = B.environment()
     status = fastgd.backend_status()
     build = env.get("build") or {}
@@ -412,7 +473,6 @@ def cmd_info(args, argv):
 
 
 def _active_backend():
-    import fastgd
     try:
         return fastgd.get_backend()
     except Exception as exc:  # FASTGD_BACKEND names an unusable backend: say so, don't crash info
@@ -422,7 +482,6 @@ def _active_backend():
 # --- verify --------------------------------------------------------------------------------------
 
 def cmd_verify(args, argv):
-    import fastgd
     rules = B.parse_rules(args.rules)
     compiled = [b for b in fastgd.backends.ORDER if b != "numpy"]
     explicit = bool(args.backends)
@@ -482,6 +541,9 @@ def build_parser():
     rules = ", ".join(RULES)
     b = sub.add_parser("bench", help="time every rule on every backend against the measured memory bandwidth",
                        description="Time optimizer steps against a stream kernel measured in the same run.")
+    presets = "; ".join(f"{name}: {p['about']}" for name, p in B.PRESETS.items())
+    b.add_argument("--preset", choices=tuple(B.PRESETS), default="rules", help=f"what to measure (default "
+                   f"rules). {presets}")
     b.add_argument("--rules", help=f"comma-separated rules, or all (default). Known: {rules}")
     b.add_argument("--sizes", help=f"comma-separated sizes: elements (1e3, 16e6), 'many' (1,000 tensors of "
                    f"1,000) or KxN (K tensors of N). Default {B.DEFAULT_SIZES} ({B.QUICK_SIZES} with --quick)")
@@ -495,8 +557,8 @@ def build_parser():
     b.add_argument("--json", metavar="FILE", help="write every row to FILE (schema: fastgd/benchmarks.py)")
     b.add_argument("--plot", metavar="FILE.png", help="write a matplotlib chart (fraction of bandwidth)")
     b.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="ratio table of two --json runs")
-    b.add_argument("--stream-size", metavar="N", help=f"float32 elements per stream array "
-                   f"(default {B.STREAM_ELEMENTS:,}: far larger than the L3 cache)")
+    b.add_argument("--stream-size", metavar="N", help=f"least float32 elements per big-stream array "
+                   f"(default {B.STREAM_ELEMENTS:,}; at least {B.CACHE_FACTOR}x the row's elements)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     v = sub.add_parser("verify", help="check every backend against the NumPy reference for every rule")
     v.add_argument("--rules", help=f"comma-separated rules (default all). Known: {rules}")

@@ -8,16 +8,25 @@ import statistics
 import time
 
 
-def round_robin(candidates, rounds=7, min_seconds=0.02, warmup=1):
+def round_robin(candidates, rounds=7, min_seconds=0.02, warmup=1, before=None):
     """Median seconds per call of each zero-argument callable in ``candidates`` (a dict).
 
     Each round calls every candidate enough times to run at least ``min_seconds``.
+    ``before``: {name: zero-argument callable} run, untimed, before each batch of calls of that
+    candidate (e.g. ``functools.partial(fastgd.set_backend, "numba")``).
     """
-    for fn in candidates.values():
+    before = before or {}
+
+    def prepare(name):
+        if name in before:
+            before[name]()
+    for name, fn in candidates.items():
+        prepare(name)
         for _ in range(warmup):
             fn()
     reps = {}
     for name, fn in candidates.items():
+        prepare(name)
         t0 = time.perf_counter()
         fn()
         one = max(time.perf_counter() - t0, 1e-7)
@@ -26,6 +35,7 @@ def round_robin(candidates, rounds=7, min_seconds=0.02, warmup=1):
     for _ in range(rounds):
         for name, fn in candidates.items():
             k = reps[name]
+            prepare(name)
             t0 = time.perf_counter()
             for _ in range(k):
                 fn()

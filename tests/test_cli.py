@@ -20,7 +20,8 @@ TINY = ["bench", "--quick", "--sizes", "1e3,3x300", "--stream-size", "1e5", "--t
 ROW_KEYS = {
     "rule": str, "size": str, "elements": int, "tensors": int, "layout": str, "dtype": str, "threads": int,
     "backend": str, "kind": str, "seconds": float, "bytes_per_element": int, "gbps": float,
-    "bandwidth_gbps": float, "estimated": bool,
+    "bandwidth_gbps": float, "estimated": bool, "stream_elements": int, "cache_stream_gbps": float,
+    "cache_stream_elements": int, "cache_ratio": float, "in_cache": bool,
 }
 
 
@@ -43,6 +44,12 @@ def check_schema(data, rules, sizes, backends, threads):
         assert row["bytes_per_element"] == RULES[row["rule"]].bytes_per_element
         if row["backend"] != "stream":
             assert row["speedup_vs_numpy"] is not None
+        # the decision is the measured ratio against the threshold, and decides the fraction
+        assert row["cache_ratio"] == pytest.approx(row["cache_stream_gbps"] / row["bandwidth_gbps"])
+        assert row["in_cache"] == (row["cache_ratio"] >= data["settings"]["cache_ratio_threshold"])
+        assert (row["fraction_of_bandwidth"] is None) == row["in_cache"]
+        assert row["cache_stream_elements"] >= row["elements"]
+        assert row["stream_elements"] >= 4 * row["elements"]
     seen = {(r["rule"], r["size"], r["backend"]) for r in rows}
     for rule in rules:
         for size in sizes:
@@ -76,8 +83,8 @@ def test_bench_every_rule_table_and_json(bench_json):
     assert f"wrote {path}" in out
     data = json.loads(path.read_text())
     check_schema(data, list(RULES), ["1,000", "3x300"], ["cython", "numba", "numpy"], [1])
-    assert {r["layout"] for r in data["results"] if r["size"] == "3x300" and r["kind"] == "fastgd"} <= {
-        "FlatParams", "list"}
+    assert {r["layout"] for r in data["results"] if r["size"] == "3x300" and r["kind"] == "fastgd"} == {
+        "FlatParams"}
 
 
 def test_bench_plain_text_without_rich(monkeypatch, capsys):
@@ -118,6 +125,10 @@ def test_bench_plot_and_compare(bench_json, tmp_path, capsys):
     ["bench", "--repeat", "0"],
     ["bench", "--repeat", "two"],
     ["bench", "--stream-size", "0"],
+    ["bench", "--preset", "nope"],
+    ["bench", "--preset", "clip", "--rules", "adam"],
+    ["bench", "--preset", "callpath", "--sizes", "1e3"],
+    ["bench", "--preset", "callpath", "--plot", "x.png"],
     ["bench", "--json", "/nonexistent-dir/out.json"],
     ["bench", "--json", "/"],
     ["bench", "--plot", "/nonexistent-dir/out.png"],
@@ -232,20 +243,6 @@ def test_a_rule_added_to_RULES_is_benchmarked_and_verified(monkeypatch, tmp_path
     assert cli.main(["verify", "--rules", "adam_maximize,no_peer"]) == 0
     out = capsys.readouterr().out
     assert "adam_maximize" in out and "no_peer" in out
-
-
-def test_many_tensors_use_FlatParams_when_it_exists(monkeypatch, tmp_path):
-    import numpy as np
-
-    class FakeFlatParams:   # the shape of fastgd.FlatParams: one buffer, one grad buffer, views
-        def __init__(self, arrays):
-            self.flat = np.concatenate([a.ravel() for a in arrays])
-            self.grad = np.zeros_like(self.flat)
-    monkeypatch.setattr(fastgd, "FlatParams", FakeFlatParams, raising=False)
-    path = tmp_path / "run.json"
-    assert cli.main(TINY + ["--sizes", "3x300", "--rules", "adam", "--json", str(path)]) == 0
-    rows = json.loads(path.read_text())["results"]
-    assert {r["layout"] for r in rows if r["kind"] in ("fastgd", "reference")} == {"FlatParams"}
 
 
 def test_missing_extras_say_what_to_install(monkeypatch, tmp_path, capsys):
