@@ -225,7 +225,8 @@ class Core(Clipping):
             state.update(slot.pending)
             slot.fresh = bool(slot.pending)
             slot.pending = None
-            self._state_put(slot.key, state)
+            if state:                     # torch keeps no entry for a stateless SGD
+                self._state_put(slot.key, state)
             self._slots[slot.key] = slot
 
     _torch_layout = False

@@ -193,6 +193,28 @@ class _Flat:
     def slot(self, i):
         return self.offsets[i], self.offsets[i + 1]
 
+    def __getstate__(self):
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("np_")}
+        return state
+
+    def __setstate__(self, state):
+        # A deep-copied nn.Parameter is a clone, no longer a view of the copied buffer: pack
+        # the copies back into it (values unchanged), then remake the NumPy views.
+        self.__dict__.update(state)
+        with torch.no_grad():
+            for p, view, lo, hi in zip(self.params, self.grad_views, self.offsets, self.offsets[1:]):
+                if p.data_ptr() != self.data[lo:hi].data_ptr():
+                    self.data[lo:hi].copy_(p.detach().reshape(-1))
+                    p.data = self.data[lo:hi].view(p.shape)
+                if p.grad is not None and p.grad is not view:
+                    view.copy_(p.grad)
+                    p.grad = view
+        self.ptrs = [p.data_ptr() for p in self.params]
+        self.np_data = self.data.numpy()
+        self.np_grad = self.grad.numpy()
+        self.np_state = {k: t.numpy() for k, t in self.state.items()}
+        self.np_scalars = {k: t.numpy() for k, t in self.scalars.items()}
+
     def tensor_buffer(self, name):
         if name not in self.state:
             self.state[name] = torch.zeros(self.offsets[-1], dtype=self.dtype)
@@ -308,7 +330,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
         try:
             return Core._check_group(self, plain)
         except (TypeError, ValueError) as exc:
-            if self.peer is None:
+            if self.peer is None or isinstance(exc, TypeError):
                 raise
             # what torch.optim refuses too is refused with torch's own message
             options = {k: v for k, v in group.items() if k != "params" and k not in self.fixed}

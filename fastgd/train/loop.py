@@ -117,10 +117,12 @@ def _int_at_least(name, value, low, none_ok=False):
     return int(value)
 
 
-def _own_clipping(groups):
+def _own_clipping(opt):
     # An optimizer built with max_grad_norm clips in its own kernel; clipping twice would be a
-    # silent surprise (two thresholds), so fit refuses the combination.
-    return any(g.get("max_grad_norm") is not None for g in groups)
+    # silent surprise (two thresholds), so fit refuses the combination. max_grad_norm is the
+    # optimizer's (MultiSteps: its optimizer's), never a param group's.
+    inner = getattr(opt, "optimizer", opt)
+    return getattr(inner, "max_grad_norm", None) is not None
 
 
 class _Progress:
@@ -204,7 +206,7 @@ def fit(model, optimizer, X, y, *, epochs=10, batch_size=None, shuffle=True, see
             raise ValueError(f"learning rate must be >= 0; got {g.get('lr')!r}")
 
     data = Batches(X, y, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    if clip_grad_norm is not None and _own_clipping(groups):
+    if clip_grad_norm is not None and _own_clipping(optimizer):
         raise ValueError("the optimizer already clips (max_grad_norm); pass clip_grad_norm to one of them")
     clip = None if clip_grad_norm is None else float(clip_grad_norm)
     acc = np.zeros_like(model.grad) if accumulate > 1 else None
