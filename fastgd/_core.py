@@ -165,10 +165,15 @@ class Core(Clipping):
         lr, a user editing the group): the check costs more than the step on small arrays."""
         key = id(group)
         prep = self._preps.get(key)
-        snap = _snapshot(group)
-        if prep is None or snap is None or prep.snapshot != snap:
-            prep = Prep(self.spec, self._check_group(group), snap)
-            if snap is not None:
+        items = list(group.items())
+        try:   # the same objects compare equal by identity, without calling their __eq__
+            same = prep is not None and prep.snapshot == items
+        except Exception:      # e.g. a replaced params list of arrays: compare as changed
+            same = False
+        if not same:
+            prep = Prep(self.spec, self._check_group(group), None)
+            if _snapshot(group) is not None:       # no value that can change in place
+                prep.snapshot = items
                 self._preps[key] = prep
         prep.kernel = kernel(self.spec.name)
         return prep

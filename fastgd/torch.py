@@ -677,29 +677,13 @@ class _Optimizer(Core, torch.optim.Optimizer):
                 _param_runs(fg, active, fresh, [sc[n] for n in scalar_names])
             for i0, i1 in runs:
                 lo, hi = fg.offsets[i0], fg.offsets[i1]
-                slot = _RunSlot(fg.np_data[lo:hi])
+                slot = Slot(None, fg.np_data[lo:hi])
                 for n in prep.names:
                     slot.s[n] = fg.np_state[n][lo:hi]
                 slot.aux = _Run(fg, i0, i1)
                 slot.fresh = i0 in fresh
                 work.append((prep, slot, fg.np_grad[lo:hi]))
         return work
-
-
-class _RunSlot(Slot):
-    __slots__ = ()
-
-    def __init__(self, flat):
-        self.param = None
-        self.s = {"param": flat}
-        self.spans = ()
-        self.names = ()
-        self.fresh = False
-        self.store = None
-        self.containers = ()
-        self.key = None
-        self.pending = None
-        self.aux = None
 
 
 _TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}

@@ -220,13 +220,7 @@ def test_deepcopy_of_a_torch_optimizer_steps_like_the_original(flatten):
 
 # --- MultiSteps through the public interface -------------------------------------------------
 
-class _Slow(fastgd.Adam):
-    entered = release = None
-
-    def _run(self, *args):
-        self.entered.set()
-        assert self.release.wait(30)
-        return super()._run(*args)
+from test_threads import _Slow  # noqa: E402  (an Adam whose kernel pass waits for a signal)
 
 
 @pytest.mark.timeout(60)
