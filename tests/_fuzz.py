@@ -11,7 +11,10 @@ Each example is run twice, on copies: with the backend under test and with the N
 (the same public function, backend 'numpy'). Outcomes must agree: both refuse with the same
 TypeError/ValueError and leave every input unchanged, or both succeed with the same arrays
 (NaN where the reference has NaN, the same infinities, finite values within a tolerance scaled
-by the magnitudes involved, since the compiled kernels may fuse multiply-adds).
+by the magnitudes involved, since the compiled kernels may fuse multiply-adds). Both sides pass
+through fastgd's one validation layer, so whether to refuse is also checked against an oracle
+written here from the documented rules (``functional_outcome``, ``valid_options``,
+``step_outcome``): a call must refuse exactly what they call invalid.
 """
 import inspect
 import json
@@ -411,6 +414,9 @@ def fuzz_functional(name, backend, stats):
         want = outcome("numpy", fn, make)
         stats["cases"] += 1
         assert got[0] == want[0] and got[1] == want[1], f"{backend} {got[:2]} but reference {want[:2]}"
+        # The independent oracle of refusals (functional_outcome), not fastgd's checks.
+        predicted = functional_outcome(name, *make())
+        assert got[0] == predicted, f"{backend} {got[:2]}, but the rules say {predicted}"
         if got[0] == "refused":
             stats["refused"] += 1
             return
@@ -436,6 +442,195 @@ def _state_arrays(opt, i, copy=False):
     """The state arrays of the optimizer's parameter i (none before its first step)."""
     arrays = [v for v in opt.state.get(i, {}).values() if isinstance(v, np.ndarray)]
     return [a.copy() for a in arrays] if copy else arrays
+
+
+# --- what is valid, stated here (not fastgd._validate) -----------------------------------------
+# Both outcomes above come through fastgd's one validation layer, so their agreeing on a refusal
+# says nothing about whether that refusal is right. For the optimizers, the fuzz also checks
+# every outcome against this independent statement of the documented rules (torch.optim's
+# domains, with fastgd's stricter types): a backend must refuse exactly what it says is invalid.
+
+def _real(x):
+    """A real number as an option takes it: an int or float, never a bool (True is not a lr)."""
+    return type(x) in (int, float) or isinstance(x, (np.integer, np.floating))
+
+
+def _in(lo, hi, *, lo_open=False, hi_open=True):
+    def ok(x):
+        if not _real(x):
+            return False
+        x = float(x)
+        return (lo < x if lo_open else lo <= x) and (x < hi if hi_open else x <= hi)
+    return ok
+
+
+def _flag(x):
+    return isinstance(x, (bool, np.bool_))
+
+
+def _betas(x):
+    return isinstance(x, (tuple, list)) and len(x) == 2 and all(_in(0.0, 1.0)(b) for b in x)
+
+
+def _valid_norm_type(x):
+    if isinstance(x, str):
+        return x.strip().lower() in ("inf", "infinity")
+    return _real(x) and float(x) > 0.0          # inf included
+
+
+VALID_OPTION = {
+    "lr": _in(0.0, math.inf), "lr_decay": _in(0.0, math.inf), "weight_decay": _in(0.0, math.inf),
+    "momentum": _in(0.0, math.inf), "momentum_decay": _in(0.0, math.inf),
+    "initial_accumulator_value": _in(0.0, math.inf),
+    "eps": _in(0.0, math.inf, lo_open=True),
+    "alpha": _in(0.0, 1.0), "dampening": _in(0.0, 1.0, hi_open=False), "betas": _betas,
+    "amsgrad": _flag, "centered": _flag, "decoupled_weight_decay": _flag, "maximize": _flag,
+    "nesterov": _flag, "error_if_nonfinite": _flag,
+    "max_grad_norm": lambda x: x is None or (_real(x) and float(x) > 0.0),   # inf: never clips
+    "norm_type": _valid_norm_type,
+}
+
+
+def valid_options(kwargs):
+    """Whether an optimizer constructor must accept ``kwargs`` (the options drawn)."""
+    if not all(VALID_OPTION[k](v) for k, v in kwargs.items()):
+        return False
+    # SGD's one rule across options (torch.optim.SGD's): Nesterov needs momentum and no dampening
+    if kwargs.get("nesterov") and (float(kwargs.get("momentum", 0.0)) <= 0.0
+                                   or float(kwargs.get("dampening", 0.0)) != 0.0):
+        return False
+    return True
+
+
+def _total_norm(grads, norm_type):
+    """The global norm of the gradients, in float64 (NumPy, not fastgd's kernels)."""
+    p = math.inf if isinstance(norm_type, str) else float(norm_type)
+    flat = [np.abs(np.asarray(g, np.float64)).reshape(-1) for g in grads]
+    flat = np.concatenate(flat) if flat else np.zeros(0)
+    if p == math.inf:
+        return float(flat.max()) if flat.size else 0.0
+    with np.errstate(all="ignore"):
+        return float(np.sum(flat ** p) ** (1.0 / p))
+
+
+def step_outcome(params, grads, kwargs):
+    """What ``opt.step(grads)`` must do: 'refused' (TypeError/ValueError: gradients that do not
+    match the parameters; RuntimeError: a non-finite norm with error_if_nonfinite) or 'ok'."""
+    if len(grads) != len(params):
+        return "refused"
+    given = []
+    for p, g in zip(params, grads):
+        if g is None:                                   # a parameter without gradient: skipped
+            continue
+        if not (isinstance(g, np.ndarray) and g.dtype == p.dtype and g.shape == p.shape
+                and g.flags.c_contiguous):              # read-only is fine: grads are only read
+            return "refused"
+        if g.size and np.may_share_memory(g, p):        # a gradient cannot be its own parameter
+            return "refused"
+        given.append(g)
+    if (kwargs.get("max_grad_norm") is not None and kwargs.get("error_if_nonfinite")
+            and given and not math.isfinite(_total_norm(given, kwargs.get("norm_type", 2.0)))):
+        return "refused"
+    return "ok"
+
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _array_ok(a, like=None, writable=True):
+    """An array a kernel can update in place: an ndarray of float32/float64 (native order),
+    C-contiguous, writable unless only read; with ``like``, of its dtype and shape."""
+    if not (isinstance(a, np.ndarray) and a.dtype in FLOATS and a.flags.c_contiguous):
+        return False
+    if like is not None and (a.dtype != like.dtype or a.shape != like.shape):
+        return False
+    return a.flags.writeable or not writable
+
+
+def _disjoint(arrays):
+    """No two of the (non-empty) arrays share memory."""
+    arrays = [a for a in arrays if a.size]
+    return not any(np.may_share_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:])
+
+
+VALID_KEYWORD = {**VALID_OPTION,
+                 "step": lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1,
+                 "mu_product": _in(0.0, 1.0, hi_open=False),
+                 "grad_scale": lambda x: _real(x) and math.isfinite(float(x))}
+
+# The optional state arrays of a functional rule: name -> (the option that requires it, whether
+# it is checked when passed but not required). The rest of its arrays are positional.
+OPTIONAL_STATE = {
+    "sgd_": {"momentum_buffer": (lambda kw: float(kw.get("momentum", 0.0)) > 0.0, True)},
+    "rmsprop_": {"momentum_buffer": (lambda kw: float(kw.get("momentum", 0.0)) > 0.0, False),
+                 "grad_avg": (lambda kw: bool(kw.get("centered", False)), False)},
+    "adam_": {"max_exp_avg_sq": (lambda kw: bool(kw.get("amsgrad", False)), False)},
+}
+
+
+def _grad_list(grads, writable):
+    """The arrays of a ``grads`` argument (one array, or a list/tuple with None entries), or None
+    if it is not one: arrays of one dtype, each valid."""
+    if isinstance(grads, np.ndarray):
+        grads = [grads]
+    if not isinstance(grads, (list, tuple)):
+        return None
+    arrays = [g for g in grads if g is not None]
+    if not all(_array_ok(g, writable=writable) for g in arrays) or len({g.dtype for g in arrays}) > 1:
+        return None
+    return arrays
+
+
+def functional_outcome(name, args, kwargs):
+    """What fastgd.functional.<name>(*args, **kwargs) must do: 'refused' or 'ok'."""
+    if name in ("global_norm", "clip_grad_norm_", "clip_grad_value_"):
+        grads = _grad_list(args[0], writable=name != "global_norm")
+        if name == "global_norm":
+            return "ok" if grads is not None and _valid_norm_type(kwargs["norm_type"]) else "refused"
+        if name == "clip_grad_value_":
+            return "ok" if grads is not None and _in(0.0, math.inf)(args[1]) else "refused"
+        if not (grads is not None and VALID_OPTION["max_grad_norm"](args[1]) and args[1] is not None
+                and _valid_norm_type(kwargs["norm_type"]) and _flag(kwargs["error_if_nonfinite"])):
+            return "refused"
+        if kwargs["error_if_nonfinite"] and not math.isfinite(_total_norm(grads, kwargs["norm_type"])):
+            return "refused"
+        return "ok"
+    if name == "accumulate_":
+        acc, grad = args
+        if not VALID_KEYWORD["grad_scale"](kwargs["scale"]):
+            return "refused"
+        if isinstance(acc, np.ndarray):
+            acc, grad = [acc], [grad]
+        elif isinstance(grad, np.ndarray) or not isinstance(acc, (list, tuple)) \
+                or not isinstance(grad, (list, tuple)) or len(acc) != len(grad):
+            return "refused"
+        ok = all(_array_ok(a) and _array_ok(g, like=a, writable=False) and _disjoint([a, g])
+                 for a, g in zip(acc, grad))
+        return "ok" if ok else "refused"
+    # an update rule: options first, then its arrays
+    optional = OPTIONAL_STATE.get(name, {})
+    options = {k: v for k, v in kwargs.items() if k not in optional}
+    if not all(VALID_KEYWORD[k](v) for k, v in options.items()):
+        return "refused"
+    if name == "sgd_" and not valid_options({k: options.get(k, d) for k, d in
+                                             (("nesterov", False), ("momentum", 0.0), ("dampening", 0.0))}):
+        return "refused"
+    param, grad, *states = args
+    if not (_array_ok(param) and _array_ok(grad, like=param, writable=False)
+            and all(_array_ok(a, like=param) for a in states)):
+        return "refused"
+    used = [param, grad, *states]
+    for state, (required, checked_anyway) in optional.items():
+        a = kwargs.get(state)
+        if required(options):
+            if a is None:
+                return "refused"
+        elif a is None or not checked_anyway:
+            continue
+        if not _array_ok(a, like=param):
+            return "refused"
+        used.append(a)
+    return "ok" if _disjoint(used) else "refused"
 
 
 def fuzz_rule(rule_name, backend, stats):
@@ -500,6 +695,13 @@ def fuzz_rule(rule_name, backend, stats):
         stats["cases"] += 1
         got, want = results[backend], results["numpy"]
         assert [t[0] for t in got] == [t[0] for t in want], (got, want)
+        # The independent oracle of refusals (valid_options, step_outcome), not fastgd's checks.
+        if not valid_options(kwargs):
+            predicted = ["refused-init"]
+        else:
+            predicted = [step_outcome(params, grads, kwargs) for grads in steps]
+        assert [t[0] for t in got] == predicted, (f"{backend}: {[t[0] for t in got]}, but the "
+                                                  f"rules say {predicted}; options {kwargs}")
         if got and got[0][0] == "refused-init":
             stats["refused"] += 1
             return

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 import fastgd
-from _helpers import COMPILED
+from _helpers import COMPILED, require_backend
 
 
 @pytest.fixture(params=COMPILED)
 def backend(request):
+    require_backend(request.param)
     with fastgd.use_backend(request.param):
         yield request.param
 

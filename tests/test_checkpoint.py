@@ -3,6 +3,7 @@ optimizer unchanged; save -> load -> continue is bit-identical for every rule, d
 pickle and through np.savez (fastgd.checkpoint)."""
 import copy
 import io
+import json
 import pickle
 
 import numpy as np
@@ -196,3 +197,118 @@ def test_optimizer_kind_adam_into_adamw_is_refused(rng):
     with pytest.raises(ValueError, match="AdamW"):
         adamw.load_state_dict(adam.state_dict())
     assert adamw.state == {}
+
+
+# --- tampered np.savez files (fastgd.checkpoint.from_arrays) -------------------------------------
+
+def _saved_arrays(rng, name="nadam"):
+    """to_arrays of a real checkpoint (NAdam: state arrays, a step and the float mu_product)."""
+    params, opt = _setup(RULES[name], rng)
+    for g in _grads(rng, params, 2):
+        opt.step(g)
+    return params, opt, checkpoint.to_arrays(opt.state_dict())
+
+
+def _through_file(arrays, **extra):
+    """``arrays`` (plus ``extra``) written by np.savez and read back by from_arrays from the file,
+    as load_npz does (np.load: no pickle)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, **extra)
+    buf.seek(0)
+    with np.load(buf) as f:
+        return checkpoint.from_arrays(f)
+
+
+STEP_KEY = "optim/state/0/step"
+GROUPS_KEY = "optim/param_groups.json"
+
+TAMPERED = {
+    # what -> (edit of the arrays, words the error must contain)
+    "fractional step": (lambda a: a.__setitem__(STEP_KEY, np.array(1.7)), [STEP_KEY, "integer", "1.7"]),
+    "negative step": (lambda a: a.__setitem__(STEP_KEY, np.array(-2, np.int64)), [STEP_KEY, "non-negative"]),
+    "nan step": (lambda a: a.__setitem__(STEP_KEY, np.array(np.nan)), [STEP_KEY, "integer"]),
+    "array step": (lambda a: a.__setitem__(STEP_KEY, np.array([1, 2])), [STEP_KEY, "scalar"]),
+    "str step": (lambda a: a.__setitem__(STEP_KEY, np.array("3")), [STEP_KEY, "integer"]),
+    "bool step": (lambda a: a.__setitem__(STEP_KEY, np.array(True)), [STEP_KEY, "integer"]),
+    "missing param_groups": (lambda a: a.pop(GROUPS_KEY), [GROUPS_KEY, "missing"]),
+    "garbled param_groups": (lambda a: a.__setitem__(GROUPS_KEY, np.array('[{"lr": 0.1,')), [GROUPS_KEY, "JSON"]),
+    "param_groups not a list": (lambda a: a.__setitem__(GROUPS_KEY, np.array('{"lr": 0.1}')),
+                                [GROUPS_KEY, "list of objects"]),
+    "param_groups a number": (lambda a: a.__setitem__(GROUPS_KEY, np.array(3.0)), [GROUPS_KEY, "string"]),
+    "param_groups an array of strings": (lambda a: a.__setitem__(GROUPS_KEY, np.array(["[]", "[]"])),
+                                         [GROUPS_KEY, "string", "(2,)"]),
+    "index not an int": (lambda a: a.__setitem__("optim/state/x/step", np.array(1)),
+                         ["optim/state/x/step", "optim/state/<index>/<name>"]),
+    "negative index": (lambda a: a.__setitem__("optim/state/-1/step", np.array(1)), ["optim/state/-1/step", "index"]),
+    "index with a leading zero": (lambda a: a.__setitem__("optim/state/01/step", np.array(1)), ["optim/state/01/step"]),
+    "no name": (lambda a: a.__setitem__("optim/state/0", np.array(1)), ["optim/state/0", "<name>"]),
+    "empty name": (lambda a: a.__setitem__("optim/state/0/", np.array(1)), ["optim/state/0/", "<name>"]),
+    "name with a slash": (lambda a: a.__setitem__("optim/state/0/exp/avg", np.zeros(3)), ["optim/state/0/exp/avg"]),
+    "unknown optim key": (lambda a: a.__setitem__("optim/extra", np.zeros(3)), ["optim/extra", "not a checkpoint key"]),
+    "string state array": (lambda a: a.__setitem__("optim/state/0/exp_avg", np.array(["a", "b"])),
+                           ["optim/state/0/exp_avg", "dtype"]),
+    "bytes state array": (lambda a: a.__setitem__("optim/state/0/exp_avg", np.array([b"a"])),
+                          ["optim/state/0/exp_avg", "dtype"]),
+    "complex state array": (lambda a: a.__setitem__("optim/state/0/exp_avg", np.zeros(3, np.complex64)),
+                            ["optim/state/0/exp_avg", "dtype"]),
+}
+
+
+@pytest.mark.parametrize("what", list(TAMPERED))
+def test_from_arrays_refuses_a_tampered_file(rng, what):
+    _, _, arrays = _saved_arrays(rng)
+    edit, words = TAMPERED[what]
+    edit(arrays)
+    for read in (checkpoint.from_arrays, _through_file):     # a dict, and a real np.load file
+        with pytest.raises(ValueError) as info:
+            read(dict(arrays))
+        for word in words:
+            assert word in str(info.value), (what, str(info.value))
+
+
+@pytest.mark.parametrize("key", ["optim/state/0/exp_avg", GROUPS_KEY])
+def test_from_arrays_names_an_object_array(rng, key):
+    """An object array: np.load refuses it without allow_pickle (the error must say which key);
+    in a dict it is refused as such."""
+    _, _, arrays = _saved_arrays(rng)
+    arrays[key] = np.array([object(), 1], dtype=object)
+    with pytest.raises(ValueError, match="object array") as info:
+        checkpoint.from_arrays(arrays)
+    assert key in str(info.value)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)                  # np.savez pickles object arrays into the file
+    buf.seek(0)
+    with np.load(buf) as f:
+        with pytest.raises(ValueError, match="cannot be read") as info:
+            checkpoint.from_arrays(f)
+    assert key in str(info.value)
+
+
+def test_to_arrays_refuses_a_step_it_would_truncate(rng):
+    _, opt, _ = _saved_arrays(rng)
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = 1.7
+    with pytest.raises(ValueError, match="optim/state/0/step.*1.7"):
+        checkpoint.to_arrays(sd)
+
+
+def test_from_arrays_accepts_what_to_arrays_writes_and_integral_float_steps(rng):
+    """Bit-identical round trip, other arrays of the file ignored, and a step stored as 3.0 (an
+    integer, as another writer may store it) read as the int 3."""
+    params, opt, arrays = _saved_arrays(rng)
+    sd = opt.state_dict()
+    back = _through_file(arrays, **{"model/w": np.ones(3), "notes": np.array("x")})
+    assert back["param_groups"] == json.loads(json.dumps(sd["param_groups"]))
+    assert sorted(back["state"]) == sorted(sd["state"])
+    for i, s in sd["state"].items():
+        assert sorted(back["state"][i]) == sorted(s)
+        for k, v in s.items():
+            got = back["state"][i][k]
+            if k == "step":
+                assert type(got) is int and got == v
+            else:
+                got, v = np.asarray(got), np.asarray(v)
+                assert (got.tobytes(), got.dtype, got.shape) == (v.tobytes(), v.dtype, v.shape), k
+    arrays[STEP_KEY] = np.array(3.0)
+    assert checkpoint.from_arrays(arrays)["state"][0]["step"] == 3
+    assert type(checkpoint.from_arrays(arrays)["state"][0]["step"]) is int

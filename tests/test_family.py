@@ -91,15 +91,20 @@ def _initial(rule, rng, n, dtype):
 
 
 def _run(rule, backend, n, dtype, opts, steps, seed):
+    """(state arrays after ``steps`` steps, NAdam's mu_product, Lion's sign-unsure mask or None)."""
     rng = np.random.default_rng(seed)
     p, states = _initial(rule, rng, n, dtype)
     grads = random_arrays(rng, n, dtype, steps)
     kw = {**SPECS[rule][2], **opts}
     carry = [1.0]
+    unsure = np.zeros(n, dtype=bool) if rule == "lion" else None
+    gs = -kw["grad_scale"] if kw["maximize"] else kw["grad_scale"]
     with fastgd.use_backend(backend):
         for t, g in enumerate(grads, start=1):
+            if rule == "lion":
+                unsure |= _lion_sign_unsure(states[0], g.astype(np.float64) * gs, kw["betas"][0], dtype)
             _functional_step(rule, p, g, states, t, kw, carry)
-    return [p] + states, carry[0]
+    return [p] + states, carry[0], unsure
 
 
 _REFERENCE = {}
@@ -113,18 +118,50 @@ def _reference(rule, n, dtype, opts, steps, seed):
     return _REFERENCE[key]
 
 
-def _compare(rule, actual, expected, dtype, what):
+# Lion's update is lr * sign(c), c = b1 * m + (1 - b1) * g: a backend may get the other sign only
+# where c is within rounding of 0 (a fused multiply-add rounds once instead of twice, and its m is
+# a few ulps off the reference's after earlier steps). LION_ULPS bounds "within rounding": ulps of
+# the dtype at the terms' magnitude |b1 * m| + |(1 - b1) * g|.
+LION_ULPS = 16
+
+
+def _lion_sign_unsure(m, g, beta1, dtype):
+    """Where sign(c) of this step is not settled by the dtype's arithmetic: |c|, computed in
+    float64 from the step's inputs (m before the step, g the effective gradient), is within
+    LION_ULPS ulps of zero."""
+    m = m.astype(np.float64)
+    c = beta1 * m + (1.0 - beta1) * g
+    scale = np.abs(beta1 * m) + np.abs((1.0 - beta1) * g)
+    return np.abs(c) <= LION_ULPS * np.finfo(dtype).eps * scale
+
+
+def _lion_max_unsure(size):
+    """An explicit bound on the exempted elements: 1 for the short arrays (n <= 1023, 50 steps),
+    6 at n = 100,003 (4 steps). With this test's random data none is near enough to 0 (measured:
+    0 in every case, float32 and float64; 2 in 400,000 element-steps at 64 ulps)."""
+    return 1 + size // 20_000
+
+
+def _compare(rule, actual, expected, dtype, what, unsure=None):
     names = ("param",) + SPECS[rule][0]
     for name, a, e in zip(names, actual, expected):
         assert a.dtype == dtype
-        if rule == "lion" and name == "param" and dtype == np.float32:
-            # sign(c) of a c within an ulp of 0 may differ when the compiler fuses b1*m + (1-b1)*g
-            # into one FMA (one rounding instead of two): that element then moves by 2*lr more.
-            # Allow such rare flips, nothing else (m does not depend on p and must match).
-            bad = ~np.isclose(a, e, rtol=2e-5, atol=1e-6)
-            assert np.count_nonzero(bad) <= 2 + a.size // 100_000, f"{name} of {what}"
+        if rule == "lion" and name == "param":
+            # Exempt only the elements whose sign(c) was within rounding of 0 at some step (that
+            # element then moves by 2 * lr more); every other element must match, and m (which
+            # does not depend on p) everywhere.
+            assert unsure is not None and unsure.shape == a.shape
+            assert np.count_nonzero(unsure) <= _lion_max_unsure(a.size), f"{what}: {np.count_nonzero(unsure)} unsure"
+            assert_close(a[~unsure], e[~unsure], dtype, f"{name} of {what} (outside {np.count_nonzero(unsure)} unsure)")
             continue
         assert_close(a, e, dtype, f"{name} of {what}")
+
+
+def _mu_product(kw, steps):
+    """NAdam's mu_1 * ... * mu_steps from torch.optim.NAdam's definition, written out here:
+    mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))."""
+    t = np.arange(1, steps + 1, dtype=np.float64)
+    return float(np.prod(kw["betas"][0] * (1.0 - 0.5 * np.power(0.96, t * kw["momentum_decay"]))))
 
 
 def _ids(o):
@@ -139,10 +176,14 @@ CASES = [(rule, o) for rule, spec in SPECS.items() for o in spec[3]]
 def test_matches_reference(backend, rule, opts, dtype):
     """50 steps from random state and gradients, lengths 1, 7 and 1023."""
     for n in SMALL:
-        expected, mu_e = _reference(rule, n, dtype, opts, 50, n)
-        actual, mu_a = _run(rule, backend, n, dtype, opts, 50, n)
-        _compare(rule, actual, expected, dtype, f"{rule} {opts} on {backend}, {dtype.__name__}, n={n}")
-        assert mu_a == mu_e
+        expected, _, unsure = _reference(rule, n, dtype, opts, 50, n)
+        actual, mu_product, _ = _run(rule, backend, n, dtype, opts, 50, n)
+        _compare(rule, actual, expected, dtype, f"{rule} {opts} on {backend}, {dtype.__name__}, n={n}",
+                 unsure)
+        if rule == "nadam":
+            # abs=0: pytest.approx's default abs of 1e-12 would accept any product near 1e-20
+            expected_mu = _mu_product({**SPECS[rule][2], **opts}, 50)
+            assert mu_product == pytest.approx(expected_mu, rel=1e-13, abs=0)
 
 
 # The fullest variant of each rule in both dtypes, the simplest in float32 (time: on a busy machine
@@ -155,9 +196,10 @@ LARGE_CASES = [(rule, spec[3][i], dtype) for rule, spec in SPECS.items()
                          ids=[f"{r}-{_ids(o)}-{d.__name__}" for r, o, d in LARGE_CASES])
 def test_matches_reference_parallel_length(backend, rule, opts, dtype):
     """n = 100_003: the parallel path with a ragged last piece."""
-    expected, _ = _reference(rule, LARGE, dtype, opts, 4, 3)
-    actual, _ = _run(rule, backend, LARGE, dtype, opts, 4, 3)
-    _compare(rule, actual, expected, dtype, f"{rule} {opts} on {backend}, {dtype.__name__}, n={LARGE}")
+    expected, _, unsure = _reference(rule, LARGE, dtype, opts, 4, 3)
+    actual, _, _ = _run(rule, backend, LARGE, dtype, opts, 4, 3)
+    _compare(rule, actual, expected, dtype, f"{rule} {opts} on {backend}, {dtype.__name__}, n={LARGE}",
+             unsure)
 
 
 @pytest.mark.parametrize("rule", SPECS)
@@ -193,10 +235,13 @@ def test_fused_accumulation_in_the_kernel(backend, rule, dtype, n, rng):
     g, acc = random_arrays(rng, n, dtype, 2)
     ref = [a.copy() for a in [p, g, acc] + states]
     args = (0.5, True, True) + KERNEL_SCALARS[rule]
+    unsure = None
+    if rule == "lion":   # gs = -0.5 (maximize), beta1 = KERNEL_SCALARS["lion"][1]
+        unsure = _lion_sign_unsure(states[0], -0.5 * (acc.astype(np.float64) + g), args[4], dtype)
     kernel(rule, backend)(p, g, acc, *states, *args)
     kernel(rule, "numpy")(*ref, *args)
     assert not np.any(acc) and not np.any(ref[2])
-    _compare(rule, [p] + states, [ref[0]] + ref[3:], dtype, f"{rule} use_acc on {backend}")
+    _compare(rule, [p] + states, [ref[0]] + ref[3:], dtype, f"{rule} use_acc on {backend}", unsure)
 
 
 @pytest.mark.parametrize("rule", ["sgd", "adagrad", "lion"])
@@ -318,10 +363,14 @@ def test_sgd_functional_overwrites_buffer_at_step_one(backend, rng):
 
 
 @pytest.mark.parametrize("rule", list(SPECS))
-def test_empty_arrays_are_a_no_op(backend, rule):
-    p = np.empty(0, np.float32)
-    states = [np.empty(0, np.float32) for _ in SPECS[rule][0]]
-    _functional_step(rule, p, np.empty(0, np.float32), states, 1, SPECS[rule][2], [1.0])
+def test_empty_arrays_are_a_no_op(backend, rule, rng):
+    """Empty views into real buffers: a kernel that wrote at n = 0 would change a buffer."""
+    buffers = [rng.standard_normal(8).astype(np.float32) for _ in range(2 + len(SPECS[rule][0]))]
+    before = [b.copy() for b in buffers]
+    p, g, *states = (b[3:3] for b in buffers)
+    _functional_step(rule, p, g, states, 1, SPECS[rule][2], [1.0])
+    for b, b0 in zip(buffers, before):
+        np.testing.assert_array_equal(b, b0)
 
 
 def test_registry_lists_the_family():

@@ -144,9 +144,18 @@ def test_rmsprop_state_aliasing_between_optional_arrays(rng):
 
 @pytest.mark.parametrize("rule", list(RULES))
 def test_grad_may_be_read_only(backend, rng, rule):
+    """A read-only gradient is accepted, left unchanged, and gives the step a writable one gives."""
     a = _arrays(rng, rule)
+    b = {k: v.copy() for k, v in a.items()}     # the same step with a writable gradient
+    param0, grad0 = a["param"].copy(), a["grad"].copy()
     a["grad"].flags.writeable = False
-    RULES[rule][2](a["param"], a["grad"], {k: v for k, v in a.items() if k not in ("param", "grad")})
+    for arrays in (a, b):
+        RULES[rule][2](arrays["param"], arrays["grad"],
+                       {k: v for k, v in arrays.items() if k not in ("param", "grad")})
+    assert np.any(a["param"] != param0)          # the step was taken
+    np.testing.assert_array_equal(a["grad"], grad0)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 # --- optimizer classes ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastgd
-from _helpers import COMPILED
+from _helpers import COMPILED, require_backend
 from _subproc import run_python
 
 # Shared by the scripts: a model with one parameter above the parallel threshold (32768) and
@@ -40,6 +40,7 @@ FORKS = 4  # children (and one grandchild each) per backend in test_os_fork
 def test_os_fork_after_parallel_steps(backend):
     """os.fork() after parallel steps: every child and grandchild steps serially, gets the bitwise
     result the parent gets for the same steps, and exits 0; the parent stays parallel."""
+    require_backend(backend)
     out = run_python(MODEL + f"""
 fastgd.set_backend({backend!r})
 fastgd.set_num_threads(2)            # a real thread pool even on a one-core machine
@@ -86,6 +87,7 @@ print("survived", survived)
 @pytest.mark.parametrize("backend", COMPILED)
 def test_fork_before_any_parallel_step_keeps_threads(backend):
     """A child forked before any pool started (a worker pool made first) stays parallel."""
+    require_backend(backend)
     out = run_python(MODEL + f"""
 fastgd.set_backend({backend!r})
 fastgd.set_num_threads(2)
@@ -136,6 +138,7 @@ def test_multiprocessing_start_methods(method, tmp_path):
     script = tmp_path / "mp_script.py"
     script.write_text(_MP_SCRIPT)
     backends = COMPILED if method == "fork" else COMPILED[-1:]
+    require_backend(*backends)
     for backend in backends:
         out = run_python(f"import runpy, sys; sys.argv = [{str(script)!r}, {method!r}, {backend!r}]; "
                          f"runpy.run_path({str(script)!r}, run_name='__main__')", timeout=180)

@@ -95,13 +95,28 @@ def test_same_optimizer_from_two_threads_is_refused(rng):
 
 
 def test_reentrant_step_in_same_thread_is_allowed(rng):
-    """The guard refuses other threads only: a subclass step calling the base step is fine."""
+    """The guard refuses other threads only: a subclass step calling the base step is fine, and
+    so is a guarded method (state_dict) called from inside a step: the lock is re-entrant."""
     class Twice(fastgd.Adam):
         def step(self, grads, **kw):
             super().step(grads, **kw)
             super().step(grads, **kw)
+
+        def _step(self, work, grad_scale, accs=None):   # runs inside the guarded base step
+            self.seen.append(self.state_dict())
+            return super()._step(work, grad_scale, accs)
     p = rng.standard_normal(10)
-    Twice([p]).step([np.ones(10)])
+    q = p.copy()
+    opt = Twice([p])
+    opt.seen = []
+    opt.step([np.ones(10)])
+    assert opt.state[0]["step"] == 2                # both inner steps ran
+    # each nested state_dict() ran and saw the state as it was before that step
+    assert [sd["state"].get(0, {}).get("step") for sd in opt.seen] == [None, 1]
+    plain = fastgd.Adam([q])
+    plain.step([np.ones(10)])
+    plain.step([np.ones(10)])
+    np.testing.assert_array_equal(p, q)
 
 
 @pytest.mark.timeout(60)

@@ -81,9 +81,17 @@ def test_bad_arrays(backend, rng, exc, match, mutate):
 
 
 def test_grad_may_be_read_only(backend, rng):
+    """A read-only gradient is accepted, left unchanged, and gives the step a writable one gives."""
     a = _arrays(rng)
+    b = {k: v.copy() for k, v in a.items()}     # the same step with a writable gradient
+    param0, grad0 = a["param"].copy(), a["grad"].copy()
     a["grad"].flags.writeable = False
     _call(a)
+    _call(b)
+    assert np.any(a["param"] != param0)          # the step was taken
+    np.testing.assert_array_equal(a["grad"], grad0)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 # --- optimizers -----------------------------------------------------------------------------------

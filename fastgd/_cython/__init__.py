@@ -1,1 +1,1 @@
-"""Cython/OpenMP kernels, built from kernels/*.pyx by setup.py (one module per family of rules)."""
+"""Cython/OpenMP kernels, built from kernels/*.pyx by setup.py (one module per rule, named after it)."""

@@ -1,9 +1,12 @@
 """Every Cython kernel under one roof: the registry's view of the cython backend."""
-from .adagrad import adagrad, rmsprop  # noqa: F401
+from .adagrad import adagrad  # noqa: F401
 from .adam import adam  # noqa: F401
-from .adam_variants import adamax, nadam, radam  # noqa: F401
+from .adamax import adamax  # noqa: F401
 from .lion import lion  # noqa: F401
+from .nadam import nadam  # noqa: F401
 from .norms import accumulate, clamp, norm_partial, scale  # noqa: F401
+from .radam import radam  # noqa: F401
+from .rmsprop import rmsprop  # noqa: F401
 from .runtime import get_num_threads, openmp_version, set_num_threads  # noqa: F401
 from .sgd import sgd  # noqa: F401
 from .runtime import force_serial, forked_serial, parallel_started  # noqa: F401  (fork safety)
