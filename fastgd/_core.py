@@ -114,7 +114,7 @@ class Slot:
     array), ``spans`` the bytes they occupy, ``fresh`` whether its state arrays were created in
     this step; ``key``/``param``/``store``: what the views were made from, to notice a change."""
     __slots__ = ("param", "s", "spans", "names", "fresh", "store", "containers", "key", "pending",
-                 "aux")
+                 "aux", "views", "arrays", "where")
 
     def __init__(self, param, flat):
         self.param = param
@@ -127,6 +127,9 @@ class Slot:
         self.key = None
         self.pending = None
         self.aux = None       # the front end's own (fastgd.torch: the data pointer, scalar views)
+        self.views = (flat,)  # the flat views, param first (for the grad's one-call check)
+        self.arrays = None    # the state arrays in the kernel's order (spec.arrays(s))
+        self.where = None     # how error messages name this parameter
 
 
 class Core(Clipping):
@@ -147,6 +150,7 @@ class Core(Clipping):
     def _init_core(self):
         self._preps = {}
         self._slots = {}
+        self._pending = False     # a slot was built whose new state is not stored yet
 
     # --- options --------------------------------------------------------------------------------
 
@@ -187,9 +191,11 @@ class Core(Clipping):
         slot = self._slots.get(key)
         state = self._state_get(key)
         if (slot is None or slot.param is not param or slot.store is not state or state is None
-                or slot.names != prep.names
-                or any(state.get(n) is not c for n, c in zip(slot.names, slot.containers))):
-            slot = self._build_slot(key, param, flat, {} if state is None else state, prep, where)
+                or slot.names != prep.names):
+            return self._build_slot(key, param, flat, {} if state is None else state, prep, where)
+        for n, c in zip(slot.names, slot.containers):
+            if state.get(n) is not c:       # a state array loaded or assigned since
+                return self._build_slot(key, param, flat, state, prep, where)
         return slot
 
     def _build_slot(self, key, param, flat, state, prep, where):
@@ -212,10 +218,17 @@ class Core(Clipping):
             containers.append(c)
         slot.names, slot.store, slot.containers = prep.names, state, tuple(containers)
         slot.key, slot.pending = key, new
+        slot.views = tuple(slot.s[n] for n in ("param", *prep.names))
+        slot.where = where
+        slot.arrays = self.spec.arrays(slot.s)
+        self._pending = True
         return slot
 
     def _commit(self, work):
         """Store the state the slots of checked ``work`` made (nothing was stored before)."""
+        if not self._pending:
+            return
+        self._pending = False
         spec = self.spec
         for _, slot, _ in work:
             if slot.pending is None:
@@ -273,7 +286,10 @@ class Core(Clipping):
                 sc = scalars(prep.o, t, None, slot.fresh)
             slot.fresh = False
             p = s["param"]
-            prep.kernel(p, g, p if acc is None else acc, *spec.arrays(s), grad_scale, prep.maximize,
+            arrays = slot.arrays
+            if arrays is None:          # a flat run of fastgd.torch, made for this step
+                arrays = spec.arrays(s)
+            prep.kernel(p, g, p if acc is None else acc, *arrays, grad_scale, prep.maximize,
                         acc is not None, *prep.constants, *sc)
         return True
 

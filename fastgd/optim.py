@@ -244,9 +244,17 @@ class Optimizer(Core):
                     if names is None:    # formatted once: f-strings cost ~0.2 us each a step
                         names = self._names[index] = (f"grads[{index}]", f"params[{index}]",
                                                       f"params[{index}] (grads[{index}])")
-                    gf = check.matching(names[0], g, p)
                     slot = self._slot(index, p, pf, prep, names[1])
-                    self._checked_grad(slot, gf, names[2])
+                    # all at once in C (type, dtype, shape, layout, no shared memory with the
+                    # param or its state); else one by one, naming what is wrong
+                    if type(g) is np.ndarray and g.shape == p.shape:
+                        gf = g if g.ndim == 1 else g.reshape(-1)
+                        if not check.valid((gf, *slot.views), 0):
+                            gf = check.matching(names[0], g, p)
+                            self._checked_grad(slot, gf, names[2])
+                    else:
+                        gf = check.matching(names[0], g, p)
+                        self._checked_grad(slot, gf, names[2])
                     if accs is not None:
                         a = grad_acc[index]
                         if a is not None:

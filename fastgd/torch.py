@@ -43,6 +43,7 @@ import operator
 import numpy as np
 import torch
 
+from . import _validate as check
 from . import functional as F
 from ._core import Core, Slot, exclusive
 from .optim import constructor_signature
@@ -410,8 +411,9 @@ class _Optimizer(Core, torch.optim.Optimizer):
         if aux is None or aux[0] is not step:
             aux = slot.aux = (step, _scalar_array(step, "step", "a parameter", type(self).__name__))
         view = aux[1]
-        view += 1
-        return int(view)
+        t = view.item() + 1.0     # stored as float32, as torch's step += 1 rounds (0.06 us, not 1)
+        view[()] = t
+        return int(view.item())
 
     def _scalars_of(self, slot):
         # numpy.float32 values: NAdam's mu_product * mu_t is then rounded to float32 as torch's
@@ -595,15 +597,16 @@ class _Optimizer(Core, torch.optim.Optimizer):
         (non-contiguous param, its contiguous copy) pairs to write back after the step."""
         work, copies = [], []
         name = type(self).__name__
+        slots, ptrs = self._slots, self._ptrs
         for gi, (group, prep) in enumerate(zip(self.param_groups, preps)):
             for i, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
                     continue
-                slot = self._slots.get(p)
+                slot = slots.get(p)
                 ptr = p.data_ptr()
-                where = f"parameter {i} of group {gi}"
-                if slot is None or self._ptrs.get(p) != ptr:
+                if slot is None or ptrs.get(p) != ptr:
+                    where = f"parameter {i} of group {gi}"
                     _check_tensor(p, where, name)
                     if p.is_contiguous():
                         flat = p.detach().numpy().reshape(-1)
@@ -612,23 +615,31 @@ class _Optimizer(Core, torch.optim.Optimizer):
                         # torch steps any strided tensor; only this tensor pays the copies
                         self._copies[p] = torch.empty(p.shape, dtype=p.dtype)
                         flat = self._copies[p].numpy().reshape(-1)
-                    self._ptrs[p] = ptr
-                    self._slots.pop(p, None)
+                    ptrs[p] = ptr
+                    slots.pop(p, None)
                 else:
                     flat = slot.s["param"]
+                    where = slot.where
                 copy = self._copies.get(p) if self._copies else None
                 if copy is not None:
                     copy.copy_(p.detach())
                     copies.append((p, copy))
-                # Not cached: holding last step's gradients would keep them alive after
-                # zero_grad(set_to_none=True) frees them. The common case (a plain gradient like
-                # the parameter) is tested in one expression; anything else goes through the
-                # checks that name what is wrong.
-                if not (g.dtype == p.dtype and g.shape == p.shape and g.is_cpu
-                        and g.layout == torch.strided and not g.requires_grad and g.is_contiguous()):
-                    g = _grad_tensor(p, g, where, name)
-                gf = g.numpy().reshape(-1)
                 slot = self._slot(p, p, flat, prep, where)
+                # The gradient is not cached: holding last step's would keep it alive after
+                # zero_grad(set_to_none=True) frees it. The common case (a plain CPU gradient
+                # like the parameter, not sharing memory with it or its state) is checked in one
+                # call; anything else goes through the checks that name what is wrong.
+                try:
+                    gn = g.numpy()       # refuses a gradient that requires grad, sparse, not CPU
+                except (RuntimeError, TypeError):
+                    gn = None
+                if gn is not None and g.shape == p.shape:
+                    gf = gn if gn.ndim == 1 else gn.reshape(-1)
+                    if check.valid((gf, *slot.views), 0):
+                        work.append((prep, slot, gf))
+                        continue
+                g = _grad_tensor(p, g, where, name)
+                gf = g.numpy().reshape(-1)
                 self._checked_grad(slot, gf, where)
                 work.append((prep, slot, gf))
         return work, copies

@@ -554,17 +554,20 @@ def _disjoint(arrays):
 
 
 VALID_KEYWORD = {**VALID_OPTION,
-                 "step": lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1,
+                 "step": lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+                 and 1 <= x < 2 ** 63,
                  "mu_product": _in(0.0, 1.0, hi_open=False),
                  "grad_scale": lambda x: _real(x) and math.isfinite(float(x))}
 
 # The optional state arrays of a functional rule: name -> (the option that requires it, whether
 # it is checked when passed but not required). The rest of its arrays are positional.
+# An optional state array that is given is checked whether or not its option is on (one rule
+# for every rule since the specs: a bad array is refused, not silently ignored).
 OPTIONAL_STATE = {
     "sgd_": {"momentum_buffer": (lambda kw: float(kw.get("momentum", 0.0)) > 0.0, True)},
-    "rmsprop_": {"momentum_buffer": (lambda kw: float(kw.get("momentum", 0.0)) > 0.0, False),
-                 "grad_avg": (lambda kw: bool(kw.get("centered", False)), False)},
-    "adam_": {"max_exp_avg_sq": (lambda kw: bool(kw.get("amsgrad", False)), False)},
+    "rmsprop_": {"momentum_buffer": (lambda kw: float(kw.get("momentum", 0.0)) > 0.0, True),
+                 "grad_avg": (lambda kw: bool(kw.get("centered", False)), True)},
+    "adam_": {"max_exp_avg_sq": (lambda kw: bool(kw.get("amsgrad", False)), True)},
 }
 
 
