@@ -47,17 +47,26 @@ def exclusive(method):
     """
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
-        lock = self.__dict__.get("_busy") or self.__dict__.setdefault("_busy", threading.RLock())
-        if not lock.acquire(blocking=False):
-            raise RuntimeError(
-                f"{type(self).__name__}.{method.__name__}() was called while another thread is in "
-                "step(), state_dict() or load_state_dict() of the same optimizer; one optimizer must "
-                "be used by one thread at a time (give each thread its own optimizer, or hold a lock)")
+        lock = lock_of(self)
+        if not lock.acquire(False):
+            raise busy(self, method.__name__)
         try:
             return method(self, *args, **kwargs)
         finally:
             lock.release()
     return guarded
+
+
+def lock_of(obj):
+    """The RLock of ``exclusive`` (made at first use; pickles leave it out)."""
+    return obj.__dict__.get("_busy") or obj.__dict__.setdefault("_busy", threading.RLock())
+
+
+def busy(obj, name):
+    return RuntimeError(
+        f"{type(obj).__name__}.{name}() was called while another thread is in step(), "
+        "state_dict() or load_state_dict() of the same optimizer; one optimizer must be used by "
+        "one thread at a time (give each thread its own optimizer, or hold a lock)")
 
 
 def _item(value):

@@ -45,7 +45,7 @@ import torch
 
 from . import _validate as check
 from . import functional as F
-from ._core import Core, Slot, exclusive
+from ._core import Core, Slot, busy, exclusive, lock_of
 from .optim import constructor_signature
 from .rules import SPECS
 
@@ -576,7 +576,6 @@ class _Optimizer(Core, torch.optim.Optimizer):
                         p.grad = view
 
     @torch.no_grad()
-    @exclusive
     def step(self, closure=None):
         """One optimization step over every parameter with a gradient; returns closure's loss.
         Everything is checked before anything is written; with max_grad_norm, a non-finite norm
@@ -585,11 +584,17 @@ class _Optimizer(Core, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        preps = [self._prep(group) for group in self.param_groups]
-        work, copies = (self._gather_flat(preps), ()) if self.flatten else self._gather(preps)
-        if self._run(work, 1.0):
-            for p, copy in copies:
-                p.copy_(copy)
+        lock = self.__dict__.get("_busy") or lock_of(self)   # _core.exclusive, written out
+        if not lock.acquire(False):
+            raise busy(self, "step")
+        try:
+            preps = [self._prep(group) for group in self.param_groups]
+            work, copies = (self._gather_flat(preps), ()) if self.flatten else self._gather(preps)
+            if self._run(work, 1.0):
+                for p, copy in copies:
+                    p.copy_(copy)
+        finally:
+            lock.release()
         return loss
 
     def _gather(self, preps):
