@@ -46,6 +46,7 @@ import torch
 from . import _validate as check
 from . import functional as F
 from ._core import Core, Slot, busy, exclusive, lock_of
+from .flat import FlatParams
 from .optim import constructor_signature
 from .rules import SPECS
 
@@ -160,61 +161,56 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
 # --- flat buffers --------------------------------------------------------------------------------
 
 class _Flat:
-    """Parameters of one group and dtype packed into one buffer; their grads and state too."""
+    """Parameters of one group and dtype packed into one ``fastgd.FlatParams`` (the flat layout of
+    the NumPy front end, so there is one), seen by torch through ``torch.from_numpy``: each
+    ``param.data`` and ``param.grad`` is a view of its buffers; the state is packed likewise."""
 
     def __init__(self, params, dtype):
         self.params = params
         self.dtype = dtype
-        self.sizes = [p.numel() for p in params]
-        self.offsets = [0]
-        for n in self.sizes:
-            self.offsets.append(self.offsets[-1] + n)
-        total = self.offsets[-1]
-        self.data = torch.empty(total, dtype=dtype)
-        self.grad = torch.zeros(total, dtype=dtype)
-        self.grad_views = []
-        with torch.no_grad():
-            for p, lo, hi in zip(params, self.offsets, self.offsets[1:]):
-                self.data[lo:hi].copy_(p.detach().reshape(-1))
-                p.data = self.data[lo:hi].view(p.shape)
-                view = self.grad[lo:hi].view(p.shape)
-                self.grad_views.append(view)
-                if p.grad is not None:
-                    view.copy_(p.grad)
-                    p.grad = view
-        self.ptrs = [p.data_ptr() for p in params]
-        self.np_data = self.data.numpy()
-        self.np_grad = self.grad.numpy()
+        self.layout = FlatParams.zeros([tuple(p.shape) for p in params], _NP_DTYPE[dtype])
+        self._link()
         self.state = {}       # name -> flat tensor like data
-        self.np_state = {}
         self.scalars = {}     # name -> float32 tensor, one element per parameter
-        self.np_scalars = {}
         self.ready = frozenset()  # state names every parameter has (as views of the flat buffers)
+        self._pack()
 
-    def slot(self, i):
-        return self.offsets[i], self.offsets[i + 1]
+    def _link(self):
+        """The torch and NumPy faces of the layout's buffers (they share its memory)."""
+        self.offsets = list(self.layout.offsets)
+        self.np_data, self.np_grad = self.layout.data, self.layout.grad
+        self.data, self.grad = torch.from_numpy(self.np_data), torch.from_numpy(self.np_grad)
+        self.grad_views = [self.grad[lo:hi].view(p.shape)
+                           for p, lo, hi in zip(self.params, self.offsets, self.offsets[1:])]
 
-    def __getstate__(self):
-        state = {k: v for k, v in self.__dict__.items() if not k.startswith("np_")}
-        return state
-
-    def __setstate__(self, state):
-        # A deep-copied nn.Parameter is a clone, no longer a view of the copied buffer: pack
-        # the copies back into it (values unchanged), then remake the NumPy views.
-        self.__dict__.update(state)
+    def _pack(self):
+        """Make every parameter (and its gradient) a view of the buffers, values unchanged."""
         with torch.no_grad():
             for p, view, lo, hi in zip(self.params, self.grad_views, self.offsets, self.offsets[1:]):
-                if p.data_ptr() != self.data[lo:hi].data_ptr():
+                if p.data_ptr() != self.data[lo:hi].data_ptr() or p.numel() == 0:
                     self.data[lo:hi].copy_(p.detach().reshape(-1))
                     p.data = self.data[lo:hi].view(p.shape)
                 if p.grad is not None and p.grad is not view:
                     view.copy_(p.grad)
                     p.grad = view
         self.ptrs = [p.data_ptr() for p in self.params]
-        self.np_data = self.data.numpy()
-        self.np_grad = self.grad.numpy()
         self.np_state = {k: t.numpy() for k, t in self.state.items()}
         self.np_scalars = {k: t.numpy() for k, t in self.scalars.items()}
+
+    def slot(self, i):
+        return self.offsets[i], self.offsets[i + 1]
+
+    def __getstate__(self):
+        # the layout pickles the buffers; the tensors and views over them are made again
+        return {k: v for k, v in self.__dict__.items()
+                if not k.startswith("np_") and k not in ("data", "grad", "grad_views")}
+
+    def __setstate__(self, state):
+        # A deep-copied nn.Parameter is a clone, no longer a view of the copied buffer: pack
+        # the copies back into it (values unchanged), then remake the views.
+        self.__dict__.update(state)
+        self._link()
+        self._pack()
 
     def tensor_buffer(self, name):
         if name not in self.state:
@@ -703,6 +699,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
 
 
 _TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+_NP_DTYPE = {t: n for n, t in _TORCH_DTYPE.items()}
 
 
 def _param_runs(fg, active, fresh, scalars):
