@@ -554,20 +554,18 @@ def _disjoint(arrays):
 
 
 VALID_KEYWORD = {**VALID_OPTION,
-                 "step": lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-                 and 1 <= x < 2 ** 63,
+                 # 1-based, and below 2**63 (beta ** t must be a float)
+                 "step": lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool) and 1 <= x < 2 ** 63,
                  "mu_product": _in(0.0, 1.0, hi_open=False),
                  "grad_scale": lambda x: _real(x) and math.isfinite(float(x))}
 
-# The optional state arrays of a functional rule: name -> (the option that requires it, whether
-# it is checked when passed but not required). The rest of its arrays are positional.
-# An optional state array that is given is checked whether or not its option is on (one rule
-# for every rule since the specs: a bad array is refused, not silently ignored).
+# The optional state arrays of a functional rule: name -> the options that require it. One
+# passed though not required must still be an array like param (it is checked, not used).
 OPTIONAL_STATE = {
-    "sgd_": {"momentum_buffer": (lambda kw: float(kw.get("momentum", 0.0)) > 0.0, True)},
-    "rmsprop_": {"momentum_buffer": (lambda kw: float(kw.get("momentum", 0.0)) > 0.0, True),
-                 "grad_avg": (lambda kw: bool(kw.get("centered", False)), True)},
-    "adam_": {"max_exp_avg_sq": (lambda kw: bool(kw.get("amsgrad", False)), True)},
+    "sgd_": {"momentum_buffer": lambda kw: float(kw.get("momentum", 0.0)) > 0.0},
+    "rmsprop_": {"momentum_buffer": lambda kw: float(kw.get("momentum", 0.0)) > 0.0,
+                 "grad_avg": lambda kw: bool(kw.get("centered", False))},
+    "adam_": {"max_exp_avg_sq": lambda kw: bool(kw.get("amsgrad", False))},
 }
 
 
@@ -623,16 +621,16 @@ def functional_outcome(name, args, kwargs):
             and all(_array_ok(a, like=param) for a in states)):
         return "refused"
     used = [param, grad, *states]
-    for state, (required, checked_anyway) in optional.items():
+    for state, required in optional.items():
         a = kwargs.get(state)
-        if required(options):
-            if a is None:
+        if a is None:
+            if required(options):
                 return "refused"
-        elif a is None or not checked_anyway:
             continue
         if not _array_ok(a, like=param):
             return "refused"
-        used.append(a)
+        if required(options):       # only arrays the step uses must not share memory
+            used.append(a)
     return "ok" if _disjoint(used) else "refused"
 
 
