@@ -106,11 +106,15 @@ def _rule_function(spec, name):
             grad_scale = check.finite("grad_scale", grad_scale)
         param = arrays[0]
         names = list(array_names)
+        unused = []
         for n, st in needs:
             a = values.get(n)
             if a is not None:
-                arrays.append(a)
-                names.append(n)
+                if needed[n]:
+                    arrays.append(a)
+                    names.append(n)
+                else:   # passed though these options do not use it: still an array like param
+                    unused.append((n, a))
             elif needed[n]:
                 raise ValueError(f"{st.describe(o)} needs {n} (an array like param, initially zeros)")
         if check.valid(tuple(arrays), 1):     # all good at once (~0.1 us); else the checks name it
@@ -119,10 +123,11 @@ def _rule_function(spec, name):
             p, g = arrays[0], arrays[1]
         else:
             p, g = _checked_arrays(arrays, names)
+        for n, a in unused:
+            check.array(n, a, like=param)
         s = {"param": p}
         for n, a in zip(names[2:], arrays[2:]):
-            if n in always or needed[n]:
-                s[state_name[n]] = a
+            s[state_name[n]] = a
         scalars = spec.scalars(o, t, sc, t == 1) if takes_step else ()
         kernel(spec.name)(p, g, p, *spec.arrays(s), grad_scale, o["maximize"], False,
                           *constants, *scalars)

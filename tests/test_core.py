@@ -293,3 +293,18 @@ def test_spec_defaults_are_torchs():
         sig = inspect.signature(getattr(torch.optim, cls))
         for option, default in SPECS[name].options:
             assert sig.parameters[option].default == default, (name, option)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+def test_lion_decay_to_exactly_zero_keeps_inf_times_zero_nan(backend):
+    """lr * weight_decay == 1 makes the decay exactly 0 in the reference; a contracted FMA made
+    it -2e-17 in Cython, so an inf parameter became -inf instead of NaN (fuzzer, seed 2)."""
+    out = {}
+    for be in (backend, "numpy"):
+        p = np.array([np.inf, 1.0, -np.inf, 2.0], np.float32)
+        with fastgd.use_backend(be), np.errstate(invalid="ignore"):
+            fastgd.functional.lion_(p, np.ones(4, np.float32), np.zeros(4, np.float32), lr=1e-4,
+                                    weight_decay=1e4)
+        out[be] = p
+    np.testing.assert_array_equal(out[backend], out["numpy"])
+    assert np.isnan(out[backend][0]) and np.isnan(out[backend][2])
