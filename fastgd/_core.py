@@ -123,7 +123,7 @@ class Slot:
     array), ``spans`` the bytes they occupy, ``fresh`` whether its state arrays were created in
     this step; ``key``/``param``/``store``: what the views were made from, to notice a change."""
     __slots__ = ("param", "s", "spans", "names", "fresh", "store", "containers", "key", "pending",
-                 "aux", "views", "arrays", "where")
+                 "aux", "views", "arrays", "where", "tag")
 
     def __init__(self, param, flat):
         self.param = param
@@ -139,6 +139,7 @@ class Slot:
         self.views = (flat,)  # the flat views, param first (for the grad's one-call check)
         self.arrays = None    # the state arrays in the kernel's order (spec.arrays(s))
         self.where = None     # how error messages name this parameter
+        self.tag = None       # the front end's own (fastgd.torch: the data pointer and shape)
 
 
 class Core(Clipping):

@@ -598,13 +598,33 @@ class _Optimizer(Core, torch.optim.Optimizer):
         (non-contiguous param, its contiguous copy) pairs to write back after the step."""
         work, copies = [], []
         name = type(self).__name__
-        slots, ptrs = self._slots, self._ptrs
+        slots, ptrs, state_get, valid = self._slots, self._ptrs, self.state.get, check.valid
         for gi, (group, prep) in enumerate(zip(self.param_groups, preps)):
+            names = prep.names
             for i, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
                     continue
                 slot = slots.get(p)
+                # The usual step, in as few operations as it takes (~2 us of Python a tensor):
+                # the same parameter memory, state and options as last step, and a gradient
+                # whose NumPy view passes the one-call check (kernels/arrays.pyx).
+                if slot is not None and slot.tag[0] == p.data_ptr() and slot.names == names:
+                    state = state_get(p)
+                    if state is slot.store:
+                        for n, c in zip(names, slot.containers):
+                            if state.get(n) is not c:
+                                break
+                        else:
+                            try:
+                                gn = g.numpy()
+                            except (RuntimeError, TypeError):
+                                gn = None
+                            if gn is not None and gn.shape == slot.tag[1]:
+                                gf = gn if gn.ndim == 1 else gn.reshape(-1)
+                                if valid((gf, *slot.views), 0):
+                                    work.append((prep, slot, gf))
+                                    continue
                 ptr = p.data_ptr()
                 if slot is None or ptrs.get(p) != ptr:
                     where = f"parameter {i} of group {gi}"
@@ -626,6 +646,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
                     copy.copy_(p.detach())
                     copies.append((p, copy))
                 slot = self._slot(p, p, flat, prep, where)
+                slot.tag = (ptr, tuple(p.shape))
                 # The gradient is not cached: holding last step's would keep it alive after
                 # zero_grad(set_to_none=True) frees it. The common case (a plain CPU gradient
                 # like the parameter, not sharing memory with it or its state) is checked in one
