@@ -139,7 +139,7 @@ class Slot:
         self.views = (flat,)  # the flat views, param first (for the grad's one-call check)
         self.arrays = None    # the state arrays in the kernel's order (spec.arrays(s))
         self.where = None     # how error messages name this parameter
-        self.tag = None       # the front end's own (fastgd.torch: the data pointer and shape)
+        self.tag = (None, None, None)   # the front end's own (fastgd.torch: pointer, shape, copy)
 
 
 class Core(Clipping):

@@ -609,7 +609,8 @@ class _Optimizer(Core, torch.optim.Optimizer):
                 # The usual step, in as few operations as it takes (~2 us of Python a tensor):
                 # the same parameter memory, state and options as last step, and a gradient
                 # whose NumPy view passes the one-call check (kernels/arrays.pyx).
-                if slot is not None and slot.tag[0] == p.data_ptr() and slot.names == names:
+                if slot is not None and slot.tag[0] == p.data_ptr() and slot.names == names \
+                        and slot.tag[2] is None:
                     state = state_get(p)
                     if state is slot.store:
                         for n, c in zip(names, slot.containers):
@@ -646,7 +647,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
                     copy.copy_(p.detach())
                     copies.append((p, copy))
                 slot = self._slot(p, p, flat, prep, where)
-                slot.tag = (ptr, tuple(p.shape))
+                slot.tag = (ptr, tuple(p.shape), copy)   # what the short path above compares
                 # The gradient is not cached: holding last step's would keep it alive after
                 # zero_grad(set_to_none=True) frees it. The common case (a plain CPU gradient
                 # like the parameter, not sharing memory with it or its state) is checked in one
