@@ -282,25 +282,35 @@ class Core(Clipping):
         spec = self.spec
         scalars = spec.scalars
         has_scalar_state = bool(spec.scalar_state)
+        advance = self._advance
+        current = None
         for i, (prep, slot, g) in enumerate(work):
-            acc = None if accs is None else accs[i]
-            t = self._advance(slot)
-            s = slot.s
+            if prep is not current:     # per group: its kernel, constants, and a memo of the
+                current = prep          # step scalars by (t, fresh): equal steps compute them once
+                kernel, o, maximize, constants, memo = (prep.kernel, prep.o, prep.maximize,
+                                                        prep.constants, {})
+            t = advance(slot)
+            fresh = slot.fresh
             if scalars is None:
                 sc = ()
             elif has_scalar_state:
                 values = self._scalars_of(slot)
-                sc = scalars(prep.o, t, values, slot.fresh)
+                sc = scalars(o, t, values, fresh)
                 self._store_scalars(slot, values)
             else:
-                sc = scalars(prep.o, t, None, slot.fresh)
+                sc = memo.get((t, fresh))
+                if sc is None:
+                    sc = memo[t, fresh] = scalars(o, t, None, fresh)
             slot.fresh = False
-            p = s["param"]
+            p = slot.s["param"]
             arrays = slot.arrays
             if arrays is None:          # a flat run of fastgd.torch, made for this step
-                arrays = spec.arrays(s)
-            prep.kernel(p, g, p if acc is None else acc, *arrays, grad_scale, prep.maximize,
-                        acc is not None, *prep.constants, *sc)
+                arrays = spec.arrays(slot.s)
+            acc = None if accs is None else accs[i]
+            if acc is None:
+                kernel(p, g, p, *arrays, grad_scale, maximize, False, *constants, *sc)
+            else:
+                kernel(p, g, acc, *arrays, grad_scale, maximize, True, *constants, *sc)
         return True
 
     # --- checkpoints ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Each function here has the same name and signature as the compiled kernels of the Cython and
 Numba backends (bottleneck's "slow twin"), updates its arrays in place, and is written to be
-read: one NumPy expression per line of the rule as DESIGN.md states it. Scalars that depend on
+read: one NumPy expression per line of the rule as its spec (fastgd/rules/<rule>.py) states it. Scalars that depend on
 the step count (bias corrections) are computed by fastgd.functional and passed in.
 Arithmetic happens in the arrays' dtype (NumPy keeps float32 with Python-float scalars).
 """

@@ -7,7 +7,8 @@
 cimport openmp
 
 # Below this many elements a kernel runs serially on the calling thread: waking the OpenMP team
-# costs more than it saves (measured: bench/threshold.py).
+# costs more than it saves (measured when chosen: below it a 2-thread step was slower than a
+# serial one; `fastgd bench --sizes 16e3,32e3,64e3 --threads 1,2` re-measures it).
 cdef enum:
     PARALLEL_MIN = 32768
     # Piece boundaries are multiples of this many elements (64 bytes of float32) so two threads

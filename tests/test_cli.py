@@ -233,9 +233,9 @@ def test_demo_forwards_argv(monkeypatch):
 
 def test_a_rule_added_to_RULES_is_benchmarked_and_verified(monkeypatch, tmp_path, capsys):
     from fastgd.rules import Rule
-    monkeypatch.setitem(RULES, "adam_maximize", Rule("adam_maximize", "Adam", {"maximize": True}, 28, 3,
+    monkeypatch.setitem(RULES, "adam_maximize", Rule("adam_maximize", "Adam", {"maximize": True},
                                                      torch="Adam", torch_fused=True))
-    monkeypatch.setitem(RULES, "no_peer", Rule("no_peer", "AdamW", {}, 28, 3))
+    monkeypatch.setitem(RULES, "no_peer", Rule("no_peer", "AdamW", {}))
     path = tmp_path / "run.json"
     assert cli.main(TINY + ["--sizes", "1e3", "--rules", "adam_maximize,no_peer", "--json", str(path)]) == 0
     data = json.loads(path.read_text())
@@ -258,7 +258,7 @@ def test_missing_extras_say_what_to_install(monkeypatch, tmp_path, capsys):
 
 def test_a_failing_case_is_reported_not_fatal(monkeypatch, tmp_path, capsys):
     from fastgd.rules import Rule
-    monkeypatch.setitem(RULES, "not_built", Rule("not_built", "NoSuchOptimizer", {}, 12, 1))
+    monkeypatch.setitem(RULES, "not_built", Rule("not_built", "Adam", {"lr": "not a number"}))
     path = tmp_path / "run.json"
     assert cli.main(TINY + ["--sizes", "1e3", "--rules", "adam,not_built", "--json", str(path)]) == 0
     data = json.loads(path.read_text())

@@ -20,54 +20,61 @@ SPECS = {m.SPEC.name: m.SPEC for m in (adam, sgd, adagrad, rmsprop, adamax, nada
 
 @dataclass(frozen=True)
 class Rule:
+    """A variant of a rule: ``optimizer`` (a class of fastgd.optim) with ``options``; its memory
+    traffic follows from the state its spec keeps under those options."""
     name: str                 # e.g. "adamw", "sgd_momentum"
     optimizer: str            # class name in fastgd (and in torch.optim when torch has it)
     options: dict = field(default_factory=dict)   # constructor options selecting the variant
-    bytes_per_element: int = 0    # float32 memory traffic of one step (twice that for float64)
-    written: int = 1          # arrays read and written per element (param + state); grad is read only
     torch: str = None         # torch.optim class of the peer, None when torch has none
     torch_fused: bool = False  # torch has a fused CPU kernel for it (else its foreach is the peer)
 
     @property
     def spec(self):
         """The Spec of this variant's rule."""
+        return self._cls().spec
+
+    def _cls(self):
         import fastgd
-        return getattr(fastgd, self.optimizer).spec
+        return getattr(fastgd, self.optimizer)
+
+    @property
+    def written(self):
+        """Arrays read and written per element: the parameter and the state its options keep."""
+        cls = self._cls()
+        group = {**self.spec.defaults, **cls.fixed, **cls.overrides,
+                 **{k: v for k, v in self.options.items() if k in self.spec.defaults}}
+        # the options as given (not checked: a variant with a bad option is reported by the
+        # benchmark that builds it, not refused here)
+        return 1 + len(self.spec.state_names(group))
+
+    @property
+    def bytes_per_element(self):
+        """float32 memory traffic of one step (float64: twice): the written arrays read and
+        written, the gradient read, and the gradient read again by a clipping norm pass."""
+        return 4 * (2 * self.written + 1 + ("max_grad_norm" in self.options))
 
     def make(self, params, **extra):
         """The fastgd optimizer of this rule over ``params``."""
-        import fastgd
-        return getattr(fastgd, self.optimizer)(params, **{**self.options, **extra})
+        return self._cls()(params, **{**self.options, **extra})
 
 
-RULES = {
-    r.name: r
-    for r in [
-        Rule("adam", "Adam", {}, 28, 3, torch="Adam", torch_fused=True),
-        Rule("adamw", "AdamW", {"weight_decay": 1e-2}, 28, 3, torch="AdamW", torch_fused=True),
-        Rule("amsgrad", "Adam", {"amsgrad": True}, 36, 4, torch="Adam", torch_fused=True),
-        # Global-norm clipping fused into the step: a read-only norm pass (4) + Adam (28). The
-        # torch peer is clip_grad_norm_(foreach=True) then the optimizer: a peer that finds
-        # "max_grad_norm" in options pops it and clips first (torch.optim has no such option).
-        Rule("clip_adam", "Adam", {"max_grad_norm": 1.0}, 32, 3, torch="Adam", torch_fused=True),
-    ]
-}
-
-
-# The optimizer family (issue 4). torch 2.13 has fused CPU kernels for SGD and Adagrad (and
-# Adam/AdamW) only; the others' fastest torch peer is foreach.
-for _r in [
-    Rule("sgd", "SGD", {}, 12, 1, torch="SGD", torch_fused=True),
-    Rule("sgd_momentum", "SGD", {"momentum": 0.9}, 20, 2, torch="SGD", torch_fused=True),
-    Rule("sgd_nesterov", "SGD", {"momentum": 0.9, "nesterov": True}, 20, 2, torch="SGD",
-         torch_fused=True),
-    Rule("adagrad", "Adagrad", {}, 20, 2, torch="Adagrad", torch_fused=True),
-    Rule("rmsprop", "RMSprop", {}, 20, 2, torch="RMSprop"),
-    Rule("rmsprop_centered", "RMSprop", {"centered": True}, 28, 3, torch="RMSprop"),
-    Rule("adamax", "Adamax", {}, 28, 3, torch="Adamax"),
-    Rule("nadam", "NAdam", {}, 28, 3, torch="NAdam"),
-    Rule("radam", "RAdam", {}, 28, 3, torch="RAdam"),
-    Rule("lion", "Lion", {}, 20, 2, torch=None),
-]:
-    RULES[_r.name] = _r
-del _r
+# torch 2.13 has fused CPU kernels for Adam/AdamW, SGD and Adagrad only; the others' fastest
+# torch peer is foreach. clip_adam: global-norm clipping fused into the step; its torch peer is
+# clip_grad_norm_(foreach=True) then the optimizer (a peer that finds "max_grad_norm" in options
+# pops it and clips first; torch.optim has no such option).
+RULES = {r.name: r for r in [
+    Rule("adam", "Adam", {}, torch="Adam", torch_fused=True),
+    Rule("adamw", "AdamW", {"weight_decay": 1e-2}, torch="AdamW", torch_fused=True),
+    Rule("amsgrad", "Adam", {"amsgrad": True}, torch="Adam", torch_fused=True),
+    Rule("clip_adam", "Adam", {"max_grad_norm": 1.0}, torch="Adam", torch_fused=True),
+    Rule("sgd", "SGD", {}, torch="SGD", torch_fused=True),
+    Rule("sgd_momentum", "SGD", {"momentum": 0.9}, torch="SGD", torch_fused=True),
+    Rule("sgd_nesterov", "SGD", {"momentum": 0.9, "nesterov": True}, torch="SGD", torch_fused=True),
+    Rule("adagrad", "Adagrad", {}, torch="Adagrad", torch_fused=True),
+    Rule("rmsprop", "RMSprop", {}, torch="RMSprop"),
+    Rule("rmsprop_centered", "RMSprop", {"centered": True}, torch="RMSprop"),
+    Rule("adamax", "Adamax", {}, torch="Adamax"),
+    Rule("nadam", "NAdam", {}, torch="NAdam"),
+    Rule("radam", "RAdam", {}, torch="RAdam"),
+    Rule("lion", "Lion", {}, torch=None),
+]}
