@@ -5,8 +5,9 @@ What lives here, once:
 
 - **options**: each param group is checked by its rule's spec (fastgd/rules/) whenever it
   changed, at construction, ``add_param_group``, every ``step`` and ``load_state_dict``; the
-  checked values are cached by the identity of the group's values, so an unchanged group costs
-  one tuple comparison a step;
+  checked values are cached by the identity of the group's items, so an unchanged group costs
+  one list comparison a step (a group holding a value that can change in place, a tensor lr,
+  is checked every step);
 - **state**: the arrays a parameter needs under its group's options, created lazily at its first
   step (or when an option that needs one is switched on), as flat NumPy views of whatever the
   front end stores (arrays, tensors, flat buffers);
@@ -17,8 +18,8 @@ What lives here, once:
   another optimizer's state_dict refused in both directions) before anything changes;
 - **the thread guard**: one optimizer used from two threads at once is refused.
 
-A front end subclasses ``Core`` and says where arrays are (``_slot_arrays``, ``_advance``, the
-scalar state's storage); it knows nothing about any rule.
+A front end subclasses ``Core`` and says where arrays are (the storage hooks listed on
+``Core``); it knows nothing about any rule.
 """
 import functools
 import math
@@ -91,22 +92,19 @@ def step_count(value, where):
 _CACHEABLE = (float, int, bool, str, type(None))
 
 
-def _snapshot(group):
-    """The group's option values, or None when one of them can change in place (a tensor lr):
-    such a group is checked at every step."""
-    values = []
+def _cacheable(group):
+    """Whether the checked options of ``group`` may be reused while its items are the same
+    objects: not when a value can change in place (a tensor lr), checked at every step."""
     for k, v in group.items():
-        if k == "params":
-            continue
-        if type(v) in _CACHEABLE or (type(v) is tuple and all(type(x) in _CACHEABLE for x in v)):
-            values.append(v)
-        else:
-            return None
-    return values
+        if k != "params" and type(v) not in _CACHEABLE and not (
+                type(v) is tuple and all(type(x) in _CACHEABLE for x in v)):
+            return False
+    return True
 
 
 class Prep:
-    """What a step needs of one checked group: options, kernel, constants, state names."""
+    """What a step needs of one checked group: options, kernel, constants, state names, and
+    ``snapshot``, the group's items when it was checked (None: check it again next step)."""
     __slots__ = ("o", "kernel", "constants", "maximize", "names", "snapshot")
 
     def __init__(self, spec, o, snapshot):
@@ -186,7 +184,7 @@ class Core(Clipping):
             same = False
         if not same:
             prep = Prep(self.spec, self._check_group(group), None)
-            if _snapshot(group) is not None:       # no value that can change in place
+            if _cacheable(group):
                 prep.snapshot = items
                 self._preps[key] = prep
         prep.kernel = kernel(self.spec.name)

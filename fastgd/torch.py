@@ -11,11 +11,12 @@ its torch.optim namesake (Lion, which torch lacks, follows lion-pytorch), so par
 torch's names and layout (``step`` a float32 scalar tensor), so a checkpoint of
 ``torch.optim.AdamW`` loads into ``ft.AdamW`` and the other way round.
 
-The update is zero-copy: parameters, gradients and state are viewed as NumPy arrays
-(``Tensor.numpy()`` shares memory) and updated in place by one fused pass per tensor: the
-backend's raw kernel, called directly. Each group's options are checked once per step (as
-fastgd.functional checks them; Adam/AdamW as torch.optim.Adam does) and every tensor cheaply,
-before anything is written; the step-dependent scalars come from fastgd.functional's helpers.
+Each class is its rule's spec (fastgd/rules/) on the one optimizer core (fastgd._core), the
+same as fastgd.optim's: the same option checks (after torch.optim's own constructor checks, so
+what torch refuses raises torch's error), the same state, step scalars and kernel call, the same
+clipping policy and checkpoint checks. The update is zero-copy: parameters, gradients and state
+are viewed as NumPy arrays (``Tensor.numpy()`` shares memory) and updated in place by one fused
+pass per tensor; a non-contiguous parameter is stepped through a contiguous copy.
 
 Options beyond torch's (keyword-only, every class):
 
@@ -30,11 +31,14 @@ Options beyond torch's (keyword-only, every class):
   same pass as the update, as ``torch.nn.utils.clip_grad_norm_`` followed by ``step()`` would,
   without rewriting the gradients (``.grad`` is left unclipped). The norm is fastgd's
   deterministic one; the norm before clipping of the last step is ``opt.last_grad_norm``.
-  A non-finite norm raises before anything changes (torch would write NaNs into the parameters).
+  A non-finite norm skips the step and counts it in ``opt.skipped_steps`` (torch would write
+  NaNs into the parameters); ``error_if_nonfinite=True`` raises instead; nothing changes either
+  way. ``inf`` measures without clipping.
 
 What it refuses, with a message: tensors not on the CPU (CUDA, MPS, ...), complex or
 half/bfloat16 parameters, sparse gradients, ``differentiable=True`` and ``capturable=True``,
-a gradient or state tensor sharing memory with its parameter or each other.
+a gradient or state tensor sharing memory with its parameter or each other, and option values
+fastgd refuses though torch accepts them (the message says why).
 Parameters whose ``grad`` is None are skipped.
 """
 import inspect
@@ -97,36 +101,6 @@ def _grad_tensor(p, g, what, optimizer):
     if not g.is_contiguous():
         g = g.contiguous()
     return g
-
-
-def _span(t):
-    """The bytes [lo, hi) a contiguous tensor occupies ((0, 0) if empty: it overlaps nothing)."""
-    n = t.numel()
-    if not n:
-        return 0, 0
-    lo = t.data_ptr()
-    return lo, lo + n * t.element_size()
-
-
-def _refuse_overlap(span, spans, what, optimizer):
-    """Refuse (as fastgd.functional's no_overlap does) an array sharing memory with one of
-    ``spans`` ({name: (lo, hi)}): the kernels read and write them element by element."""
-    lo, hi = span
-    for name, (a, b) in spans.items():
-        if lo < b and a < hi:
-            raise ValueError(f"{optimizer}: {what} shares memory with {name}; each must be its "
-                             "own tensor")
-
-
-def _state_array(t, p, name, what, optimizer):
-    """A state tensor of ``p`` as a flat writable NumPy view (it must be like the parameter)."""
-    if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.dtype != p.dtype \
-            or t.numel() != p.numel() or not t.is_contiguous() or t.layout != torch.strided:
-        desc = (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor)
-                else type(t).__name__)
-        raise ValueError(f"{optimizer}: state {name!r} of {what} is {desc}; expected a contiguous "
-                         f"CPU tensor like the parameter ({p.dtype} {tuple(p.shape)})")
-    return t.detach().numpy().reshape(-1)
 
 
 def _scalar_array(t, name, what, optimizer):
@@ -246,8 +220,6 @@ def _plain(value, name):
     return value
 
 
-#: options of torch.optim that fastgd.torch takes and what it does with them
-_TORCH_ONLY = ("foreach", "fused", "capturable", "differentiable")
 #: keyword-only options of every fastgd.torch optimizer beyond torch's
 _EXTRA = (("flatten", False), ("max_grad_norm", None), ("norm_type", 2.0), ("error_if_nonfinite", False))
 
