@@ -47,12 +47,12 @@ import operator
 import numpy as np
 import torch
 
-from . import _validate as check
-from . import functional as F
-from ._core import Core, Slot, busy, exclusive, lock_of
-from .flat import FlatParams
-from .optim import constructor_signature
-from .rules import SPECS
+from .. import _validate as check
+from .. import functional as F
+from .._core import Core, Slot, busy, exclusive, lock_of
+from ..flat import FlatParams
+from ..optim import constructor_signature
+from ..rules import SPECS
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion",
            "clip_grad_norm_"]
