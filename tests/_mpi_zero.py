@@ -173,6 +173,20 @@ def case_allreduce_grads():
     same_on_all_ranks(mine)
 
 
+def case_abort_on_failure():
+    """An exception inside one rank's collective step (here, the kernel step of the last rank)
+    aborts the job with its message instead of leaving the other ranks waiting. Run alone: the
+    job must end non-zero, quickly, with the message."""
+    params, local, _ = data(1)
+    zero = ZeroRedundancyOptimizer(params, optimizer_class=fastgd.Adam)
+    if RANK == K - 1:
+        def broken(*args, **kwargs):
+            raise MemoryError("simulated failure in the update")
+        zero.optimizer.step = broken
+    zero.step(local[0])
+    print(f"not aborted {RANK}", flush=True)
+
+
 if __name__ == "__main__":
     for name in sys.argv[1:]:
         globals()[f"case_{name}"]()

@@ -37,6 +37,18 @@ def test_under_mpiexec(ranks):
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip install fastgd[dist] brings it)")
+@pytest.mark.timeout(120)
+def test_a_failure_inside_one_ranks_step_aborts_the_job_with_its_message():
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, os.path.join(HERE, "_mpi_zero.py"),
+                           "abort_on_failure"], capture_output=True, text=True, timeout=100, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "rank 1 failed inside a step: MemoryError: simulated failure in the update" in out, out
+    assert "not aborted 0" not in out, out      # rank 0 did not go on as if the step happened
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip install fastgd[dist] brings it)")
 @pytest.mark.timeout(300)
 def test_the_data_parallel_example_trains_and_ends_identical():
     pytest.importorskip("sklearn", reason="the example uses the digits of scikit-learn (fastgd[demo])")
