@@ -351,58 +351,54 @@ class Optimizer(Core):
         return "\n".join(lines) + "\n)"
 
 
-def _doc(title, spec, note=""):
-    return f"{title}\n\n" + "\n".join("    " + line for line in spec.doc.splitlines()) + (
-        f"\n\n{note}" if note else "")
-
-
 class Adam(Optimizer):
     spec = SPECS["adam"]
-    __doc__ = _doc("Adam (Kingma & Ba 2015) with torch.optim.Adam's arguments and defaults; "
-                   "AMSGrad with amsgrad=True.", spec)
+    __doc__ = spec.docstring("Adam (Kingma & Ba 2015) with torch.optim.Adam's arguments and "
+                             "defaults; AMSGrad with amsgrad=True.")
 
 
 class AdamW(Adam):
     fixed = {"decoupled_weight_decay": True}
     overrides = {"weight_decay": 1e-2}
-    __doc__ = _doc("AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay, as "
-                   "torch.optim.AdamW (default weight_decay 1e-2).", Adam.spec)
+    __doc__ = Adam.spec.docstring("AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight "
+                                  "decay, as torch.optim.AdamW (default weight_decay 1e-2).")
 
 
 class SGD(Optimizer):
     spec = SPECS["sgd"]
-    __doc__ = _doc("Stochastic gradient descent with momentum, as torch.optim.SGD.", spec)
+    __doc__ = spec.docstring("Stochastic gradient descent with momentum, as torch.optim.SGD.")
 
 
 class Adagrad(Optimizer):
     spec = SPECS["adagrad"]
-    __doc__ = _doc("Adagrad (Duchi et al. 2011), as torch.optim.Adagrad.", spec)
+    __doc__ = spec.docstring("Adagrad (Duchi et al. 2011), as torch.optim.Adagrad.")
 
 
 class RMSprop(Optimizer):
     spec = SPECS["rmsprop"]
-    __doc__ = _doc("RMSprop (Hinton 2012; centered: Graves 2013), as torch.optim.RMSprop.", spec)
+    __doc__ = spec.docstring("RMSprop (Hinton 2012; centered: Graves 2013), as torch.optim.RMSprop.")
 
 
 class Adamax(Optimizer):
     spec = SPECS["adamax"]
-    __doc__ = _doc("Adamax (Kingma & Ba 2015, section 7), as torch.optim.Adamax.", spec)
+    __doc__ = spec.docstring("Adamax (Kingma & Ba 2015, section 7), as torch.optim.Adamax.")
 
 
 class NAdam(Optimizer):
     spec = SPECS["nadam"]
-    __doc__ = _doc("NAdam (Dozat 2016), as torch.optim.NAdam; NAdamW with "
-                   "decoupled_weight_decay=True.", spec,
-                   "mu_product is kept as a float64 Python float (fastgd.torch keeps torch's float32).")
+    __doc__ = spec.docstring("NAdam (Dozat 2016), as torch.optim.NAdam; NAdamW with "
+                             "decoupled_weight_decay=True.",
+                             "mu_product is kept as a float64 Python float (fastgd.torch keeps "
+                             "torch's float32, rounded every step).")
 
 
 class RAdam(Optimizer):
     spec = SPECS["radam"]
-    __doc__ = _doc("RAdam (Liu et al. 2020), as torch.optim.RAdam; RAdamW with "
-                   "decoupled_weight_decay=True.", spec)
+    __doc__ = spec.docstring("RAdam (Liu et al. 2020), as torch.optim.RAdam; RAdamW with "
+                             "decoupled_weight_decay=True.")
 
 
 class Lion(Optimizer):
     spec = SPECS["lion"]
-    __doc__ = _doc("Lion (Chen et al. 2023, \"Symbolic Discovery of Optimization Algorithms\"); "
-                   "torch has none.", spec)
+    __doc__ = spec.docstring('Lion (Chen et al. 2023, "Symbolic Discovery of Optimization '
+                             'Algorithms"); torch has none.')

@@ -99,5 +99,11 @@ class Spec:
         """Names of the state arrays a parameter needs under the checked options ``o``."""
         return tuple(s.name for s in self.state if s.needed(o))
 
+    def docstring(self, title, note=""):
+        """A front end's docstring of this rule: ``title``, the update as ``doc`` states it, and
+        a ``note``."""
+        return f"{title}\n\n" + "\n".join("    " + line for line in self.doc.splitlines()) + (
+            f"\n\n{note}" if note else "")
+
     def step_scalars(self, o, t, s, fresh):
         return () if self.scalars is None else self.scalars(o, t, s, fresh)

@@ -714,54 +714,52 @@ def _param_runs(fg, active, fresh, scalars):
 
 # --- the optimizers: a spec, a torch peer, and a docstring ---------------------------------------
 
-def _doc(title, spec):
-    return f"{title}\n\n" + "\n".join("    " + line for line in spec.doc.splitlines())
-
-
 class Adam(_Optimizer):
     spec, peer = SPECS["adam"], "Adam"
-    __doc__ = _doc("torch.optim.Adam on fastgd's fused kernel (``foreach``/``fused`` are accepted "
-                   "and ignored: the kernel is fused); AdamW with decoupled_weight_decay=True.", spec)
+    __doc__ = spec.docstring("torch.optim.Adam on fastgd's fused kernel (``foreach``/``fused`` are "
+                             "accepted and ignored: the kernel is fused); AdamW with "
+                             "decoupled_weight_decay=True.")
 
 
 class AdamW(_Optimizer):
     spec, peer = SPECS["adam"], "AdamW"
     fixed = {"decoupled_weight_decay": True}
-    __doc__ = _doc("torch.optim.AdamW: Adam with decoupled weight decay (default 1e-2).", spec)
+    __doc__ = spec.docstring("torch.optim.AdamW: Adam with decoupled weight decay (default 1e-2).")
 
 
 class SGD(_Optimizer):
     spec, peer = SPECS["sgd"], "SGD"
-    __doc__ = _doc("torch.optim.SGD with momentum, dampening, nesterov.", spec)
+    __doc__ = spec.docstring("torch.optim.SGD with momentum, dampening, nesterov.")
 
 
 class Adagrad(_Optimizer):
     spec, peer = SPECS["adagrad"], "Adagrad"
-    __doc__ = _doc("torch.optim.Adagrad; the state is created in the constructor, as torch does.", spec)
+    __doc__ = spec.docstring("torch.optim.Adagrad; the state is created in the constructor, as "
+                             "torch does.")
 
 
 class RMSprop(_Optimizer):
     spec, peer = SPECS["rmsprop"], "RMSprop"
-    __doc__ = _doc("torch.optim.RMSprop (centered, momentum).", spec)
+    __doc__ = spec.docstring("torch.optim.RMSprop (centered, momentum).")
 
 
 class Adamax(_Optimizer):
     spec, peer = SPECS["adamax"], "Adamax"
-    __doc__ = _doc("torch.optim.Adamax.", spec)
+    __doc__ = spec.docstring("torch.optim.Adamax.")
 
 
 class NAdam(_Optimizer):
     spec, peer = SPECS["nadam"], "NAdam"
-    __doc__ = _doc("torch.optim.NAdam (Dozat 2016) with momentum decay; ``mu_product`` is a float32 "
-                   "scalar tensor rounded every step, as torch keeps it.", spec)
+    __doc__ = spec.docstring("torch.optim.NAdam (Dozat 2016) with momentum decay; ``mu_product`` is "
+                             "a float32 scalar tensor rounded every step, as torch keeps it.")
 
 
 class RAdam(_Optimizer):
     spec, peer = SPECS["radam"], "RAdam"
-    __doc__ = _doc("torch.optim.RAdam (Liu et al. 2020).", spec)
+    __doc__ = spec.docstring("torch.optim.RAdam (Liu et al. 2020).")
 
 
 class Lion(_Optimizer):
     spec = SPECS["lion"]
-    __doc__ = _doc("Lion (Chen et al. 2023), as lion-pytorch (torch.optim has none); state "
-                   "``exp_avg`` only (no step count).", spec)
+    __doc__ = spec.docstring("Lion (Chen et al. 2023), as lion-pytorch (torch.optim has none); "
+                             "state ``exp_avg`` only (no step count).")
