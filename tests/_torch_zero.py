@@ -3,6 +3,7 @@ ZeroRedundancyOptimizer against torch's, each rank printing ``ok <rank>`` when a
 
     python tests/_torch_zero.py RANK WORLD_SIZE INIT_FILE
 """
+import os
 import sys
 
 import torch
@@ -70,6 +71,25 @@ for cls, opts in ((torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
         else:
             raise AssertionError("state_dict() on a rank that did not consolidate must raise")
 
+# a step that fails on one rank (a bad lr set on that rank only): an error on every rank,
+# nothing broadcast, no hang
+net = model()
+zero = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=torch.optim.Adam)
+for p in net.parameters():
+    p.grad = torch.ones_like(p)
+before = [p.detach().clone() for p in net.parameters()]
+if rank == 1:
+    zero.param_groups[0]["lr"] = -1.0
+try:
+    zero.step()
+except (ValueError, RuntimeError) as exc:
+    assert ("Invalid learning rate" in str(exc)) if rank == 1 else ("rank(s) [1]" in str(exc)), exc
+    # nothing was broadcast: the tensors rank 1 owns are unchanged on every rank
+    assert all(torch.equal(a, b) for i, (a, b) in enumerate(zip(before, net.parameters()))
+               if zero._owners[i] == 1)
+else:
+    raise AssertionError("a failed step on rank 1 must raise on every rank")
+
 # ranks with different parameters: the same error on every rank, no hang
 bad = [torch.nn.Parameter(torch.zeros(3 + rank))]
 try:
@@ -78,5 +98,10 @@ except ValueError as exc:
     assert "differ" in str(exc)
 else:
     raise AssertionError("different parameters on the ranks must be refused")
-dist.destroy_process_group()
+dist.barrier()
 print(f"ok {rank}", flush=True)
+# Every check has passed. Leave without the interpreter's teardown: gloo's worker threads now and
+# then abort it ("terminate called without an active exception", SIGABRT) after a rank's step
+# raised, which would turn a passed run into a failed one.
+sys.stdout.flush()
+os._exit(0)

@@ -16,7 +16,8 @@ the ranks (DistributedDataParallel, or ``torch.distributed.all_reduce``), as wit
 ``consolidate_state_dict(to=0)`` then ``state_dict()`` on that rank gives one state_dict of the
 whole model, in the layout of the wrapped optimizer (``torch.optim.AdamW`` loads it).
 The ranks agree on the parameters (count, shapes, dtypes) at construction: a mismatch raises the
-same ``ValueError`` on every rank instead of hanging.
+same ``ValueError`` on every rank instead of hanging; a step that raises on one rank (a bad
+gradient) raises on every rank, before any broadcast, instead of leaving the others waiting.
 """
 import torch
 import torch.distributed as dist
@@ -90,7 +91,20 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._sync_param_groups()
-        self.optim.step()
+        error = None
+        try:
+            self.optim.step()
+        except Exception as exc:   # the others must not wait in the broadcasts for this rank
+            error = exc
+        failed = torch.tensor([0 if error is None else 1 << self.rank], dtype=torch.int64)
+        dist.all_reduce(failed, group=self.process_group)
+        if failed.item():
+            ranks = [r for r in range(self.world_size) if failed.item() >> r & 1]
+            if error is not None:
+                raise error
+            raise RuntimeError(f"the optimizer step failed on rank(s) {ranks} (see their error); "
+                               "the parameters were not broadcast (the ranks' own partitions may "
+                               "differ now: restore a checkpoint)")
         for p, owner in zip(self._params, self._owners):
             dist.broadcast(p.data, src=self._global[owner], group=self.process_group)
         return loss
