@@ -71,7 +71,8 @@ class ZeroRedundancyOptimizer(Clipping):
     """ZeRO-1: ``optimizer_class`` (any fastgd optimizer) over this rank's shard of ``params``.
 
     ``params``: this rank's copy of the model's parameter arrays (one float dtype, C-contiguous;
-    every rank the same shapes); ``comm``: an mpi4py communicator (MPI.COMM_WORLD by default);
+    every rank the same shapes), or param groups ``[{"params": [...], **options}, ...]`` as the
+    wrapped optimizer takes them (the shards cut across groups); ``comm``: an mpi4py communicator (MPI.COMM_WORLD by default);
     ``defaults``: the inner optimizer's options. ``max_grad_norm``, ``norm_type``,
     ``error_if_nonfinite`` clip across all shards (fastgd.clipping's policy). ``step(grads)``
     takes this rank's local gradients and steps with their mean over ranks.
@@ -88,21 +89,36 @@ class ZeroRedundancyOptimizer(Clipping):
         try:
             if isinstance(params, np.ndarray):
                 raise TypeError("params must be a list of arrays, not one array; wrap it: [param]")
-            params = list(params)
+            groups = list(params)
+            if not groups:
+                raise ValueError("optimizer got an empty parameter list")
+            if not isinstance(groups[0], dict):
+                groups = [{"params": groups}]
+            for g in groups:
+                if not isinstance(g, dict) or "params" not in g:
+                    raise TypeError("params must be a list of arrays or of param-group dicts "
+                                    "{'params': [...], **options}")
+            # each group's arrays, and its options beyond the defaults, in order
+            group_params = [[g["params"]] if isinstance(g["params"], np.ndarray) else list(g["params"])
+                            for g in groups]
+            group_options = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+            params = [p for ps in group_params for p in ps]
             if not params:
                 raise ValueError("optimizer got an empty parameter list")
             flats = check.array_list("params", params, writable=True)
-            layout = (str(params[0].dtype), [tuple(p.shape) for p in params])
+            layout = (str(params[0].dtype), [[tuple(p.shape) for p in ps] for ps in group_params])
         except (TypeError, ValueError) as exc:
             error, layout = f"{type(exc).__name__}: {exc}", None
         _agree(self.comm, error)
         layouts = self.comm.allgather(layout)
         for r, other in enumerate(layouts):
             if other != layouts[0]:
-                raise ValueError(f"the ranks' parameters differ: rank 0 has {len(layouts[0][1])} "
-                                 f"{layouts[0][0]} arrays of shapes {layouts[0][1]}, rank {r} has "
-                                 f"{len(other[1])} {other[0]} arrays of shapes {other[1]}")
+                raise ValueError(f"the ranks' parameters differ: rank 0 has {layouts[0][0]} arrays "
+                                 f"of shapes {layouts[0][1]} (per param group), rank {r} has "
+                                 f"{other[0]} arrays of shapes {other[1]}")
         self.params = params
+        #: the parameter group of each parameter (an index into the user's groups)
+        self._group_of = [gi for gi, ps in enumerate(group_params) for _ in ps]
         self._flats = flats
         self.dtype = params[0].dtype
         self._type = _mpi_type(MPI, self.dtype)
@@ -117,8 +133,14 @@ class ZeroRedundancyOptimizer(Clipping):
             s, e = max(a, lo), min(b, hi)
             if s < e:
                 self.pieces.append((j, s - a, e - a))
-        views = [flats[j][s:e] for j, s, e in self.pieces] or [np.zeros(0, self.dtype)]
-        self.optimizer = self.optimizer_class(views, **defaults)   # same options on every rank
+        # the inner optimizer: one group per user group (lr schedules set them on every rank),
+        # each over this rank's pieces of that group's parameters
+        inner = [dict(options, params=[flats[j][s:e] for j, s, e in self.pieces
+                                       if self._group_of[j] == gi])
+                 for gi, options in enumerate(group_options)]
+        if not self.pieces:              # an empty shard: a parameter without elements
+            inner[0]["params"] = [np.zeros(0, self.dtype)]
+        self.optimizer = self.optimizer_class(inner, **defaults)   # same options on every rank
         self._counts = [b - a for a, b in zip(self.bounds, self.bounds[1:])]
         self._flat_grad = np.empty(n, self.dtype)
         self._flat_param = np.empty(n, self.dtype)
@@ -219,6 +241,7 @@ class ZeroRedundancyOptimizer(Clipping):
             return
         inner = shards[0]["optimizer"]
         state = {}
+        # the inner optimizer numbers its parameters group by group, as the pieces are ordered
         for shard in shards:
             for k, (j, s, e) in enumerate(shard["pieces"]):
                 piece = shard["optimizer"]["state"].get(k)
@@ -232,7 +255,8 @@ class ZeroRedundancyOptimizer(Clipping):
                         full[name][s:e] = v
                     else:
                         full[name] = v
-        groups = [dict(inner["param_groups"][0], params=list(range(len(self.params))))]
+        groups = [dict(g, params=[j for j, gj in enumerate(self._group_of) if gj == gi])
+                  for gi, g in enumerate(inner["param_groups"])]
         self._consolidated = {"state": state, "param_groups": groups}
 
     def state_dict(self):
@@ -250,10 +274,12 @@ class ZeroRedundancyOptimizer(Clipping):
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must be a dict with exactly the keys 'state' and 'param_groups'")
         groups = state_dict["param_groups"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != 1 \
-                or list(groups[0].get("params", ())) != list(range(len(self.params))):
-            raise ValueError(f"state_dict must have one param group over the {len(self.params)} "
-                             "parameters (as consolidate_state_dict writes it)")
+        n_groups = len(self.optimizer.param_groups)
+        expected = [[j for j, gj in enumerate(self._group_of) if gj == gi] for gi in range(n_groups)]
+        if not isinstance(groups, (list, tuple)) or len(groups) != n_groups \
+                or [list(g.get("params", ())) for g in groups] != expected:
+            raise ValueError(f"state_dict must have {n_groups} param group(s) over the parameters "
+                             f"{expected} (as consolidate_state_dict writes it)")
         state = {}
         for k, (j, s, e) in enumerate(self.pieces):
             full = state_dict["state"].get(j)
@@ -270,8 +296,12 @@ class ZeroRedundancyOptimizer(Clipping):
                 else:
                     piece[name] = v
             state[k] = piece
-        group = dict(groups[0], params=list(range(max(1, len(self.pieces)))))
-        self.optimizer.load_state_dict({"state": state, "param_groups": [group]})
+        inner_groups, index = [], 0
+        for g, mine in zip(groups, self.optimizer.param_groups):
+            count = len(mine["params"])
+            inner_groups.append(dict(g, params=list(range(index, index + count))))
+            index += count
+        self.optimizer.load_state_dict({"state": state, "param_groups": inner_groups})
         self._consolidated = None
 
 

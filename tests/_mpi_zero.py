@@ -173,6 +173,42 @@ def case_allreduce_grads():
     same_on_all_ranks(mine)
 
 
+def case_param_groups():
+    """Param groups with their own options, the shards cutting across them: bitwise one process
+    with the same groups; an lr schedule on a group; the consolidated state_dict has the groups
+    and resumes in one process."""
+    params, local, total = data(20)
+    ref = [p.copy() for p in params]
+
+    def groups(ps):
+        return [{"params": ps[:2], "lr": 1e-2}, {"params": ps[2:], "lr": 1e-3, "weight_decay": 0.0}]
+    zero = ZeroRedundancyOptimizer(groups(params), optimizer_class=fastgd.AdamW, weight_decay=0.1)
+    plain = fastgd.AdamW(groups(ref), weight_decay=0.1)
+    for t, (g, tot) in enumerate(zip(local[:10], total[:10])):
+        if t == 5:
+            for opt in (zero, plain):
+                opt.param_groups[1]["lr"] = 5e-4
+        zero.step(g)
+        plain.step(tot, grad_scale=1.0 / K)
+    for a, b in zip(params, ref):
+        assert a.tobytes() == b.tobytes()
+    zero.consolidate_state_dict(to=0)
+    sd = comm.bcast(zero.state_dict() if RANK == 0 else None, root=0)
+    assert [g["lr"] for g in sd["param_groups"]] == [1e-2, 5e-4]
+    assert [g["params"] for g in sd["param_groups"]] == [[0, 1], [2, 3]]
+    fresh = [p.copy() for p in params]
+    resumed = fastgd.AdamW(groups(fresh), weight_decay=0.1)
+    resumed.load_state_dict(copy.deepcopy(sd))
+    again = ZeroRedundancyOptimizer(groups([p.copy() for p in params]), optimizer_class=fastgd.AdamW)
+    again.load_state_dict(copy.deepcopy(sd))
+    for g, tot in zip(local[10:], total[10:]):
+        zero.step(g)
+        resumed.step(tot, grad_scale=1.0 / K)
+    for a, b in zip(params, fresh):
+        assert a.tobytes() == b.tobytes()
+    same_on_all_ranks(params)
+
+
 def case_abort_on_failure():
     """An exception inside one rank's collective step (here, the kernel step of the last rank)
     aborts the job with its message instead of leaving the other ranks waiting. Run alone: the

@@ -19,7 +19,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep
                        + os.environ.get("PATH", ""))
 CASES = ["matches_one_process", "clipping", "state_is_sharded",
-         "checkpoint_resumes_in_one_process", "bad_input_refused_on_every_rank", "allreduce_grads"]
+         "checkpoint_resumes_in_one_process", "bad_input_refused_on_every_rank", "allreduce_grads",
+         "param_groups"]
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip install fastgd[dist] brings it)")
