@@ -71,6 +71,36 @@ for cls, opts in ((torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
         else:
             raise AssertionError("state_dict() on a rank that did not consolidate must raise")
 
+# param groups with their own options, partitioned as torch partitions them
+mine, theirs = model(), model()
+
+
+def grouped(m):
+    ps = list(m.parameters())
+    return [{"params": ps[:2], "lr": 1e-2}, {"params": ps[2:], "lr": 1e-3, "weight_decay": 0.0}]
+
+
+om = ZeroRedundancyOptimizer(grouped(mine), optimizer_class=torch.optim.AdamW, weight_decay=0.1)
+ot = TorchZero(grouped(theirs), optimizer_class=torch.optim.AdamW, weight_decay=0.1)
+for step in range(12):
+    gen = torch.Generator().manual_seed(7 * step + rank)
+    for a, b in zip(mine.parameters(), theirs.parameters()):
+        g = torch.randn(a.shape, generator=gen, dtype=torch.float64)
+        dist.all_reduce(g)
+        g /= world
+        a.grad, b.grad = g.clone(), g.clone()
+    if step == 6:
+        om.param_groups[1]["lr"] = ot.param_groups[1]["lr"] = 5e-4
+    om.step()
+    ot.step()
+for a, b in zip(mine.parameters(), theirs.parameters()):
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+om.consolidate_state_dict(to=0)
+if rank == 0:
+    sd = om.state_dict()
+    assert [g["lr"] for g in sd["param_groups"]] == [1e-2, 5e-4]
+    torch.optim.AdamW(grouped(model()), weight_decay=0.1).load_state_dict(sd)
+
 # a step that fails on one rank (a bad lr set on that rank only): an error on every rank,
 # nothing broadcast, no hang
 net = model()
