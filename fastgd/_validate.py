@@ -47,16 +47,6 @@ def matching(name, a, like, *, writable=False):
     return array(name, a, like=like, writable=writable)
 
 
-def step_arrays(param, grad, **state):
-    """Flat views (param, grad, *state) of one rule step, each checked against the parameter
-    (grad may be read-only), and no two sharing memory. Checked in that order."""
-    p = array("param", param)
-    g = array("grad", grad, like=param, writable=False)
-    flats = {name: array(name, a, like=param) for name, a in state.items()}
-    no_overlap(param=p, grad=g, **flats)
-    return (p, g, *flats.values())
-
-
 def no_overlap(**arrays):
     """Refuse any two of the named arrays sharing memory (a state aliasing param or grad)."""
     items = [(k, v) for k, v in arrays.items() if v is not None and v.size]

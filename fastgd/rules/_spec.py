@@ -104,6 +104,3 @@ class Spec:
         a ``note``."""
         return f"{title}\n\n" + "\n".join("    " + line for line in self.doc.splitlines()) + (
             f"\n\n{note}" if note else "")
-
-    def step_scalars(self, o, t, s, fresh):
-        return () if self.scalars is None else self.scalars(o, t, s, fresh)
