@@ -105,12 +105,12 @@ cdef inline void _adagrad_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_
             fgd_ld(f[2], a[2], b, A, c)
         fgd_ld(f[3], a[3], b, S, c)
         _adagrad_body(P, G, A, S, FGD_LANES, gs, use_acc, clr, wd, k.decay, eps)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[4] >= 0:
-            fgd_st(f[4], P, a[4], b, c, key)
+            fgd_st(f[4], P, a[4], b, c, key, 4)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
-        fgd_st(f[3], S, a[3], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
+        fgd_st(f[3], S, a[3], b, c, key, 3)
         b = b + FGD_LANES
 
 

@@ -155,15 +155,15 @@ cdef inline void _adam_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t h
             fgd_ld(f[5], a[5], b, X, c)
         _adam_body(P, G, A, M, V, X, FGD_LANES, gs, use_acc, wd, decay, omb1, b2, omb2, step,
                    rbc2, eps, k.coupled, amsgrad)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[6] >= 0:
-            fgd_st(f[6], P, a[6], b, c, key)
+            fgd_st(f[6], P, a[6], b, c, key, 6)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
-        fgd_st(f[3], M, a[3], b, c, key)
-        fgd_st(f[4], V, a[4], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
+        fgd_st(f[3], M, a[3], b, c, key, 3)
+        fgd_st(f[4], V, a[4], b, c, key, 4)
         if amsgrad:
-            fgd_st(f[5], X, a[5], b, c, key)
+            fgd_st(f[5], X, a[5], b, c, key, 5)
         b = b + FGD_LANES
 
 

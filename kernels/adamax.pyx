@@ -126,13 +126,13 @@ cdef inline void _adamax_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t
         fgd_ld(f[3], a[3], b, M, c)
         fgd_ld(f[4], a[4], b, U, c)
         _adamax_body(P, G, A, M, U, FGD_LANES, gs, use_acc, wd, k.decay, omb1, b2, eps, step)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[5] >= 0:
-            fgd_st(f[5], P, a[5], b, c, key)
+            fgd_st(f[5], P, a[5], b, c, key, 5)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
-        fgd_st(f[3], M, a[3], b, c, key)
-        fgd_st(f[4], U, a[4], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
+        fgd_st(f[3], M, a[3], b, c, key, 3)
+        fgd_st(f[4], U, a[4], b, c, key, 4)
         b = b + FGD_LANES
 
 

@@ -112,12 +112,12 @@ cdef inline void _lion_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t h
             fgd_ld(f[2], a[2], b, A, c)
         fgd_ld(f[3], a[3], b, M, c)
         _lion_body(P, G, A, M, FGD_LANES, gs, use_acc, lr, decay, b1, omb1, b2, omb2)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[4] >= 0:
-            fgd_st(f[4], P, a[4], b, c, key)
+            fgd_st(f[4], P, a[4], b, c, key, 4)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
-        fgd_st(f[3], M, a[3], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
+        fgd_st(f[3], M, a[3], b, c, key, 3)
         b = b + FGD_LANES
 
 

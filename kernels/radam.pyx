@@ -130,13 +130,13 @@ cdef inline void _radam_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t 
         fgd_ld(f[4], a[4], b, V, c)
         _radam_body(P, G, A, M, V, FGD_LANES, gs, use_acc, wd, k.coupled, decay, omb1, b2, omb2,
                     eps, step, k.adaptive)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[5] >= 0:
-            fgd_st(f[5], P, a[5], b, c, key)
+            fgd_st(f[5], P, a[5], b, c, key, 5)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
-        fgd_st(f[3], M, a[3], b, c, key)
-        fgd_st(f[4], V, a[4], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
+        fgd_st(f[3], M, a[3], b, c, key, 3)
+        fgd_st(f[4], V, a[4], b, c, key, 4)
         b = b + FGD_LANES
 
 

@@ -153,16 +153,16 @@ cdef inline void _rmsprop_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_
             fgd_ld(f[5], a[5], b, GA, c)
         _rmsprop_body(P, G, A, S, B, GA, FGD_LANES, gs, use_acc, lr, alpha, oma, eps, wd,
                       k.decay, mu, use_momentum, centered)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[6] >= 0:
-            fgd_st(f[6], P, a[6], b, c, key)
+            fgd_st(f[6], P, a[6], b, c, key, 6)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
-        fgd_st(f[3], S, a[3], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
+        fgd_st(f[3], S, a[3], b, c, key, 3)
         if use_momentum:
-            fgd_st(f[4], B, a[4], b, c, key)
+            fgd_st(f[4], B, a[4], b, c, key, 4)
         if centered:
-            fgd_st(f[5], GA, a[5], b, c, key)
+            fgd_st(f[5], GA, a[5], b, c, key, 5)
         b = b + FGD_LANES
 
 

@@ -127,13 +127,13 @@ cdef inline void _sgd_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi
             fgd_ld(f[3], a[3], b, B, c)
         _sgd_body(P, G, A, B, FGD_LANES, gs, use_acc, lr, mu, omd, wd, k.decay, use_momentum,
                   k.nesterov, k.first)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[4] >= 0:
-            fgd_st(f[4], P, a[4], b, c, key)
+            fgd_st(f[4], P, a[4], b, c, key, 4)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
         if use_momentum:
-            fgd_st(f[3], B, a[3], b, c, key)
+            fgd_st(f[3], B, a[3], b, c, key, 3)
         b = b + FGD_LANES
 
 
