@@ -21,11 +21,14 @@ from _parallel cimport piece_start, threads_for
 cnp.import_array()
 
 # _radam_piece not inlined: radam and radam_many's float32/float64 path run one machine code, so
-# their results are bitwise the same (kernels/_layout.pxd, "noinline").
+# their results are bitwise the same; _radam_lanes always inlined, so each call of
+# _radam_segment has its flags as constants (kernels/_layout.pxd, "noinline").
 cdef extern from *:
     """
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_5radam__radam_piece(float *, float const *, float *, float *, float *, Py_ssize_t, float, int, float, int, float, float, float, float, float, float, int) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_5radam__radam_piece(double *, double const *, double *, double *, double *, Py_ssize_t, double, int, double, int, double, double, double, double, double, double, int) __attribute__((noinline));
+    struct __pyx_t_6fastgd_7_cython_5radam_RadamK;
+    static inline void __pyx_f_6fastgd_7_cython_5radam__radam_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_5radam_RadamK const *, int) __attribute__((always_inline));
     """
 
 

@@ -20,13 +20,15 @@ from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
-# _sgd_piece not inlined: sgd and sgd_many's float32/float64 path run one machine code, so their
-# results are bitwise the same (kernels/_layout.pxd, "noinline"; without it 356 of 40001 float32
-# results of sgd_many were an FMA away from sgd's).
+# _sgd_piece not inlined: sgd and sgd_many's float32/float64 path run one machine code, so
+# their results are bitwise the same; _sgd_lanes always inlined, so each call of
+# _sgd_segment has its flags as constants (kernels/_layout.pxd, "noinline").
 cdef extern from *:
     """
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_3sgd__sgd_piece(float *, float const *, float *, float *, Py_ssize_t, float, int, float, float, float, float, int, int, int, int) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_3sgd__sgd_piece(double *, double const *, double *, double *, Py_ssize_t, double, int, double, double, double, double, int, int, int, int) __attribute__((noinline));
+    struct __pyx_t_6fastgd_7_cython_3sgd_SgdK;
+    static inline void __pyx_f_6fastgd_7_cython_3sgd__sgd_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_3sgd_SgdK const *, int, int) __attribute__((always_inline));
     """
 
 
