@@ -427,6 +427,95 @@ def test_float_tensors_through_many_equal_the_single_kernel(backend, variant, re
             assert a[name].tobytes() == t[name].tobytes(), f"tensor {k}, {name}"
 
 
+#: (p, g, p - g stored as bfloat16): bit patterns through the bfloat16 store's special cases
+BF16_SPECIALS = [
+    (0x00C0, 0x00A0, 0x0000),   # 1.5 * 2**-126 - 1.25 * 2**-126: a float32 subnormal, flushed
+    (0x80C0, 0x80A0, 0x8000),   # ... its negative: flushed to -0
+    (0x0040, 0x8080, 0x00C0),   # a subnormal input is loaded exactly (no flush on load)
+    (0x3F80, 0x0001, 0x3F80),   # 1 - a tiny subnormal
+    (0x3F80, 0x3F80, 0x0000),   # x - x = +0
+    (0x8000, 0x0000, 0x8000),   # -0 - +0 = -0
+    (0x7F40, 0xFF40, 0x7F80),   # overflow in float32: inf
+    (0x7F7F, 0xFB00, 0x7F80),   # the largest bfloat16 + half an ulp: a tie, to even, is inf
+    (0x3F80, 0xBB80, 0x3F80),   # 1 + 2**-8: tie to even (down)
+    (0x3F81, 0xBB80, 0x3F82),   # 1 + 3 * 2**-8: tie to even (up)
+    (0x7F80, 0x3F80, 0x7F80),   # inf - 1
+    (0xFF80, 0x3F80, 0xFF80),   # -inf - 1
+    (0x7F80, 0x7F80, None),     # inf - inf: NaN
+    (0x7FC5, 0x3F80, None),     # a NaN param with a payload
+    (0x7F81, 0x3F80, None),     # a signalling NaN param
+    (0x3F80, 0xFFC3, None),     # a NaN gradient
+]
+#: (p, g) as float16 values: overflow, the largest half, subnormal halves (kept), zeros, inf, NaN
+F16_SPECIALS = [(60000.0, -10000.0), (65504.0, -8.0), (65504.0, -24.0), (2**-14, 2**-14 - 5 * 2**-24),
+                (3 * 2**-24, 2**-24), (2**-24, 2**-23), (1.0, 1.0), (-0.0, 0.0),
+                (1.0, -2**-11), (1 + 2**-10, -2**-11), (np.inf, 1.0), (np.inf, np.inf),
+                (np.nan, 1.0), (1.0, np.nan)]
+
+
+def _specials(family):
+    """(p, g) of the special cases as float32 values and as 16-bit bit patterns of ``family``."""
+    if family == BF16:
+        p16 = np.array([c[0] for c in BF16_SPECIALS], np.uint16)
+        g16 = np.array([c[1] for c in BF16_SPECIALS], np.uint16)
+        return p16, g16, formats.load(p16.view(formats.bfloat16)), formats.load(g16.view(formats.bfloat16))
+    p = np.array([c[0] for c in F16_SPECIALS], np.float16)
+    g = np.array([c[1] for c in F16_SPECIALS], np.float16)
+    return p.view(np.uint16), g.view(np.uint16), p.astype(np.float32), g.astype(np.float32)
+
+
+@pytest.mark.parametrize("recipe", ["bf16", "f16", "sr-bf16", "master-bf16", "master-f16", "f32",
+                                    "bf16-f32states"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_special_values(backend, recipe):
+    """SGD with lr = 1 (p - g, one rounding: FMA cannot change it) on inputs that hit the special
+    cases of the loads and stores: bitwise the reference (NaN where it has NaN, any payload),
+    and the bfloat16 recipe's results are the table's. One tensor of the cases, one of them
+    tiled past PARALLEL_MIN (so every thread's piece has them)."""
+    fn = many_kernel(backend, "sgd")
+    p_code, g_code, _, out_code = RECIPES[recipe]
+    family = F16 if F16 in (p_code, g_code) else BF16
+    p16, g16, p32, g32 = _specials(family)
+    reps = 40_003 // len(p16) + 1
+
+    def make(bits, values, code):
+        a = bits if code in (BF16, SR, F16) else values
+        return [a.copy(), np.tile(a, reps)]
+
+    def run(kernel_fn):
+        ps = make(p16, p32, p_code)
+        gs = make(g16, g32, g_code)
+        outs = [np.zeros(len(p), np.uint16) for p in ps] if out_code != NONE else None
+        # sgd's roles: param, grad, grad_acc and momentum_buffer (unused: stand-ins as in Case), out
+        acc_is_param = ps[0].dtype == gs[0].dtype     # param stored as the grad is (not master)
+        rows = [[p.ctypes.data, g.ctypes.data, (p if acc_is_param else g).ctypes.data, p.ctypes.data,
+                 outs[k].ctypes.data if outs else 0] for k, (p, g) in enumerate(zip(ps, gs))]
+        fmts = np.array([p_code, g_code, g_code, BF16 if p_code == SR else p_code, out_code], np.int32)
+        offsets = np.array([0, len(ps[0]), len(ps[0]) + len(ps[1])], np.int64)
+        keys = np.array([formats.sr_key(SEED, 1, 0), formats.sr_key(SEED, 1, 1)], np.uint32)
+        with np.errstate(all="ignore"):   # inf - inf, overflow: on purpose
+            kernel_fn(np.array(rows, np.int64), offsets, fmts, keys, 1.0, False, False,
+                      1.0, 0.0, 0.0, 0.0, False, False)
+        return ps + (outs or []), [p_code, p_code] + ([out_code] * 2 if outs else [])
+
+    got, codes = run(fn)
+    want, _ = run(ref.sgd_many)
+    for k, (a, b, code) in enumerate(zip(got, want, codes)):
+        dtype = np.float32 if code == F32 else formats.bfloat16 if code in (BF16, SR) else np.float16
+        x, y = a.view(dtype).astype(np.float32), b.view(dtype).astype(np.float32)
+        nan = np.isnan(y)
+        assert nan.any() and np.isinf(y).any(), "the cases are not there"  # the test tests something
+        assert np.array_equal(np.isnan(x), nan), f"array {k}: NaN at {np.flatnonzero(np.isnan(x))[:8]}"
+        assert a[~nan].tobytes() == b[~nan].tobytes(), (
+            f"array {k} ({formats.NAMES[code]}): at {np.flatnonzero(a[~nan] != b[~nan])[:8]}")
+    if recipe == "bf16":
+        for k, (p, g, bits) in enumerate(BF16_SPECIALS):
+            if bits is None:
+                assert np.isnan(got[0][k:k + 1].view(formats.bfloat16).astype(np.float32)[0]), k
+            else:
+                assert int(got[0][k]) == bits, f"case {k}: {int(got[0][k]):#06x}, not {bits:#06x}"
+
+
 # --- fastgd/formats.py ------------------------------------------------------------------------
 
 def _bf16_bits(x):
