@@ -301,7 +301,13 @@ def many(rule):
     not grad and, without ``use_acc``, not grad_acc (so a grad_acc stand-in before the array's
     own role does not decide its format, nor that it is skipped); an address with no such role
     (the grad, a grad_acc stand-in at the grad, an unused distinct grad_acc) is never written.
-    An unused state role always aliases a used role (the contract's stand-in rule), so every
+    A stand-in's own format code is never used: fastgd._core gives every role its nominal code
+    (a grad_acc stand-in at a float32 master param says bfloat16, a momentum_buffer stand-in at
+    a bfloat16 param says float32), and viewing the memory in that format would read, and
+    write, past the array. Stand-ins at ``out``'s address (with master weights _core passes the
+    16-bit param, which is out, where the spec passes the param) are loaded in out's format and
+    never stored: out is written last, from the updated param.
+    An unused state role always aliases another role (the contract's stand-in rule), so every
     stored array is one the rule writes; a distinct array in an unused role would be stored back
     unchanged (bit-exact, but bfloat16 subnormals flush and signalling NaNs become quiet, as any
     bfloat16 store does; the compiled kernels would leave it alone).
@@ -335,10 +341,14 @@ def many(rule):
             at = {}         # address -> the roles at it (several: stand-ins)
             for r in range(roles - 1):
                 at.setdefault(int(ptrs[k, r]), []).append(r)
+            out = int(ptrs[k, -1]) if out_code != formats.NONE else 0
             copies, stores = {}, []
             for address, rs in at.items():
-                written = [r for r in rs if r not in unwritten]
-                r = (written or rs)[0]           # the role whose array this is
+                if address == out:   # stand-ins at the 16-bit param: out is written, below
+                    r, written = roles - 1, []
+                else:
+                    written = [r for r in rs if r not in unwritten]
+                    r = (written or rs)[0]       # the role whose array this is
                 view = _role_view(address, n, fmts[r])
                 copies[address] = formats.load(view).astype(compute)   # a writable copy
                 if written:
@@ -347,9 +357,8 @@ def many(rule):
                  use_acc, *scalars)
             for view, values, code in stores:
                 view[...] = formats.store(values, code, int(keys[k]))
-            if out_code != formats.NONE and int(ptrs[k, -1]) != 0:
-                _role_view(int(ptrs[k, -1]), n, out_code)[...] = formats.store(
-                    copies[int(ptrs[k, 0])], out_code)
+            if out:
+                _role_view(out, n, out_code)[...] = formats.store(copies[int(ptrs[k, 0])], out_code)
 
     rule_many.__name__ = rule_many.__qualname__ = rule.__name__ + "_many"
     rule_many.__doc__ = (f"{rule.__name__} over many tensors in any storage format "

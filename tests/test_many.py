@@ -104,22 +104,24 @@ def _stored(values, code):
                          BF16 if code == SR else code)
 
 
-def _code_of(array, is_param, recipe):
-    code = formats.code_of(array.dtype)
-    return SR if (is_param and recipe[0] == SR) else code
-
-
 class Case:
     """The arrays of one ``_many`` call and its table (ptrs, offsets, fmts, keys), kept alive.
 
-    ``names``: the array name in each role (param, grad, grad_acc, *state roles, out), the
-    stand-ins following the single kernel's rule: an unused state role names the array the
-    spec's ``arrays`` passes in its place; an unused grad_acc names the param if it is stored
-    as the grad is (the single kernel's stand-in), else the grad (never touched either way, in
-    a format grad_acc may have); out is None when absent.
+    ``names``: the array name in each role (param, grad, grad_acc, *state roles, out; out is
+    None when absent); an unused role names the array standing in for it, by ``convention``:
+
+    - "core", as fastgd._core builds its table: every role's code is its nominal format (grad_acc
+      the grad's, a state role the states', whatever stands in for it); an unused grad_acc is the
+      param role's array (the master copy with master weights); unused state roles are what the
+      spec's ``arrays`` passes for them given the param, which with master weights is the 16-bit
+      param, i.e. out;
+    - "contract", as kernels/CONTRACT.md words it: a stand-in is another array of the tensor in
+      a format the role may have, and the role's code is that array's format: an unused grad_acc
+      is the param if it is stored as the grad is (the single kernel's stand-in), else the grad;
+      unused state roles are what ``arrays`` passes given the param role's array.
     """
 
-    def __init__(self, rule, options, call, recipe, lengths=LENGTHS, seed=0):
+    def __init__(self, rule, options, call, recipe, lengths=LENGTHS, seed=0, convention="core"):
         spec = SPECS[rule]
         self.rule, self.recipe_name, self.recipe = rule, recipe, RECIPES[recipe]
         o = spec.check_options({**spec.defaults, "lr": 0.03, **options})
@@ -163,16 +165,25 @@ class Case:
         # the roles, by name (the same for every tensor)
         a = self.tensors[0]
         named = {id(arr): name for name, arr in a.items()}
-        states = spec.arrays({**{n: a[n] for n in self.state}, "param": a["param"]})
-        acc = ("grad_acc" if self.use_acc else
-               "param" if a["param"].dtype == a["grad"].dtype else "grad")
+        master = out_code != NONE
+        if convention == "core":
+            given = a["out"] if master else a["param"]
+            acc = "grad_acc" if self.use_acc else "param"
+        else:
+            given = a["param"]
+            acc = ("grad_acc" if self.use_acc else
+                   "param" if a["param"].dtype == a["grad"].dtype else "grad")
+        states = spec.arrays({**{n: a[n] for n in self.state}, "param": given})
         self.names = ["param", "grad", acc, *[named[id(s)] for s in states],
-                      "out" if out_code != NONE else None]
-        # role 0 is the param in format 4 (SR); a stand-in at the param's address in another role
-        # says what it is stored as (bfloat16)
-        self.fmts = np.array([NONE if nm is None else _code_of(a[nm], r == 0 and nm == "param",
-                                                               self.recipe)
-                              for r, nm in enumerate(self.names)], dtype=np.int32)
+                      "out" if master else None]
+        #: the format each array is stored in (SR for an SR param)
+        self.codes = {"param": p_code, "grad": g_code, "grad_acc": g_code, "out": out_code,
+                      **{n: s_code for n in self.state}}
+        if convention == "core":
+            self.fmts = np.array([p_code, g_code, g_code, *[s_code] * len(states), out_code], np.int32)
+        else:   # a stand-in at the SR param's address says what it is stored as (bfloat16)
+            self.fmts = np.array([NONE if nm is None else BF16 if (nm == "param" and r > 0 and p_code == SR)
+                                  else self.codes[nm] for r, nm in enumerate(self.names)], np.int32)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.keys = np.array([formats.sr_key(SEED, self.t, k) for k in range(len(lengths))],
                              dtype=np.uint32)
@@ -197,7 +208,7 @@ class Case:
 
     def code(self, name):
         """The format a named array is stored in (SR for an SR param)."""
-        return self.fmts[self.names.index(name)]
+        return self.codes[name]
 
     def call(self, fn):
         fn(self.ptrs, self.offsets, self.fmts, self.keys, self.grad_scale, self.maximize,
@@ -217,7 +228,7 @@ def oracle(case):
     result = []
     for k, t in enumerate(case.tensors):
         x = {name: formats.load(arr).astype(np.float64 if wide else np.float32)
-             for name, arr in t.items() if name != "out"}
+             for name, arr in t.items()}   # out too: with master weights, a stand-in
         single(*[x[nm] for nm in case.names[:-1]], case.grad_scale, case.maximize, case.use_acc,
                *case.scalars)
         want = {name: arr.copy() for name, arr in t.items()}
@@ -379,6 +390,28 @@ def test_many_matches_the_reference(backend, variant, recipe):
     got = case.call(fn).snapshot()
     assert [t["grad"].tobytes() for t in got] == [t["grad"].tobytes() for t in pristine.tensors], (
         "grad was written")
+    assert_matches(got, want, case, f"{backend} {rule}-{vid} {recipe}")
+
+
+# The variants with unused roles, on the recipes where the two conventions' stand-ins differ.
+STAND_IN = [(b, v, r) for v in VARIANTS if v[1] in ("plain", "centered", "momentum-maximize")
+            for r in ("master-bf16", "master-f16-f16states", "sr-bf16-f32states", "f32-bf16states")
+            for b in BACKENDS]
+
+
+@pytest.mark.parametrize("backend, variant, recipe", STAND_IN,
+                         ids=[f"{b}-{r}-{v}-{recipe}" for b, (r, v, _, _), recipe in STAND_IN])
+def test_many_with_the_contracts_stand_ins(backend, variant, recipe):
+    """The other table convention (Case's "contract"): stand-ins whose codes are their arrays'
+    formats give the same results as fastgd._core's table (the unused roles are never read)."""
+    rule, vid, options, call = variant
+    fn = many_kernel(backend, rule)
+    case = Case(rule, options, call, recipe, seed=_seed(rule, vid, recipe), convention="contract")
+    pristine = case.clone()
+    got = case.call(fn).snapshot()
+    want = Case(rule, options, call, recipe, seed=_seed(rule, vid, recipe)).call(
+        getattr(ref, f"{rule}_many")).snapshot()
+    assert [t["grad"].tobytes() for t in got] == [t["grad"].tobytes() for t in pristine.tensors]
     assert_matches(got, want, case, f"{backend} {rule}-{vid} {recipe}")
 
 
