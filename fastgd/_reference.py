@@ -352,11 +352,11 @@ def many(rule):
                 view = _role_view(address, n, fmts[r])
                 copies[address] = formats.load(view).astype(compute)   # a writable copy
                 if written:
-                    stores.append((view, copies[address], fmts[r]))
+                    stores.append((view, copies[address], fmts[r], r))
             rule(*[copies[int(ptrs[k, r])] for r in range(roles - 1)], grad_scale, maximize,
                  use_acc, *scalars)
-            for view, values, code in stores:
-                view[...] = formats.store(values, code, int(keys[k]))
+            for view, values, code, r in stores:
+                view[...] = formats.store(values, code, formats.role_key(int(keys[k]), r))
             if out:
                 _role_view(out, n, out_code)[...] = formats.store(copies[int(ptrs[k, 0])], out_code)
 

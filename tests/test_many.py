@@ -46,6 +46,9 @@ RECIPES = {
     "master-f16-f16states": (F32, F16, F16, F16),
     "sr-bf16-f32states": (SR, BF16, F32, NONE),
     "sr-bf16": (SR, BF16, BF16, NONE),
+    "sr-bf16-srstates": (SR, BF16, SR, NONE),          # bf16_stochastic_round: states too
+    "f32-srstates": (F32, F32, SR, NONE),
+    "master-bf16-srstates": (F32, BF16, SR, BF16),
 }
 
 #: (rule, id, options, call): the variants whose options switch arrays (amsgrad, momentum,
@@ -234,7 +237,9 @@ def oracle(case):
         want = {name: arr.copy() for name, arr in t.items()}
         for name in case.written:
             source = x["param" if name == "out" else name]
-            want[name] = formats.store(source, case.code(name), int(case.keys[k]))
+            role = 0 if name == "out" else case.names.index(name)
+            want[name] = formats.store(source, case.code(name),
+                                       formats.role_key(int(case.keys[k]), role))
         result.append(want)
     return result
 
