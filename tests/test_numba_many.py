@@ -8,6 +8,11 @@ elsewhere). Expected bitwise equal: Numba never contracts a * b + c into an FMA 
 compute each element with the reference's operations in the reference's order, in float32, so
 the float32 results are the same numbers and the stores round them the same way.
 """
+import json
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -337,3 +342,37 @@ def test_many_is_exported_for_every_rule():
     for rule in RULES:
         assert callable(getattr(nb, f"{rule}_many"))
     assert numba.config.NUMBA_NUM_THREADS >= 1
+
+
+CACHE_RUN = """
+import json, numpy as np, fastgd._numba as nb
+out = {}
+for n in (100, 40_000):                          # the serial and the parallel variant
+    p, g, m = np.ones(n, np.float32), np.full(n, 3.0, np.float32), np.zeros(n, np.float32)
+    h = np.zeros(n, np.uint16)
+    ptrs = np.array([[p.ctypes.data, g.ctypes.data, p.ctypes.data, m.ctypes.data, h.ctypes.data]])
+    nb.lion_many(ptrs, np.array([0, n]), np.array([0, 0, 0, 0, 1], np.int32),
+                 np.zeros(1, np.uint32), 1.0, False, False, 0.1, 0.9, 0.99, 0.0)
+    out[n] = float(m[0])
+ds = list(nb.lion_many.dispatchers.values()) + list(nb.lion_many.segments.values())
+out["hits"] = sum(sum(d.stats.cache_hits.values()) for d in ds)
+out["misses"] = sum(sum(d.stats.cache_misses.values()) for d in ds)
+print(json.dumps(out))
+"""
+
+
+def test_many_specialisations_are_cached_on_disk(tmp_path):
+    """A format combination compiled in one process is loaded from the disk cache in the next
+    (segment, serial and parallel driver), not compiled again."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_DISABLE_JIT", None)
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", CACHE_RUN], env=env, capture_output=True,
+                             text=True, timeout=600, check=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["100"] == second["100"] == pytest.approx(0.03)     # m = (1 - b2) * g
+    assert first["hits"] == 0 and first["misses"] == 3           # segment, serial, parallel
+    # both drivers from the cache (the segment's machine code is in theirs: never compiled)
+    assert second["hits"] == 2 and second["misses"] == 0

@@ -46,6 +46,8 @@ def _row_views(typingctx, codes, ptrs, k, keys):
     role j of tensor k is at ptrs[k, j] (codes a tuple of literal ints, one per role)."""
     if not all(isinstance(c, types.IntegerLiteral) for c in codes):
         return None     # Numba tries without literals first, then with
+    if keys.dtype != types.uint32 or ptrs.dtype != types.int64 or ptrs.ndim != 2:
+        raise TypeError("_many kernels take int64 (N, R) addresses and uint32 keys")
     vts = [View(c.literal_value) for c in codes]
     tt = types.Tuple(vts)
 
@@ -113,10 +115,11 @@ def _driver(ptrs, offsets, keys, nthreads, grad_scale, maximize, scalars):
 class ManyKernel:
     """``rule_many(ptrs, offsets, fmts, keys, grad_scale, maximize, use_acc, *rule_scalars)``.
 
-    name: the rule; consts(real, grad_scale, maximize, rule_scalars) -> the scalars of STEP;
-    step(i, c, flags, (param, grad, grad_acc, *states)) -> the updated param value (stored in
-    param[i] by step itself); n_states: the rule's state arrays; flags(use_acc, scalars) ->
-    (flags tuple for step, roles the call does not use).
+    name: the rule; consts(real, grad_scale, maximize, rule_scalars) -> c, the scalars of
+    STEP; step(i, c, flags, param, grad, grad_acc, *states) -> the updated param value (step
+    stores it in param[i]; the driver copies it to out[i]); n_states: the rule's state arrays;
+    flags(use_acc, rule_scalars) -> (the flags tuple for step, the roles the call does not
+    use). The call table maps (formats, flags, serial/parallel) to a compiled entry point.
     """
 
     def __init__(self, name, consts, step, n_states, flags):
@@ -127,6 +130,7 @@ class ManyKernel:
         self.roles = 4 + n_states
         self.flags = flags
         self.table = {}
+        self.dispatchers = {}       # the same keys: the driver's dispatcher (inspection, tests)
         self.segments = {}
 
     def specialise(self, codes, flags, parallel):
@@ -170,9 +174,9 @@ class ManyKernel:
         mx = bool(maximize)
         if entry is None:
             # the one overload's entry point: skips the dispatcher's type resolution next time
-            entry = self.specialise(codes, flags, parallel)
-            self._run(entry, parallel, ptrs, offsets, keys, gs, mx, scalars)
-            self.table[key] = next(iter(entry.overloads.values())).entry_point
+            fn = self.dispatchers[key] = self.specialise(codes, flags, parallel)
+            self._run(fn, parallel, ptrs, offsets, keys, gs, mx, scalars)
+            self.table[key] = next(iter(fn.overloads.values())).entry_point
             return
         self._run(entry, parallel, ptrs, offsets, keys, gs, mx, scalars)
 
