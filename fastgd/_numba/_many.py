@@ -169,16 +169,18 @@ class ManyKernel:
         parallel = offsets[-1] >= PARALLEL_MIN and not _Runtime.serial_only
         key = (tuple(codes), flags, parallel)
         entry = self.table.get(key)
-        scalars = tuple(bool(s) if isinstance(s, (bool, np.bool_)) else float(s) for s in scalars)
-        gs = float(grad_scale)
-        mx = bool(maximize)
         if entry is None:
-            # the one overload's entry point: skips the dispatcher's type resolution next time
+            # Compiled for floats and bools (the scalars' types normalised), then called through
+            # the one overload's entry point, which skips the dispatcher's type resolution and
+            # converts each later call's numbers itself (an int to float64, anything to bool).
+            scalars = tuple(bool(s) if isinstance(s, (bool, np.bool_)) else float(s)
+                            for s in scalars)
             fn = self.dispatchers[key] = self.specialise(codes, flags, parallel)
-            self._run(fn, parallel, ptrs, offsets, keys, gs, mx, scalars)
+            self._run(fn, parallel, ptrs, offsets, keys, float(grad_scale), bool(maximize),
+                      scalars)
             self.table[key] = next(iter(fn.overloads.values())).entry_point
             return
-        self._run(entry, parallel, ptrs, offsets, keys, gs, mx, scalars)
+        self._run(entry, parallel, ptrs, offsets, keys, grad_scale, maximize, scalars)
 
     @staticmethod
     def _run(fn, parallel, ptrs, offsets, keys, gs, mx, scalars):
