@@ -192,7 +192,8 @@ def dequantize(codes, absmax, qmap, block):
     codes = np.asarray(codes).reshape(-1)
     q = np.asarray(qmap, dtype=f32)[codes.astype(np.int64)]
     scale = np.repeat(np.asarray(absmax, dtype=f32), block)[:codes.size]
-    return (q * scale).astype(f32)
+    with np.errstate(invalid="ignore"):              # 0 * inf (an inf absmax): NaN
+        return (q * scale).astype(f32)
 
 
 def dequantize8(codes, absmax, qmap, block=BLOCK8):
