@@ -72,9 +72,49 @@ def c_table(name, qmap):
     rows = [f"#define FGD_Q8_{name}_NSEG {len(segs)}"]
     for field, fmt in (("L", "%d"), ("C", "%d"), ("A", "%.9ef"), ("B", "%.9ef")):
         col = [s["LCAB".index(field)] for s in segs]
+        col += [col[-1]] * (32 - len(col))         # 32 entries: the permutes' tables
         typ = {"L": "int32_t", "C": "int32_t", "A": "float", "B": "float"}[field]
         vals = ", ".join(fmt % v for v in col)
-        rows.append(f"static const {typ} fgd_q8_{name.lower()}_{field}[] = {{{vals}}};")
+        rows.append(f"static const {typ} fgd_q8_{name.lower()}_{field}[32] "
+                    f"__attribute__((aligned(64))) = {{{vals}}};")
+    return "\n".join(rows)
+
+
+def buckets(qmap):
+    """The AVX-512 path's two-level choice of a piece: bucket key = 16 * (i >= 32768) +
+    floor(log2 |2i - 65535|) (32 keys, one two-register permute); S[key] the piece of the
+    bucket's first index, and the starts of the K pieces that begin inside the bucket
+    (65536 when fewer), so piece = S[key] + #{k : i >= P[k][key]}."""
+    segs = segments(qmap)
+    starts = np.array([s[0] for s in segs[1:]])
+    i = np.arange(Q.GRID)
+    r = np.abs(2 * i - 65535)
+    key = 16 * (i >= 32768) + np.floor(np.log2(r)).astype(np.int64)
+    S = np.zeros(32, np.int64)
+    inside = [[] for _ in range(32)]
+    for k in range(32):
+        idx = i[key == k]
+        if idx.size == 0:
+            continue
+        lo, hi = idx.min(), idx.max()
+        S[k] = np.searchsorted(starts, lo, side="right")
+        inside[k] = [int(t) for t in starts if lo < t <= hi]
+    K = max(len(b) for b in inside)
+    P = np.full((K, 32), Q.GRID, np.int64)
+    for k, b in enumerate(inside):
+        P[:len(b), k] = b
+    assert len(segs) <= 32
+    return S, P
+
+
+def c_buckets(name, qmap):
+    S, P = buckets(qmap)
+    low = name.lower()
+    rows = [f"#define FGD_Q8_{name}_NB {P.shape[0]}",
+            f"static const int32_t fgd_q8_{low}_S[32] __attribute__((aligned(64))) = "
+            f"{{{', '.join(str(v) for v in S)}}};",
+            f"static const int32_t fgd_q8_{low}_P[{P.shape[0]}][32] __attribute__((aligned(64))) = {{"
+            + ", ".join("{" + ", ".join(str(v) for v in row) + "}" for row in P) + "};"]
     return "\n".join(rows)
 
 
@@ -87,10 +127,14 @@ def generated():
     """The generated part of kernels/_quant.h (between its BEGIN/END GENERATED lines)."""
     return "\n".join([
         c_table("SIGNED", Q.SIGNED8), c_table("UNSIGNED", Q.UNSIGNED8),
+        c_buckets("SIGNED", Q.SIGNED8), c_buckets("UNSIGNED", Q.UNSIGNED8),
         c_floats("fgd_q8_signed_map", Q.SIGNED8), c_floats("fgd_q8_unsigned_map", Q.UNSIGNED8),
         c_floats("fgd_q4_signed_map", Q.SIGNED4), c_floats("fgd_q4_unsigned_map", Q.UNSIGNED4),
         c_floats("fgd_q4_signed_mid", Q.midpoints(Q.SIGNED4)),
         c_floats("fgd_q4_unsigned_mid", Q.midpoints(Q.UNSIGNED4)),
+        # the midpoints in one 16-float register (the AVX-512 binary search; the 16th never probed)
+        c_floats("fgd_q4_signed_mid16", np.r_[Q.midpoints(Q.SIGNED4), np.float32(1)]),
+        c_floats("fgd_q4_unsigned_mid16", np.r_[Q.midpoints(Q.UNSIGNED4), np.float32(1)]),
     ])
 
 
