@@ -122,6 +122,26 @@ def test_bnb_optimizer_maps(bnb):
     assert st["absmax1"].numel() == 4096 // Q.BLOCK8
 
 
+def test_bnb_adamw8bit_step_stores_reference_codes(bnb):
+    # bitsandbytes' CPU step: both moments in float32 torch ops, then quantize_blockwise
+    import torch
+    import bitsandbytes as B
+    g = torch.from_numpy(np.random.default_rng(3).standard_normal(10_000).astype(f32) * 1e-2)
+    g[5] = 0
+    p = torch.nn.Parameter(torch.ones(10_000))
+    opt = B.optim.AdamW8bit([p], lr=1e-3, betas=(0.9, 0.999))
+    p.grad = g.clone()
+    opt.step()
+    st = opt.state[p]
+    m = torch.zeros(10_000).mul_(0.9).add_(g, alpha=0.1).numpy()
+    v = torch.zeros(10_000).mul_(0.999).addcmul_(g, g, value=0.001).numpy()
+    c1, a1 = Q.quantize8(m, Q.SIGNED8)
+    c2, a2 = Q.quantize8(v, Q.UNSIGNED8)
+    assert np.array_equal(st["state1"].numpy(), c1) and np.array_equal(st["absmax1"].numpy(), a1)
+    assert np.array_equal(st["state2"].numpy(), c2) and np.array_equal(st["absmax2"].numpy(), a2)
+    assert st["state1"][5] == 131 and st["state2"][5] == 7     # a zero moment is not stored as 0
+
+
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 @pytest.mark.parametrize("n", LENGTHS)
 def test_bnb_codes_random(bnb, rng, n, signed):
