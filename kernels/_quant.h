@@ -1,20 +1,29 @@
 /* Block-wise 8-bit and 4-bit states: quantize a block of float32 into codes and its absmax,
  * dequantize codes and an absmax into float32. fastgd/quant.py is the definition, bit for bit
- * (the same codes, the same absmax); tests/test_quant.py checks every grid index.
+ * (the same codes, the same absmax); tests/test_quant.py checks every grid index and code.
  *
  * 8-bit (bitsandbytes 0.50.2's CPU format, blocks of 256): bitsandbytes picks a code through a
  * 65536-entry table of grid indices (fastgd.quant.grid_table). The code of grid index i is a
- * step function of i: here it is computed, not looked up, from a few linear pieces,
+ * step function of i: here it is computed, not looked up, from linear pieces,
  *     code = C[s] + (int)(A[s] * (i - L[s]) + B[s]),   s = #{j >= 1 : i >= L[j]},
- * each piece fitted with a margin of 1e-4 to the integers it must not cross (so rounding,
- * fused multiply-adds or not, never changes a code; kernels/_quant_segments.py generates the
- * tables below from the reference). The absmax is an integer max of the bits of |x|, a NaN
- * mapped to 0 first (bitsandbytes never takes a NaN as the absmax). No branch, no search:
- * every loop below vectorises (gcc -O3 -march=native -fopt-info-vec; the per-piece constants
- * and the map of dequantize are gathers from tables of a few hundred bytes).
+ * each fitted with a margin of 2e-5 to the integers it must not cross (so rounding, fused
+ * multiply-adds or not, never changes a code; kernels/_quant_segments.py generates the tables
+ * from the reference). The absmax is an integer max of the bits of |x|, a NaN mapped to 0
+ * first (bitsandbytes never takes a NaN as the absmax). A map value is computed from the
+ * decade arithmetic torch built the map with. No branch, no table search, no gather (gcc
+ * -march=native emits none on this AMD CPU, so a lookup loop stays scalar):
+ *   - portable loops, each vectorised by gcc (-O3 -fopt-info-vec: 64-byte vectors with
+ *     AVX-512, 32-byte with AVX2); the piece is chosen by a chain of masked selects;
+ *   - with AVX-512, 16 lanes at once: the piece from a bucket (the side of 0 and the binade of
+ *     |2i - 65535|, two-register permutes of 32-entry tables) and at most two compares, its
+ *     constants by permutes; dequantize permutes the map from 16 registers.
+ * One thread, 16M float32 (64K in cache): quantize 0.69 (0.56) ns an element, dequantize
+ * 0.25 (0.21); the portable loops (AVX2) 3.2 and 0.8; bitsandbytes' own CPU functions 7.7 and
+ * 2.25.
  *
  * 4-bit (fastgd's, blocks of 128): the exact nearest of 16 values, ties to the lower code, as
- * the count of the 15 midpoints below v; two codes a byte, element 2k in the high nibble.
+ * the count of the 15 midpoints below v (AVX-512: a binary search over them in a register);
+ * two codes a byte, element 2k in the high nibble. Quantize 0.38 ns, dequantize 0.21 (16M).
  */
 #ifndef FASTGD_QUANT_H
 #define FASTGD_QUANT_H
