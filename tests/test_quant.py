@@ -361,3 +361,15 @@ def test_c_4bit_equals_reference(capi, rng, n, signed):
     assert np.array_equal(bits(absmax), bits(ra))
     assert np.array_equal(packed, rp)
     assert np.array_equal(bits(y), bits(Q.dequantize4(rp, ra, qmap, x.size)))
+
+
+def test_header_tables_are_generated_from_the_reference():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_quant_segments",
+                                                  os.path.join(KERNELS, "_quant_segments.py"))
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    with open(os.path.join(KERNELS, "_quant.h")) as f:
+        text = f.read()
+    start = text.index("\n", text.index("/* ---- BEGIN GENERATED")) + 1
+    assert text[start:text.index("/* ---- END GENERATED")].strip() == gen.generated().strip()
