@@ -58,6 +58,10 @@ checks both, and checks this module against bitsandbytes itself where it is inst
   zeros (absmax 0: v = 0 * inf = NaN) -> codes 0.
 * Packed two codes a byte: element 2k in the high nibble, element 2k + 1 in the low nibble
   (bitsandbytes' 4-bit order, and torchao's); an odd tail leaves a low nibble of 0.
+* The maps are torchao's, the rounding is this module's (the 8-bit format's conventions), not
+  torchao's bit for bit: torchao (prototype low_bit_optim, quantize_4bit_with_qmap) divides by
+  max(absmax, 1e-12) and sends a tie up (``v - lo >= (hi - lo) * 0.5``); here v = x * (1 /
+  absmax) and a tie goes down. There is no 4-bit state to interchange with.
 """
 import numpy as np
 
