@@ -2,6 +2,7 @@
 restoring of the user's backend and threads."""
 import json
 
+import numpy as np
 import pytest
 
 import fastgd
@@ -161,3 +162,42 @@ def test_round_robin_runs_before_ahead_of_each_batch():
                             before={"a": lambda: fastgd.set_backend("numba")})
     assert set(times) == {"a", "b"}
     assert seen and set(seen) == {"numba"}
+
+
+def _bf16_bits(x):
+    return (np.asarray(x, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _from_bits(h):
+    return (h.astype(np.uint32) << 16).view(np.float32)
+
+
+@pytest.mark.parametrize("n", [1, 127, 129, 100_003])
+def test_stream_formats_moves_every_array_once(n):
+    """The mixed-width stream: each rw array += what was read (16-bit: bfloat16 bits, truncated),
+    each out array = what was read, nothing else touched."""
+    stream_formats = registry.kernel("stream_formats", "cython")
+    rng = np.random.default_rng(n)
+    r32, w32, o32 = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    r16, w16, o16 = (_bf16_bits(rng.standard_normal(n)) for _ in range(3))
+    x = r32 + _from_bits(r16)
+    want_w32, want_w16 = w32 + x, _bf16_bits(_from_bits(w16) + x)
+    keep_r32, keep_r16 = r32.copy(), r16.copy()
+    assert stream_formats([w32, w16], [r32, r16], [o32, o16]) == 0
+    np.testing.assert_array_equal(w32, want_w32)
+    np.testing.assert_array_equal(w16, want_w16)
+    np.testing.assert_array_equal(o32, x)
+    np.testing.assert_array_equal(o16, _bf16_bits(x))
+    np.testing.assert_array_equal(r32, keep_r32)
+    np.testing.assert_array_equal(r16, keep_r16)
+    # read only: the sum
+    assert stream_formats([], [r32]) == pytest.approx(float(r32.astype(np.float64).sum()), rel=1e-4, abs=1e-3)
+
+
+def test_stream_formats_refuses_bad_arrays():
+    stream_formats = registry.kernel("stream_formats", "cython")
+    a, b = np.ones(10, np.float32), np.ones(10, np.float32)
+    for args in (([a], []), ([a], [b, np.ones(10, np.float32)]), ([a], [np.ones(9, np.float32)]),
+                 ([np.ones(10)], [b]), ([a], [b], [np.ones(10, np.float32), np.ones(10, np.float32)])):
+        with pytest.raises(ValueError):
+            stream_formats(*args)
