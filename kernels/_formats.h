@@ -1,0 +1,200 @@
+/* Storage formats of the Cython kernels: 16 lanes of an array in any format to and from float32
+ * registers (fastgd/formats.py is the definition, bit for bit; its codes are FGD_F32 ...).
+ *
+ * A rule's lane loop (kernels/<rule>.pyx, *_lanes) loads 16 elements of each role with fgd_ld,
+ * runs the rule's float32 arithmetic on them, and stores the written roles with fgd_st. The
+ * format is a runtime argument: a switch per role and 16 elements, predictable, costs ~5%
+ * against formats fixed at compile time (measured on AdamW bf16, 16M), and keeps every rule
+ * open to every combination without a specialisation per combination.
+ *
+ * Which instructions a build uses is fixed at compile time by the -march of setup.py (the
+ * registry refuses an extension built for a CPU this one is not, see backends.py):
+ *   bfloat16 store: AVX-512 BF16 VCVTNEPS2BF16 (whose rounding formats.py adopts: RNE, NaN
+ *                   quieted, zero/subnormal to a signed zero), else the same in integer ops;
+ *   float16:        AVX-512F / F16C VCVTPH2PS and VCVTPS2PH, else _Float16 conversions;
+ *   everything else in GCC vector extensions (lowered to whatever SIMD the target has).
+ * fgd_format_paths() says which, for `fastgd info`.
+ */
+#ifndef FASTGD_FORMATS_H
+#define FASTGD_FORMATS_H
+
+#include <stdint.h>
+#include <string.h>
+#include <stddef.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+enum { FGD_F32 = 0, FGD_BF16 = 1, FGD_F16 = 2, FGD_F64 = 3, FGD_BF16_SR = 4, FGD_NONE = -1 };
+
+#define FGD_LANES 16
+#define FGD_GOLDEN 0x9E3779B9u
+
+typedef uint32_t fgd_u32x16 __attribute__((vector_size(64)));
+typedef uint16_t fgd_u16x16 __attribute__((vector_size(32)));
+typedef float fgd_f32x16 __attribute__((vector_size(64)));
+
+static inline uint32_t fgd_bits(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
+static inline float fgd_float(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
+
+/* lowbias32 (C. Wellons), as formats.mix32 */
+static inline uint32_t fgd_mix32(uint32_t x) {
+    x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16; return x;
+}
+static inline fgd_u32x16 fgd_mix32v(fgd_u32x16 x) {
+    x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16; return x;
+}
+
+/* --- one element (tails and the reference of the vector paths) ------------------------------ */
+
+static inline uint16_t fgd_bf16_round(uint32_t u, uint32_t add) {
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u);
+    if ((u & 0x7F800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
+    return (uint16_t)((u + add) >> 16);
+}
+static inline uint16_t fgd_to_bf16(float x) {
+    uint32_t u = fgd_bits(x);
+    return fgd_bf16_round(u, 0x7FFFu + ((u >> 16) & 1u));
+}
+static inline uint16_t fgd_to_bf16_sr(float x, uint32_t key, uint32_t i) {
+    return fgd_bf16_round(fgd_bits(x), fgd_mix32(key ^ (i * FGD_GOLDEN)) >> 16);
+}
+static inline float fgd_from_bf16(uint16_t h) { return fgd_float((uint32_t)h << 16); }
+
+static inline float fgd_from_f16(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    _Float16 x; memcpy(&x, &h, 2); return (float)x;
+#endif
+}
+static inline uint16_t fgd_to_f16(float x) {
+#if defined(__F16C__)
+    return _cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    _Float16 h = (_Float16)x; uint16_t u; memcpy(&u, &h, 2); return u;
+#endif
+}
+
+/* --- 16 lanes ------------------------------------------------------------------------------- */
+
+static inline void fgd_ld16_bf16(const uint16_t* s, float* L) {
+    fgd_u16x16 h; memcpy(&h, s, 32);
+    fgd_u32x16 u = __builtin_convertvector(h, fgd_u32x16) << 16;
+    memcpy(L, &u, 64);
+}
+static inline void fgd_ld16_f16(const uint16_t* s, float* L) {
+#if defined(__AVX512F__)
+    _mm512_storeu_ps(L, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)s)));
+#elif defined(__F16C__)
+    _mm256_storeu_ps(L, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)s)));
+    _mm256_storeu_ps(L + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s + 8))));
+#else
+    int j; for (j = 0; j < 16; j++) L[j] = fgd_from_f16(s[j]);
+#endif
+}
+/* bf16 rounding of 16 lanes: `add` the bits added before truncation (RNE or random) */
+static inline fgd_u16x16 fgd_bf16x16(fgd_u32x16 u, fgd_u32x16 add) {
+    fgd_u32x16 nan = (fgd_u32x16)((u & 0x7FFFFFFFu) > 0x7F800000u);
+    fgd_u32x16 tiny = (fgd_u32x16)((u & 0x7F800000u) == 0);
+    fgd_u32x16 r = (u + add) >> 16;
+    r = (nan & ((u >> 16) | 0x40u)) | (~nan & ((tiny & ((u >> 16) & 0x8000u)) | (~tiny & r)));
+    return __builtin_convertvector(r, fgd_u16x16);
+}
+static inline void fgd_st16_bf16(const float* L, uint16_t* d) {
+#if defined(__AVX512BF16__)
+    __m256bh r = _mm512_cvtneps_pbh(_mm512_loadu_ps(L));
+    memcpy(d, &r, 32);
+#else
+    fgd_u32x16 u; memcpy(&u, L, 64);
+    fgd_u16x16 r = fgd_bf16x16(u, 0x7FFFu + ((u >> 16) & 1u));
+    memcpy(d, &r, 32);
+#endif
+}
+static inline void fgd_st16_bf16_sr(const float* L, uint16_t* d, uint32_t key, uint32_t i0) {
+    static const fgd_u32x16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    fgd_u32x16 u; memcpy(&u, L, 64);
+    fgd_u32x16 idx = (lane + i0) * FGD_GOLDEN;
+    fgd_u16x16 r = fgd_bf16x16(u, fgd_mix32v(idx ^ key) >> 16);
+    memcpy(d, &r, 32);
+}
+static inline void fgd_st16_f16(const float* L, uint16_t* d) {
+#if defined(__AVX512F__)
+    _mm256_storeu_si256((__m256i*)d, _mm512_cvtps_ph(_mm512_loadu_ps(L),
+                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__)
+    _mm_storeu_si128((__m128i*)d, _mm256_cvtps_ph(_mm256_loadu_ps(L), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm_storeu_si128((__m128i*)(d + 8), _mm256_cvtps_ph(_mm256_loadu_ps(L + 8), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+    int j; for (j = 0; j < 16; j++) d[j] = fgd_to_f16(L[j]);
+#endif
+}
+
+/* Lanes [0, k) of L from elements i .. i + k - 1 of the array at `base` in format `fmt`
+ * (k <= 16; lanes k.. are set to 0, never stored). */
+static inline void fgd_ld(int fmt, const char* base, ptrdiff_t i, float* L, int k) {
+    int j;
+    if (k == FGD_LANES) {
+        switch (fmt) {
+        case FGD_BF16: case FGD_BF16_SR: fgd_ld16_bf16((const uint16_t*)base + i, L); return;
+        case FGD_F16: fgd_ld16_f16((const uint16_t*)base + i, L); return;
+        default: memcpy(L, (const float*)base + i, 64); return;
+        }
+    }
+    for (j = 0; j < FGD_LANES; j++) L[j] = 0.0f;
+    for (j = 0; j < k; j++) {
+        switch (fmt) {
+        case FGD_BF16: case FGD_BF16_SR: L[j] = fgd_from_bf16(((const uint16_t*)base)[i + j]); break;
+        case FGD_F16: L[j] = fgd_from_f16(((const uint16_t*)base)[i + j]); break;
+        default: L[j] = ((const float*)base)[i + j];
+        }
+    }
+}
+
+/* Lanes [0, k) of L to elements i .. i + k - 1 of the array at `base` in format `fmt`, rounded
+ * as formats.py says; `key`: the tensor's stochastic-rounding key (FGD_BF16_SR only), i the
+ * index in the tensor (so the random bits of an element do not depend on the thread split). */
+static inline void fgd_st(int fmt, const float* L, char* base, ptrdiff_t i, int k, uint32_t key) {
+    int j;
+    if (k == FGD_LANES) {
+        switch (fmt) {
+        case FGD_BF16: fgd_st16_bf16(L, (uint16_t*)base + i); return;
+        case FGD_BF16_SR: fgd_st16_bf16_sr(L, (uint16_t*)base + i, key, (uint32_t)i); return;
+        case FGD_F16: fgd_st16_f16(L, (uint16_t*)base + i); return;
+        default: memcpy((float*)base + i, L, 64); return;
+        }
+    }
+    for (j = 0; j < k; j++) {
+        switch (fmt) {
+        case FGD_BF16: ((uint16_t*)base)[i + j] = fgd_to_bf16(L[j]); break;
+        case FGD_BF16_SR: ((uint16_t*)base)[i + j] = fgd_to_bf16_sr(L[j], key, (uint32_t)(i + j)); break;
+        case FGD_F16: ((uint16_t*)base)[i + j] = fgd_to_f16(L[j]); break;
+        default: ((float*)base)[i + j] = L[j];
+        }
+    }
+}
+
+/* Which conversion instructions this build uses (fastgd info). */
+static inline const char* fgd_format_paths(void) {
+    return "bfloat16: "
+#if defined(__AVX512BF16__)
+        "AVX-512 BF16 (vcvtneps2bf16)"
+#else
+        "portable integer rounding (vector extensions)"
+#endif
+        "; float16: "
+#if defined(__AVX512F__)
+        "AVX-512F (vcvtps2ph, 16 lanes)"
+#elif defined(__F16C__)
+        "F16C (vcvtps2ph, 8 lanes)"
+#else
+        "portable (_Float16 conversions)"
+#endif
+        ;
+}
+
+#endif

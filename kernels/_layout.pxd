@@ -1,0 +1,85 @@
+# The many-tensor layout of the Cython kernels (kernels/CONTRACT.md, "<rule>_many"): a table of
+# tensors stepped in one call, their elements divided among the threads as if they were one
+# buffer. Written once here; each rule gives only its segment function (a piece [lo, hi) of one
+# tensor, every role in its format).
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint32_t
+cimport numpy as cnp
+
+from _parallel cimport piece_start, threads_for
+
+ctypedef void (*segment_fn)(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
+                            const void* k) noexcept nogil
+
+
+cdef inline Py_ssize_t table_of(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts,
+                                cnp.ndarray keys, int roles) except -1:
+    """The number of tensors of a checked table (a cheap last guard: fastgd._core built it)."""
+    cdef Py_ssize_t n = cnp.PyArray_DIM(ptrs, 0) if cnp.PyArray_NDIM(ptrs) == 2 else -1
+    if (n < 0 or cnp.PyArray_DIM(ptrs, 1) != roles or cnp.PyArray_TYPE(ptrs) != cnp.NPY_INT64
+            or not cnp.PyArray_IS_C_CONTIGUOUS(ptrs)
+            or cnp.PyArray_TYPE(offsets) != cnp.NPY_INT64 or cnp.PyArray_SIZE(offsets) != n + 1
+            or not cnp.PyArray_IS_C_CONTIGUOUS(offsets)
+            or cnp.PyArray_TYPE(fmts) != cnp.NPY_INT32 or cnp.PyArray_SIZE(fmts) != roles
+            or not cnp.PyArray_IS_C_CONTIGUOUS(fmts)
+            or cnp.PyArray_TYPE(keys) != cnp.NPY_UINT32 or cnp.PyArray_SIZE(keys) != n
+            or not cnp.PyArray_IS_C_CONTIGUOUS(keys)):
+        raise ValueError(f"a many-tensor table is ptrs int64 (N, {roles}), offsets int64 (N + 1,), "
+                         f"fmts int32 ({roles},), keys uint32 (N,), all C-contiguous")
+    return n
+
+
+cdef inline void _walk(segment_fn fn, const int64_t* ptrs, const int64_t* offsets, Py_ssize_t n,
+                       int roles, const int* f, const uint32_t* keys, const void* k,
+                       Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """The elements [lo, hi) of the concatenation: each tensor's part as one segment."""
+    cdef Py_ssize_t a = 0, b = n, mid, j
+    while b - a > 1:                # the last tensor starting at or before lo
+        mid = (a + b) // 2
+        if offsets[mid] <= lo:
+            a = mid
+        else:
+            b = mid
+    j = a
+    while j < n and offsets[j] < hi:
+        if offsets[j + 1] > lo:
+            fn(<char**>(ptrs + j * roles), f, max(lo, offsets[j]) - offsets[j],
+               min(hi, offsets[j + 1]) - offsets[j], keys[j], k)
+        j = j + 1
+
+
+cdef inline void run_many(segment_fn fn, cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts,
+                          cnp.ndarray keys, int roles, const void* k) except *:
+    """Step every tensor of the table with the rule's segment function ``fn`` and scalars ``k``."""
+    cdef Py_ssize_t n = table_of(ptrs, offsets, fmts, keys, roles)
+    cdef const int64_t* p = <const int64_t*>cnp.PyArray_DATA(ptrs)
+    cdef const int64_t* o = <const int64_t*>cnp.PyArray_DATA(offsets)
+    cdef const int* f = <const int*>cnp.PyArray_DATA(fmts)
+    cdef const uint32_t* kk = <const uint32_t*>cnp.PyArray_DATA(keys)
+    cdef Py_ssize_t total, lo, hi, j
+    cdef int t, nthreads
+    if n == 0:
+        return
+    total = o[n]
+    nthreads = threads_for(total)
+    with nogil:
+        if nthreads == 1:
+            for j in range(n):
+                if o[j + 1] > o[j]:
+                    fn(<char**>(p + j * roles), f, 0, o[j + 1] - o[j], kk[j], k)
+        else:
+            for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+                lo = piece_start(total, nthreads, t)
+                hi = piece_start(total, nthreads, t + 1)
+                if hi > lo:
+                    _walk(fn, p, o, n, roles, f, kk, k, lo, hi)
+
+
+cdef inline int compute_kind(const int* f, int roles) noexcept nogil:
+    """FGD_F64 if every role but ``out`` (the last) is float64, FGD_F32 if every one is float32
+    with no ``out``: the single kernels' loops run on the memory itself; else -1 (lanes)."""
+    cdef int r, all32 = f[roles - 1] == -1, all64 = 1
+    for r in range(roles - 1):
+        all32 = all32 and f[r] == 0
+        all64 = all64 and f[r] == 3
+    return 3 if all64 else (0 if all32 else -1)
