@@ -1,6 +1,7 @@
 """fastgd bench's measurement logic (never the times): the cache decision, the presets, the
 restoring of the user's backend and threads."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -201,3 +202,58 @@ def test_stream_formats_refuses_bad_arrays():
                  ([np.ones(10)], [b]), ([a], [b], [np.ones(10, np.float32), np.ones(10, np.float32)])):
         with pytest.raises(ValueError):
             stream_formats(*args)
+
+
+def _check_formats_run(data, backends):
+    """Preset formats' JSON: one stream per recipe whose bytes are the recipe's, every row with
+    its recipe, formats and speedups, each compiled backend's recipes measured or skipped with
+    the reason, the targets listed."""
+    rows = data["results"]
+    recipes = {r.name: r for r in B.FORMAT_RECIPES}
+    assert data["settings"]["preset"] == "formats"
+    for row in rows:
+        recipe = recipes[row["recipe"]]
+        assert row["rule"] == "adamw" and row["bytes_per_element"] == recipe.bytes_per_element
+        assert row["formats"] == recipe.formats and row["seconds"] > 0
+        for key in ("speedup_vs_torch_fused", "speedup_vs_torch_fused_bf16", "speedup_vs_deepspeed",
+                    "speedup_vs_before", "fraction_of_bandwidth"):
+            assert row[key] is None or isinstance(row[key], float), key
+        if row["kind"] == "stream":
+            assert row["note"].startswith(f"{len(recipe.pattern[0])} arrays read+written")
+    measured = {(r["recipe"], r["backend"]) for r in rows}
+    skipped = {(s["rule"], s["backend"]) for s in data["skipped"]}
+    for recipe in recipes:
+        for backend in backends:
+            assert (recipe, backend) in measured or (f"adamw {recipe}", backend) in skipped, (recipe, backend)
+        if any(r["recipe"] == recipe for r in rows):
+            assert (recipe, "stream") in measured
+    for backend in backends:   # the before row: the single kernel, against which x before is 1
+        before = [r for r in rows if r["backend"] == backend + B.BEFORE]
+        assert all(r["speedup_vs_before"] == 1.0 for r in before)
+    for t in data["targets"]:
+        assert t["met"] is None or t["met"] == (t["value"] >= t["least"])
+
+
+def test_formats_preset(capsys, tmp_path):
+    out, data = _run(capsys, ["--preset", "formats", "--sizes", "1e4,3x700", "--backends", "cython,numba"],
+                     tmp_path)
+    _check_formats_run(data, ["cython", "numba"])
+    assert {r["size"] for r in data["results"]} == {"10,000", "3x700"}
+    for word in ("AdamW storage formats", "x fused32", "Issue 14 targets", "bf16+fp32-states"):
+        assert word in out
+
+
+def test_formats_preset_without_peers(monkeypatch):
+    """torch and DeepSpeed absent: their rows are skipped with the reason, the rest is measured."""
+    monkeypatch.setitem(sys.modules, "torch", None)        # importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    rows, skipped, targets = B.run_formats(sizes=B.parse_sizes("1e4"), threads=[1],
+                                           backends=["cython", "torch", "deepspeed"], rounds=1,
+                                           min_seconds=0.001, stream_elements=100_000)
+    reasons = {(s["rule"], s["backend"]): s["reason"] for s in skipped}
+    assert "not installed" in reasons[("adamw fp32", "torch-fused")]
+    assert "not installed" in reasons[("adamw bf16", "deepspeed")]
+    assert not any(r["kind"] == "peer" for r in rows)
+    _check_formats_run({"results": rows, "skipped": skipped, "targets": targets,
+                        "settings": {"preset": "formats"}}, ["cython"])
+    assert all(t["value"] is None for t in targets if "torch" in t["target"] or "DeepSpeed" in t["target"])

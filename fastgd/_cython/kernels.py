@@ -1,6 +1,6 @@
 """Every Cython kernel under one roof: the registry's view of the cython backend."""
 from .adagrad import adagrad  # noqa: F401
-from .adam import adam  # noqa: F401
+from .adam import adam, adam_many  # noqa: F401
 from .adamax import adamax  # noqa: F401
 from .lion import lion  # noqa: F401
 from .nadam import nadam  # noqa: F401
