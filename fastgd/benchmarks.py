@@ -1090,6 +1090,23 @@ def _deepspeed_formats_case(recipe, size):
     return opt.step
 
 
+def make_format_case(recipe, backend, size):
+    """One AdamW step over ``size`` in ``recipe``'s formats on ``backend``: "cython", "numba"
+    (adam_many), "<backend> adam" (the single float32 kernel; fp32 only), "torch-fused",
+    "deepspeed"; raises Skip with the reason it cannot run (bench/test_formats.py)."""
+    if backend in ("torch-fused", "deepspeed"):
+        if backend == "deepspeed" and recipe.deepspeed != recipe.name:
+            raise Skip("DeepSpeed CPUAdam has no such combination")
+        return (_torch_formats_case if backend == "torch-fused" else _deepspeed_formats_case)(recipe, size)
+    if backend.endswith(BEFORE):
+        if recipe.name != "fp32":
+            raise Skip("the single kernel steps float32 (or float64) arrays only")
+        return _before_case(backend.removesuffix(BEFORE), _format_arrays(recipe, size))
+    if backend not in ("cython", "numba"):
+        raise ValueError(f"unknown backend {backend!r}")
+    return _many_case(recipe, backend, _format_arrays(recipe, size))
+
+
 def _formats_groups(size, backends, skipped):
     """The round-robin groups of preset formats over ``size``: per recipe, adam_many on each
     compiled backend, the peers of those formats, and (fp32) the single adam kernel."""
