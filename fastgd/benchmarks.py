@@ -29,7 +29,9 @@ bytes per second (``cache_decision``): the data live in a cache, so a fraction o
 bandwidth means nothing and is null. The size the CPU reports for its L3 is not used: VMs
 report sizes far from what they get. Presets (``fastgd bench --preset``) are other sets of
 groups in the same row format (``clip``: the norm pass, Adam and clip+Adam of every backend in
-the same rounds) or, ``callpath``, their own rows (``callpath_rows``).
+the same rounds; ``formats``: AdamW through ``adam_many`` in each storage-format recipe of
+FORMAT_RECIPES, each against a ``stream_formats`` stream of its bytes, widths and roles,
+``run_formats``) or, ``callpath``, their own rows (``callpath_rows``).
 
 JSON schema (``fastgd bench --json FILE``), ``"schema": "fastgd-bench/2"`` (/1 decided "in
 cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads both)::
@@ -70,12 +72,25 @@ cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads 
        "speedup_vs_torch_fused",  # torch fused's seconds / seconds (null without that row)
        "estimated",               # true: timed on a subsample and scaled (quick-mode reference)
        "note"}                    # null or a short remark
+      # preset formats: rule "adamw", backend also "<backend> adam" (the single float32 kernel,
+      # recipe fp32: the before row); stream_elements / cache_stream_elements count elements
+      # per array of any width; speedup_vs_torch_fused is against torch fused float32 in every
+      # recipe; and
+      #  "recipe"                       FORMAT_RECIPES name: fp32, bf16, bf16+fp32-states, ...
+      #  "formats"                      {"param", "grad", "exp_avg", "exp_avg_sq"[, "out"]: format}
+      #  "speedup_vs_torch_fused_bf16"  torch fused AdamW on bfloat16 params/grads/states
+      #  "deepspeed_recipe"             the recipe of the DeepSpeed row compared with (or null)
+      #  "speedup_vs_deepspeed"         that DeepSpeedCPUAdam row's seconds / seconds
+      #  "speedup_vs_before"            fastgd rows: the backend's single fp32 kernel / seconds
     ],
     # preset callpath instead: one row per call path (callpath_rows)
     #  {"case", "backend", "threads", "elements", "tensors", "seconds" (per call),
     #   "seconds_per_tensor", "vs_np_add" (seconds_per_tensor / np.add's seconds),
     #   "vs_torch_fused" (seconds / torch.optim.AdamW(fused=True)'s; torch rows only)}
-    "skipped": [{"rule", "size", "backend", "reason"}]
+    "skipped": [{"rule", "size", "backend", "reason"}],
+    # preset formats only: issue 14's targets (FORMAT_TARGETS), one per fastgd adam_many row
+    "targets": [{"target", "recipe", "field", "size", "threads", "backend", "value", "least",
+                 "met" (null: not measured), "why_not_measured"}]
   }
 """
 import functools

@@ -14,7 +14,8 @@ access pattern and the step of every rule on every backend, and prints the media
 the fraction of that bandwidth (or "cache" when a stream at the row's size is measured clearly
 faster than the big one), and the speedups over the NumPy reference and over the fastest peer
 present (torch fused/foreach, DeepSpeed). ``--preset`` picks other measurements (clip,
-callpath; benchmarks.PRESETS). The JSON schema is in fastgd/benchmarks.py.
+callpath, formats: AdamW in every storage format against its stream, torch fused and DeepSpeed,
+and issue 14's targets; benchmarks.PRESETS). The JSON schema is in fastgd/benchmarks.py.
 Bad arguments print a message and exit with status 2; ``verify`` exits 1 when a backend
 disagrees with the reference.
 """
@@ -272,29 +273,28 @@ def _formats_tables(data):
                 sections.append(len(rows))
                 last = r["recipe"]
             stream = r["kind"] == "stream"
-            ds = r.get("deepspeed_recipe")
-            x_ds = _fmt(r.get("speedup_vs_deepspeed"), ".2f")
-            if ds and ds != r["recipe"] and not stream and r.get("speedup_vs_deepspeed") is not None:
-                x_ds += f" ({ds})"
             rows.append([
                 r["recipe"] if stream else "", f"{r['bytes_per_element']}" if stream else "",
                 "stream (bw)" if stream else r["backend"],
                 ("floor " if stream else "") + _fmt_time(r["seconds"]), _fmt(r["gbps"], ".1f"),
                 _fmt(r["fraction_of_bandwidth"], ".2f", "cache"),
                 (("in " if r["in_cache"] else "out ") + f"{r['cache_ratio']:.2f}x") if stream else "",
-            ] + ["" if stream else cell for cell in (
-                _fmt(r.get("speedup_vs_before"), ".2f"), _fmt(r.get("speedup_vs_torch_fused"), ".2f"),
-                _fmt(r.get("speedup_vs_torch_fused_bf16"), ".2f"), x_ds)])
+            ] + ["" if stream else _fmt(r.get(key), ".2f") for key in (
+                "speedup_vs_before", "speedup_vs_torch_fused", "speedup_vs_torch_fused_bf16",
+                "speedup_vs_deepspeed")])
         sub0 = sub[0]
         title = (f"AdamW storage formats, {size} elements"
                  + (f" ({sub0['tensors']:,} tensors)" if sub0["tensors"] > 1 else "") + f", threads={threads}")
+        other_ds = sorted({(r["recipe"], r["deepspeed_recipe"]) for r in sub
+                           if r.get("deepspeed_recipe") not in (None, r["recipe"])})
         caption = ("B/el: bytes per element of the recipe (its stream moves the same bytes, same roles and "
-                   "widths); of bw: GB/s / that stream's GB/s, same rounds; x before: the backend's single "
-                   "float32 adam kernel's time / this one; x fused32, x fused16: torch.optim.AdamW(fused=True) "
-                   "float32 / bfloat16; x DS: DeepSpeedCPUAdam in the same formats (or the one named)")
+                   "widths); of bw: GB/s / that stream's GB/s, same rounds; x bef: the backend's single float32 "
+                   "adam kernel (the before row) / this row's time; x tf32, x tbf16: torch.optim.AdamW(fused="
+                   "True) on float32 / bfloat16; x DS: DeepSpeedCPUAdam in the same formats"
+                   + "".join(f"; {a}: vs DeepSpeed {b}" for a, b in other_ds))
         _show_table(title, [("recipe", "left"), ("B/el", "right"), ("backend", "left"), ("time", "right"),
-                            ("GB/s", "right"), ("of bw", "right"), ("cache", "right"), ("x before", "right"),
-                            ("x fused32", "right"), ("x fused16", "right"), ("x DS", "right")],
+                            ("GB/s", "right"), ("of bw", "right"), ("cache", "right"), ("x bef", "right"),
+                            ("x tf32", "right"), ("x tbf16", "right"), ("x DS", "right")],
                     rows, sections=sections, caption=caption)
     targets = data.get("targets") or []
     if targets:

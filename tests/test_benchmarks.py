@@ -239,7 +239,7 @@ def test_formats_preset(capsys, tmp_path):
                      tmp_path)
     _check_formats_run(data, ["cython", "numba"])
     assert {r["size"] for r in data["results"]} == {"10,000", "3x700"}
-    for word in ("AdamW storage formats", "x fused32", "Issue 14 targets", "bf16+fp32-states"):
+    for word in ("AdamW storage formats", "x tbf16", "Issue 14 targets", "bf16+fp32-states"):
         assert word in out
 
 
