@@ -75,7 +75,7 @@ cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads 
       # preset formats: rule "adamw", backend also "<backend> adam" (the single float32 kernel,
       # recipe fp32: the before row); stream_elements / cache_stream_elements count elements
       # per array of any width; speedup_vs_torch_fused is against torch fused float32 in every
-      # recipe; and
+      # recipe; dtype is "float32" (the arithmetic: "formats" gives each array's storage); and
       #  "recipe"                       FORMAT_RECIPES name: fp32, bf16, bf16+fp32-states, ...
       #  "formats"                      {"param", "grad", "exp_avg", "exp_avg_sq"[, "out"]: format}
       #  "speedup_vs_torch_fused_bf16"  torch fused AdamW on bfloat16 params/grads/states
