@@ -29,6 +29,7 @@ import threading
 import numpy as np
 
 from . import _validate as check
+from . import formats as fmt
 from .backends import kernel
 from .clipping import Clipping
 
@@ -89,7 +90,68 @@ def step_count(value, where):
     return int(value)
 
 
-_CACHEABLE = (float, int, bool, str, type(None))
+_CACHEABLE = (float, int, bool, str, type(None), np.dtype)
+
+#: keyword-only options of every optimizer beside its rule's (and, like clipping's, not in its
+#: param groups, which stay torch.optim's): how its arrays are stored (fastgd/formats.py)
+FORMAT_OPTIONS = {"state_dtype": None, "master_weights": False, "bf16_stochastic_round": False,
+                  "stochastic_round_seed": 0}
+
+SUPPORTED_FORMATS = (
+    "float64 params with float64 states; float32, bfloat16 or float16 params with float32, "
+    "bfloat16 or float16 states (state_dtype=..., default the param's dtype); "
+    "master_weights=True for bfloat16/float16 params (a float32 master copy in the state, states "
+    "float32 unless state_dtype says otherwise); bf16_stochastic_round=True for bfloat16 params "
+    "without master weights")
+
+
+def check_format_options(group):
+    """The checked format options in mapping ``group`` (missing ones take their defaults)."""
+    sd = group.get("state_dtype")
+    if sd is not None:
+        try:
+            sd = fmt.dtype_of(sd)
+        except TypeError as exc:
+            raise TypeError(f"state_dtype: {exc}") from None
+    master = check.flag("master_weights", group.get("master_weights", False))
+    sr = check.flag("bf16_stochastic_round", group.get("bf16_stochastic_round", False))
+    seed = group.get("stochastic_round_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TypeError(f"stochastic_round_seed must be an int >= 0; got {seed!r}")
+    if master and sr:
+        raise ValueError("master_weights=True and bf16_stochastic_round=True: choose one (master "
+                         "weights round the 16-bit copy to nearest from an exact float32 master)")
+    return {"state_dtype": sd, "master_weights": master, "bf16_stochastic_round": sr,
+            "stochastic_round_seed": int(seed)}
+
+
+_DEFAULT_FORMATS = None
+
+
+class Storage:
+    """How one parameter's arrays are stored: ``state`` the states' dtype, ``master`` whether a
+    float32 master copy is kept (state "master_weight"), ``codes`` the kernel's format codes of
+    the roles (kernels/CONTRACT.md) or None when the single kernel steps it (all float32 or all
+    float64)."""
+    __slots__ = ("state", "master", "sr", "codes")
+
+    def __init__(self, o, dtype, nstates, where):
+        pd = np.dtype(dtype)
+        half = fmt.code_of(pd) in fmt.HALF
+        self.master = bool(o.get("master_weights")) and half
+        self.sr = bool(o.get("bf16_stochastic_round")) and fmt.code_of(pd) == fmt.BF16 and not self.master
+        sd = o.get("state_dtype") or (np.dtype(np.float32) if self.master else pd)
+        self.state = sd
+        if fmt.code_of(pd) is None or (pd == np.float64) != (sd == np.float64):
+            raise TypeError(f"{where} is {pd} with state_dtype {sd}: not a supported combination "
+                            f"of formats. Supported: {SUPPORTED_FORMATS}")
+        pc, sc = fmt.code_of(pd), fmt.code_of(sd)
+        if not self.master and not self.sr and pc == sc and pc in (fmt.F32, fmt.F64):
+            self.codes = None
+        else:
+            first = fmt.F32 if self.master else (fmt.BF16_SR if self.sr else pc)
+            self.codes = np.array([first, pc, pc, *([sc] * nstates), pc if self.master else fmt.NONE],
+                                  np.int32)
 
 
 def _cacheable(group):
@@ -105,11 +167,13 @@ def _cacheable(group):
 class Prep:
     """What a step needs of one checked group: options, kernel, constants, state names, and
     ``snapshot``, the group's items when it was checked (None: check it again next step)."""
-    __slots__ = ("o", "kernel", "constants", "maximize", "names", "snapshot")
+    __slots__ = ("o", "kernel", "many", "constants", "maximize", "names", "snapshot", "storage")
 
     def __init__(self, spec, o, snapshot):
         self.o = o
         self.kernel = None
+        self.many = None
+        self.storage = {}     # param dtype -> Storage under these options
         self.constants = spec.constants(o)
         self.maximize = o["maximize"]
         self.names = spec.state_names(o)
@@ -121,7 +185,7 @@ class Slot:
     array), ``spans`` the bytes they occupy, ``fresh`` whether its state arrays were created in
     this step; ``key``/``param``/``store``: what the views were made from, to notice a change."""
     __slots__ = ("param", "s", "spans", "names", "fresh", "store", "containers", "key", "pending",
-                 "aux", "views", "arrays", "where", "tag")
+                 "aux", "views", "arrays", "where", "tag", "codes", "row", "ordinal")
 
     def __init__(self, param, flat):
         self.param = param
@@ -138,6 +202,22 @@ class Slot:
         self.arrays = None    # the state arrays in the kernel's order (spec.arrays(s))
         self.where = None     # how error messages name this parameter
         self.tag = (None, None, None)   # the front end's own (fastgd.torch: pointer, shape, copy)
+        self.codes = None     # the roles' format codes for the many kernel, None: single kernel
+        self.row = None       # the roles' addresses (the grad's and acc's filled at each step)
+        self.ordinal = 0      # the parameter's position (stochastic rounding's key)
+
+
+_DEFAULT_FORMATS = check_format_options({})
+
+
+class _Names(dict):
+    """A stand-in of a slot's views for counting a spec's kernel arrays (every name present)."""
+
+    def __missing__(self, key):
+        return key
+
+    def get(self, key, default=None):
+        return key
 
 
 class Core(Clipping):
@@ -145,8 +225,9 @@ class Core(Clipping):
     ``fixed`` (options the class pins, e.g. AdamW's decoupled weight decay) and provide:
 
     - ``_state_get(key)`` -> the state dict of one parameter or None, ``_state_put(key, state)``;
-    - ``_new_state(slot, name, init)`` -> a new state container filled with ``init``, and
-      ``_view(container, flat_param, where)`` -> its flat NumPy view (checked like the parameter);
+    - ``_new_state(slot, name, init, dtype)`` -> a new state container of ``dtype`` filled with
+      ``init``, and ``_view(container, flat_param, where, dtype)`` -> its flat NumPy view
+      (checked: as many elements as the parameter, of ``dtype``);
     - ``_zero_step()``, ``_new_scalar(value)``: new step count and scalar state;
     - ``_advance(slot)`` -> the step count after adding one; ``_scalars_of(slot)`` /
       ``_store_scalars(slot, values)`` for the spec's scalar state.
@@ -155,7 +236,9 @@ class Core(Clipping):
     spec = None
     fixed = {}
 
-    def _init_core(self):
+    def _init_core(self, formats=None):
+        # the format options (FORMAT_OPTIONS), checked: every group's options carry them
+        self._formats = check_format_options(formats or {})
         self._preps = {}
         self._slots = {}
         self._pending = False     # a slot was built whose new state is not stored yet
@@ -166,6 +249,7 @@ class Core(Clipping):
         """The group's options checked by the spec (TypeError/ValueError naming the option), and
         the class's fixed options enforced; returns {name: checked value}."""
         o = self.spec.check_options(group)
+        o.update(self.__dict__.get("_formats") or _DEFAULT_FORMATS)
         for name, value in self.fixed.items():
             if o[name] != value:
                 raise ValueError(f"{type(self).__name__} always has {name}={value}; this param group "
@@ -188,7 +272,16 @@ class Core(Clipping):
                 prep.snapshot = items
                 self._preps[key] = prep
         prep.kernel = kernel(self.spec.name)
+        prep.many = None
         return prep
+
+    def storage(self, prep, dtype, where):
+        """The Storage of a parameter of ``dtype`` in ``prep``'s group (TypeError if its formats
+        are not a supported combination)."""
+        st = prep.storage.get(dtype)
+        if st is None:
+            st = prep.storage[dtype] = Storage(prep.o, dtype, len(self.spec.arrays(_Names())), where)
+        return st
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -201,21 +294,27 @@ class Core(Clipping):
         if (slot is None or slot.param is not param or slot.store is not state or state is None
                 or slot.names != prep.names):
             return self._build_slot(key, param, flat, {} if state is None else state, prep, where)
-        for n, c in zip(slot.names, slot.containers):
+        for n, c in zip(slot.names + ("master_weight",), slot.containers):
             if state.get(n) is not c:       # a state array loaded or assigned since
                 return self._build_slot(key, param, flat, state, prep, where)
         return slot
 
     def _build_slot(self, key, param, flat, state, prep, where):
         slot = Slot(param, flat)
+        st = self.storage(prep, flat.dtype, where)
         new = {}
-        for st in self.spec.state:
-            if st.needed(prep.o) and st.name not in state:
-                new[st.name] = self._new_state(slot, st.name, st.initial(prep.o))
+        for s in self.spec.state:
+            if s.needed(prep.o) and s.name not in state:
+                new[s.name] = self._new_state(slot, s.name, s.initial(prep.o), st.state)
+        names = prep.names + (("master_weight",) if st.master else ())
+        if st.master and "master_weight" not in state:
+            c = new["master_weight"] = self._new_state(slot, "master_weight", 0.0, np.dtype(np.float32))
+            self._view(c, flat, f"state 'master_weight' of {where}", np.dtype(np.float32))[...] = flat
         containers = []
-        for name in prep.names:
+        for name in names:
             c = new[name] if name in new else state[name]
-            v = self._view(c, flat, f"state {name!r} of {where}")
+            dtype = np.dtype(np.float32) if name == "master_weight" else st.state
+            v = self._view(c, flat, f"state {name!r} of {where}", dtype)
             span = check.span(v)
             for other in slot.spans:
                 if span[0] < other[1] and other[0] < span[1]:
@@ -226,11 +325,28 @@ class Core(Clipping):
             containers.append(c)
         slot.names, slot.store, slot.containers = prep.names, state, tuple(containers)
         slot.key, slot.pending = key, new
-        slot.views = tuple(slot.s[n] for n in ("param", *prep.names))
+        slot.views = tuple(slot.s[n] for n in ("param", *names))
         slot.where = where
         slot.arrays = self.spec.arrays(slot.s)
+        if st.codes is not None:
+            self._many_row(slot, st)
         self._pending = True
         return slot
+
+    def _many_row(self, slot, st):
+        """The slot's row of the many kernel's table (kernels/CONTRACT.md): the param role (the
+        master copy with master weights), grad and acc (filled at each step), the state arrays,
+        and the 16-bit param written from the master."""
+        first = slot.s["master_weight"] if st.master else slot.s["param"]
+        p0 = check.span(first)[0]
+        slot.codes = st.codes
+        slot.row = [p0, 0, p0, *(check.span(a)[0] for a in slot.arrays),
+                    check.span(slot.s["param"])[0] if st.master else 0]
+        slot.ordinal = self._ordinal_of(slot.key)
+
+    def _ordinal_of(self, key):
+        """The position of parameter ``key`` among all of the optimizer's (the front end's)."""
+        return key if isinstance(key, int) else 0
 
     def _commit(self, work):
         """Store the state the slots of checked ``work`` made (nothing was stored before)."""
@@ -249,7 +365,7 @@ class Core(Clipping):
                 if name not in state:
                     state[name] = self._new_scalar(init)
             state.update(slot.pending)
-            slot.fresh = bool(slot.pending)
+            slot.fresh = any(n != "master_weight" for n in slot.pending)
             slot.pending = None
             if state:                     # torch keeps no entry for a stateless SGD
                 self._state_put(slot.key, state)
@@ -269,9 +385,13 @@ class Core(Clipping):
                                  "state; each must be its own array")
 
     def _run(self, work, grad_scale, accs=None):
-        """Clip (fastgd.clipping's policy), then one kernel call per item of checked ``work``
-        ([(prep, slot, flat grad)]); ``accs[i]``: a flat accumulated gradient the kernel adds to
-        item i's gradient and zeroes in the same pass, or None. False if the step was skipped."""
+        """Clip (fastgd.clipping's policy), then the kernel calls of checked ``work`` ([(prep,
+        slot, flat grad)]); ``accs[i]``: a flat accumulated gradient the kernel adds to item i's
+        gradient and zeroes in the same pass, or None. False if the step was skipped.
+
+        A parameter all float32 or all float64 is one call of the rule's single kernel; any
+        other storage goes to its many kernel, consecutive parameters of one group with the same
+        formats and step scalars in one call (kernels/CONTRACT.md)."""
         if self._max_grad_norm is not None:
             grad_scale = self._clipped_scale([w[2] for w in work], accs, grad_scale)
             if grad_scale is None:
@@ -282,6 +402,8 @@ class Core(Clipping):
         has_scalar_state = bool(spec.scalar_state)
         advance = self._advance
         current = None
+        batch = []          # many-kernel rows waiting for one call: [(row, n, key)]
+        batch_key = None
         for i, (prep, slot, g) in enumerate(work):
             if prep is not current:     # per group: its kernel, constants, and a memo of the
                 current = prep          # step scalars by (t, fresh): equal steps compute them once
@@ -300,29 +422,63 @@ class Core(Clipping):
                 if sc is None:
                     sc = memo[t, fresh] = scalars(o, t, None, fresh)
             slot.fresh = False
+            acc = None if accs is None else accs[i]
+            codes = slot.codes
+            if codes is not None:
+                key = (prep, codes.tobytes(), sc, acc is not None)
+                if batch and key != batch_key:
+                    self._run_many(batch, batch_key, grad_scale)
+                    batch = []
+                batch_key = key
+                row = list(slot.row)
+                row[1] = check.span(g)[0]
+                if acc is not None:
+                    row[2] = check.span(acc)[0]
+                srk = fmt.sr_key(o["stochastic_round_seed"], t, slot.ordinal) \
+                    if codes[0] == fmt.BF16_SR else 0
+                batch.append((row, g.size, srk))
+                continue
             p = slot.s["param"]
             arrays = slot.arrays
             if arrays is None:          # a flat run of fastgd.torch, made for this step
                 arrays = spec.arrays(slot.s)
-            acc = None if accs is None else accs[i]
             if acc is None:
                 kernel(p, g, p, *arrays, grad_scale, maximize, False, *constants, *sc)
             else:
                 kernel(p, g, acc, *arrays, grad_scale, maximize, True, *constants, *sc)
+        if batch:
+            self._run_many(batch, batch_key, grad_scale)
         return True
+
+    def _run_many(self, batch, key, grad_scale):
+        """One call of the many kernel over ``batch`` ([(row, length, sr key)], one group, one
+        set of formats and step scalars)."""
+        prep, codes, sc, use_acc = key
+        if prep.many is None:
+            prep.many = kernel(self.spec.name + "_many")
+        ptrs = np.array([b[0] for b in batch], np.int64)
+        offsets = np.zeros(len(batch) + 1, np.int64)
+        np.cumsum([b[1] for b in batch], out=offsets[1:])
+        keys = np.array([b[2] for b in batch], np.uint32)
+        prep.many(ptrs, offsets, np.frombuffer(codes, np.int32), keys, grad_scale, prep.maximize,
+                  use_acc, *prep.constants, *sc)
 
     # --- checkpoints ---------------------------------------------------------------------------
 
     def _checked_param_state(self, saved, o, shape, dtype, where, to_array):
         """One parameter's saved state, checked against the spec under options ``o``:
-        {name: float array | step int | scalar}. ``to_array(value)``: the value as a NumPy array
-        (a copy is made later) or raise. A state array has the parameter's shape, or is flat, and
-        its dtype (fastgd.torch: any float dtype, which torch casts to the parameter's)."""
+        {name: array | step int | scalar}. ``to_array(value)``: the value as a NumPy array (a
+        copy is made later) or raise. A state array has the parameter's shape, or is flat, and
+        the dtype its storage says (``state_dtype``; the master copy float32); fastgd.torch
+        takes any float dtype, cast to that one as torch casts to the parameter's. Returns
+        the arrays as they are; ``expected_dtype(o, dtype, name)`` says what to cast them to."""
         spec = self.spec
         if not isinstance(saved, dict):
             raise ValueError(f"{where}: a parameter's state must be a dict; got {type(saved).__name__}")
+        st = Storage(o, dtype, 0, where)
         has_step = spec.torch_step or not self._torch_layout
-        expected = set(spec.state_names(o)) | {n for n, _, _ in spec.scalar_state}
+        names = spec.state_names(o) + (("master_weight",) if st.master else ())
+        expected = set(names) | {n for n, _, _ in spec.scalar_state}
         if has_step:
             expected.add("step")
         if not saved and self._torch_layout:
@@ -336,18 +492,27 @@ class Core(Clipping):
             out["step"] = step_count(saved["step"], where)
         for name, _, check_one in spec.scalar_state:
             out[name] = check_one(f"{where}: {name}", _item(saved[name]))
-        for name in spec.state_names(o):
+        for name in names:
             try:
                 a = to_array(saved[name])
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise ValueError(f"{where}: state {name!r} is not an array: {exc}") from None
             size = int(np.prod(shape))
-            if (a.dtype != dtype if not self._torch_layout else a.dtype.kind != "f") or \
-                    a.shape not in ((size,), tuple(shape)):
+            want = self.expected_dtype(o, dtype, name)
+            ok = (fmt.code_of(a.dtype) is not None) if self._torch_layout else a.dtype == want
+            if not ok or a.shape not in ((size,), tuple(shape)):
                 raise ValueError(f"{where}: state {name!r} has shape {a.shape} and dtype {a.dtype}; "
-                                 f"the parameter has {size} elements of {dtype}")
+                                 f"the parameter has {size} elements and this state is kept in "
+                                 f"{want} (state_dtype / master_weights)")
             out[name] = a
         return out
+
+    @staticmethod
+    def expected_dtype(o, dtype, name):
+        """The dtype state ``name`` of a parameter of ``dtype`` is kept in under options ``o``."""
+        if name == "master_weight":
+            return np.dtype(np.float32)
+        return Storage(o, dtype, 0, "a parameter").state
 
     def _checked_groups(self, saved_groups, current_groups, defaults):
         """The param groups of a state_dict checked against this optimizer's: the same count and

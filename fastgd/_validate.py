@@ -10,18 +10,24 @@ import numbers
 
 import numpy as np
 
+from . import formats
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: what the optimizers step (fastgd/formats.py): also bfloat16 (ml_dtypes) and float16
+STORAGE_DTYPES = tuple(formats.CODES)
 
 
-def array(name, a, *, like=None, writable=True):
+def array(name, a, *, like=None, writable=True, dtypes=FLOAT_DTYPES):
     """``a`` as a flat view (no copy), after checking type, dtype, layout and writability.
 
     ``like``: the array ``a`` must match in dtype and shape (usually the parameter).
+    ``dtypes``: the dtypes accepted (the single kernels' float32/float64, or STORAGE_DTYPES).
     """
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray; got {type(a).__name__}")
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64 (native byte order); got {a.dtype}")
+    if a.dtype not in dtypes:
+        names = ", ".join(str(d) for d in dtypes[:-1]) + f" or {dtypes[-1]}"
+        raise TypeError(f"{name} must have dtype {names} (native byte order); got {a.dtype}")
     if like is not None:
         if a.dtype != like.dtype:
             raise TypeError(f"{name} has dtype {a.dtype} but the parameter has {like.dtype}")
@@ -44,7 +50,7 @@ def matching(name, a, like, *, writable=False):
         flags = a.flags
         if flags.c_contiguous and (flags.writeable or not writable):
             return a if a.ndim == 1 else a.reshape(-1)
-    return array(name, a, like=like, writable=writable)
+    return array(name, a, like=like, writable=writable, dtypes=STORAGE_DTYPES)
 
 
 def no_overlap(**arrays):

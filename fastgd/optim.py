@@ -35,7 +35,7 @@ import inspect
 import numpy as np
 
 from . import _validate as check
-from ._core import Core, busy, exclusive, lock_of
+from ._core import FORMAT_OPTIONS, Core, busy, exclusive, lock_of
 from .flat import FlatParams
 from .rules import SPECS
 
@@ -74,7 +74,8 @@ class Optimizer(Core):
                 raise TypeError(f"{cls.__qualname__}'s rule must not declare {', '.join(clash)}: "
                                 "the Optimizer base takes it for every rule")
             cls._signature = constructor_signature(cls.spec, cls.fixed, cls.overrides,
-                                                   tuple(CLIPPING_OPTIONS.items()))
+                                                   tuple(CLIPPING_OPTIONS.items())
+                                                   + tuple(FORMAT_OPTIONS.items()))
             cls.__signature__ = cls._signature
 
     def __init__(self, params, *args, **kwargs):
@@ -85,9 +86,10 @@ class Optimizer(Core):
         values = dict(bound.arguments)
         params = values.pop("params")
         clip = {name: values.pop(name) for name in CLIPPING_OPTIONS}
+        formats = {name: values.pop(name) for name in FORMAT_OPTIONS}
         self.defaults = {name: values.get(name, self.fixed.get(name)) for name, _ in self.spec.options}
+        self._init_core(formats)
         self._check_group(self.defaults)   # a bad default is named before any group
-        self._init_core()
         self._init_clipping(clip["max_grad_norm"], clip["norm_type"], clip["error_if_nonfinite"])
         self.param_groups = []
         self.state = {}
@@ -130,7 +132,7 @@ class Optimizer(Core):
         group = {**self.defaults, **param_group, "params": params}
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         for i, p in enumerate(params):
-            check.array(f"params[{i}]", p)
+            check.array(f"params[{i}]", p, dtypes=check.STORAGE_DTYPES)
             if id(p) in seen:
                 raise ValueError("some parameters appear in more than one parameter group")
             seen.add(id(p))
@@ -151,16 +153,15 @@ class Optimizer(Core):
     def _state_put(self, key, state):
         self.state[key] = state
 
-    def _new_state(self, slot, name, init):
-        flat = slot.s["param"]
-        return np.full(flat.size, init, flat.dtype)
+    def _new_state(self, slot, name, init, dtype):
+        return np.full(slot.s["param"].size, init, dtype)
 
-    def _view(self, a, flat, where):
-        if not isinstance(a, np.ndarray) or a.dtype != flat.dtype or a.size != flat.size:
-            raise ValueError(f"{where} must be an array of {flat.size} {flat.dtype} like the "
-                             f"parameter; got {type(a).__name__}"
+    def _view(self, a, flat, where, dtype):
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.size != flat.size:
+            raise ValueError(f"{where} must be an array of {flat.size} {dtype} (the parameter's "
+                             f"state format); got {type(a).__name__}"
                              + (f" of {a.size} {a.dtype}" if isinstance(a, np.ndarray) else ""))
-        return check.array(where, a)
+        return check.array(where, a, dtypes=check.STORAGE_DTYPES)
 
     @staticmethod
     def _zero_step():
@@ -240,8 +241,8 @@ class Optimizer(Core):
                     if slot is None or slot.param is not p:
                         flags = p.flags
                         if not (type(p) is np.ndarray and flags.c_contiguous and flags.writeable
-                                and p.dtype in check.FLOAT_DTYPES):
-                            check.array(f"params[{index}]", p)  # raises, naming what is wrong
+                                and p.dtype in check.STORAGE_DTYPES):
+                            check.array(f"params[{index}]", p, dtypes=check.STORAGE_DTYPES)
                         pf = p.reshape(-1)
                     else:
                         pf = slot.s["param"]
@@ -318,7 +319,8 @@ class Optimizer(Core):
                                                f"state of parameter {key}", np.asarray)
             for name, v in loaded.items():
                 if isinstance(v, np.ndarray):
-                    loaded[name] = np.array(v, dtype=p.dtype, order="C").reshape(-1)
+                    loaded[name] = np.array(v, dtype=self.expected_dtype(options_of[i], p.dtype, name),
+                                            order="C").reshape(-1)
             new_state[i] = loaded
         new_groups = []
         for group, (saved, o) in zip(self.param_groups, checked):

@@ -49,7 +49,8 @@ import torch
 
 from .. import _validate as check
 from .. import functional as F
-from .._core import Core, Slot, busy, exclusive, lock_of
+from .. import formats
+from .._core import FORMAT_OPTIONS, Core, Slot, busy, exclusive, lock_of
 from ..flat import FlatParams
 from ..optim import constructor_signature
 from ..rules import SPECS
@@ -57,7 +58,15 @@ from ..rules import SPECS
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion",
            "clip_grad_norm_"]
 
-_FLOAT_DTYPES = (torch.float32, torch.float64)
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _np(t):
+    """The NumPy view of a CPU tensor (shared memory), bfloat16 as ml_dtypes.bfloat16 (torch's
+    .numpy() refuses bfloat16); raises RuntimeError/TypeError as .numpy() does."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(formats.bfloat16)
+    return t.numpy()
 
 
 # --- checks --------------------------------------------------------------------------------------
@@ -76,8 +85,8 @@ def _check_tensor(t, what, optimizer):
         raise TypeError(f"{optimizer}: {what} is complex ({t.dtype}); fastgd.torch supports "
                         "float32 and float64 only")
     if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{optimizer}: {what} has dtype {t.dtype}; fastgd.torch supports float32 "
-                        "and float64 (not half/bfloat16 yet)")
+        raise TypeError(f"{optimizer}: {what} has dtype {t.dtype}; fastgd.torch supports float32, "
+                        "float64, bfloat16 and float16")
 
 
 def _check_param(p, what, optimizer):
@@ -105,7 +114,7 @@ def _grad_tensor(p, g, what, optimizer):
 
 def _scalar_array(t, name, what, optimizer):
     if not isinstance(t, torch.Tensor) or t.numel() != 1 or t.device.type != "cpu" \
-            or t.dtype not in _FLOAT_DTYPES:
+            or t.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"{optimizer}: state {name!r} of {what} must be a float scalar CPU tensor; "
                          f"got {t!r}")
     return t.detach().numpy().reshape(())
@@ -221,7 +230,8 @@ def _plain(value, name):
 
 
 #: keyword-only options of every fastgd.torch optimizer beyond torch's
-_EXTRA = (("flatten", False), ("max_grad_norm", None), ("norm_type", 2.0), ("error_if_nonfinite", False))
+_EXTRA = (("flatten", False), ("max_grad_norm", None), ("norm_type", 2.0), ("error_if_nonfinite", False),
+          *FORMAT_OPTIONS.items())
 
 # Where torch.optim accepts a value fastgd refuses, the message says why (issue: "says why").
 _WHY = {
@@ -272,7 +282,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
             # elements, lr tensor with foreach=True, ...): its constructor is the check.
             getattr(torch.optim, self.peer)([torch.zeros(1, requires_grad=True)], **values)
         values.update(self.fixed)
-        self._init_core()
+        self._init_core({n: extra[n] for n in FORMAT_OPTIONS})
         self._init_clipping(extra["max_grad_norm"], extra["norm_type"], extra["error_if_nonfinite"])
         self.flatten = extra["flatten"]
         self._flats = []
@@ -323,6 +333,13 @@ class _Optimizer(Core, torch.optim.Optimizer):
             self._flatten_group(group)
 
     def _flatten_group(self, group):
+        o = self._check_group(group)
+        if any(p.dtype not in (torch.float32, torch.float64) for p in group["params"]) or \
+                o["state_dtype"] is not None:
+            raise TypeError(f"{type(self).__name__}(flatten=True) packs float32/float64 parameters "
+                            "with states of their dtype; step bfloat16/float16 parameters or "
+                            "another state_dtype without flatten (one kernel call steps a group's "
+                            "tensors in place either way)")
         by_dtype = {}
         for p in group["params"]:
             by_dtype.setdefault(p.dtype, []).append(p)
@@ -343,19 +360,26 @@ class _Optimizer(Core, torch.optim.Optimizer):
     def _state_put(self, key, state):
         self.state[key] = state
 
-    def _new_state(self, slot, name, init):
-        return torch.full_like(slot.param, init, memory_format=torch.contiguous_format)
+    def _new_state(self, slot, name, init, dtype):
+        return torch.full_like(slot.param, init, dtype=_TORCH_DTYPE[dtype],
+                               memory_format=torch.contiguous_format)
 
-    def _view(self, t, flat, where):
+    def _view(self, t, flat, where, dtype):
         name = type(self).__name__
         if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided \
                 or t.numel() != flat.size or not t.is_contiguous() \
-                or t.dtype != _TORCH_DTYPE[flat.dtype]:
+                or t.dtype != _TORCH_DTYPE[dtype]:
             desc = (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor)
                     else type(t).__name__)
-            raise ValueError(f"{name}: {where} is {desc}; expected a contiguous CPU tensor like the "
-                             f"parameter ({flat.dtype}, {flat.size} elements)")
-        return t.detach().numpy().reshape(-1)
+            raise ValueError(f"{name}: {where} is {desc}; expected a contiguous CPU tensor of "
+                             f"{_TORCH_DTYPE[dtype]} with the parameter's {flat.size} elements")
+        return _np(t.detach()).reshape(-1)
+
+    def _ordinal_of(self, key):
+        for i, p in enumerate(q for g in self.param_groups for q in g["params"]):
+            if p is key:
+                return i
+        return 0
 
     @staticmethod
     def _zero_step():
@@ -410,7 +434,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
             else:
                 work = []
                 for i, p in enumerate(group["params"]):
-                    flat = p.detach().numpy().reshape(-1)
+                    flat = _np(p.detach()).reshape(-1)
                     work.append((prep, self._slot(p, p, flat, prep, f"parameter {i}"), None))
                 self._commit(work)
 
@@ -475,16 +499,25 @@ class _Optimizer(Core, torch.optim.Optimizer):
             p = params[index_of[key]]
             loaded = self._checked_param_state(
                 saved, options_of[index_of[key]], tuple(p.shape),
-                p.dtype, f"state of parameter {key}",
-                lambda v: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+                _NP_DTYPE[p.dtype], f"state of parameter {key}",
+                lambda v: _np(v.detach().cpu()) if isinstance(v, torch.Tensor) else np.asarray(v))
             out = {}
             for name, v in loaded.items():
                 if isinstance(v, np.ndarray):
-                    out[name] = torch.tensor(v, dtype=p.dtype).reshape(p.shape).contiguous()
+                    want = self.expected_dtype(options_of[index_of[key]], _NP_DTYPE[p.dtype], name)
+                    out[name] = _tensor(v).to(_TORCH_DTYPE[want]).reshape(p.shape).contiguous()
                 else:
                     out[name] = torch.tensor(float(v), dtype=torch.float32)
             state[key] = out
         super().load_state_dict({**state_dict, "state": state})
+        # torch cast every float state to its parameter's dtype: states kept in another format
+        # (state_dtype, the float32 master copy) are put back as they were checked, unrounded
+        for key, out in state.items():
+            mine = self.state.get(params[index_of[key]])
+            for name, v in out.items():
+                if mine is not None and isinstance(mine.get(name), torch.Tensor) and \
+                        mine[name].dtype != v.dtype and v.dim() > 0:
+                    mine[name] = v
         # torch replaced the group dicts: the flat buffers follow them (same order and params)
         self._flats = [(group, flats) for group, (_, flats) in zip(self.param_groups, self._flats)]
         self._slots.clear()
@@ -590,7 +623,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
                                 break
                         else:
                             try:
-                                gn = g.numpy()
+                                gn = _np(g)
                             except (RuntimeError, TypeError):
                                 gn = None
                             if gn is not None and gn.shape == slot.tag[1]:
@@ -603,12 +636,12 @@ class _Optimizer(Core, torch.optim.Optimizer):
                     where = f"parameter {i} of group {gi}"
                     _check_tensor(p, where, name)
                     if p.is_contiguous():
-                        flat = p.detach().numpy().reshape(-1)
+                        flat = _np(p.detach()).reshape(-1)
                     else:
                         # stepped through a contiguous copy (written back after the step), as
                         # torch steps any strided tensor; only this tensor pays the copies
                         self._copies[p] = torch.empty(p.shape, dtype=p.dtype)
-                        flat = self._copies[p].numpy().reshape(-1)
+                        flat = _np(self._copies[p]).reshape(-1)
                     ptrs[p] = ptr
                     slots.pop(p, None)
                 else:
@@ -625,7 +658,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
                 # like the parameter, not sharing memory with it or its state) is checked in one
                 # call; anything else goes through the checks that name what is wrong.
                 try:
-                    gn = g.numpy()       # refuses a gradient that requires grad, sparse, not CPU
+                    gn = _np(g)          # refuses a gradient that requires grad, sparse, not CPU
                 except (RuntimeError, TypeError):
                     gn = None
                 if gn is not None and g.shape == p.shape:
@@ -634,7 +667,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
                         work.append((prep, slot, gf))
                         continue
                 g = _grad_tensor(p, g, where, name)
-                gf = g.numpy().reshape(-1)
+                gf = _np(g).reshape(-1)
                 self._checked_grad(slot, gf, where)
                 work.append((prep, slot, gf))
         return work, copies
@@ -692,8 +725,17 @@ class _Optimizer(Core, torch.optim.Optimizer):
         return work
 
 
-_TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+_TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                np.dtype(np.float16): torch.float16, formats.bfloat16: torch.bfloat16}
 _NP_DTYPE = {t: n for n, t in _TORCH_DTYPE.items()}
+
+
+def _tensor(a):
+    """A tensor copy of NumPy array ``a`` (bfloat16 through its bits: torch cannot read
+    ml_dtypes arrays)."""
+    if a.dtype == formats.bfloat16:
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(np.array(a, order="C"))
 
 
 def _param_runs(fg, active, fresh, scalars):
