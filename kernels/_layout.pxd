@@ -2,11 +2,19 @@
 # tensors stepped in one call, their elements divided among the threads as if they were one
 # buffer. Written once here; each rule gives only its segment function (a piece [lo, hi) of one
 # tensor, every role in its format).
+#
+# noinline: a rule's `_<rule>_piece` (its single loop, now a thin call of its inline body, the
+# body the lane loop shares) is declared __attribute__((noinline)) by a verbatim prototype in its
+# .pyx. Without it gcc's early inliner folds the thin piece into `_<rule>_run`, which is inlined
+# into every caller, and each copy of the body is compiled on its own: their FMA contractions
+# differed, so an all-float32 `<rule>_many` was not bitwise the single kernel (adam: 3 of 40001
+# results, sgd: 356). One piece function: one machine code for both. A prototype that no longer
+# matches Cython's signature is a compile error ("conflicting types"), never silent.
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint32_t
 cimport numpy as cnp
 
-from _parallel cimport piece_start, threads_for
+from _parallel cimport PIECE_ALIGN, piece_start, threads_for
 
 ctypedef void (*segment_fn)(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
                             const void* k) noexcept nogil
@@ -29,11 +37,26 @@ cdef inline Py_ssize_t table_of(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarr
     return n
 
 
+cdef inline Py_ssize_t _cut(Py_ssize_t x, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """A piece boundary x of the concatenation as an index in the tensor [start, end): rounded up
+    to a multiple of PIECE_ALIGN of the tensor itself. So every tensor is cut where its single
+    kernel would cut it (multiples of 16 from its start), and a piece ends mid-tensor only on a
+    full vector: the vectorised *_piece loops compute the elements of their scalar tail with
+    other FMA contractions than their vector body, so a cut at, say, 31507 gave 3 of 40001 float32
+    results that differed from the single kernel and from one thread (adam_many, measured). Both
+    threads at a boundary round it alike; a piece is at most 15 elements longer."""
+    if x <= start:
+        return 0
+    if x >= end:
+        return end - start
+    return min(end - start, (x - start + PIECE_ALIGN - 1) // PIECE_ALIGN * PIECE_ALIGN)
+
+
 cdef inline void _walk(segment_fn fn, const int64_t* ptrs, const int64_t* offsets, Py_ssize_t n,
                        int roles, const int* f, const uint32_t* keys, const void* k,
                        Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """The elements [lo, hi) of the concatenation: each tensor's part as one segment."""
-    cdef Py_ssize_t a = 0, b = n, mid, j
+    cdef Py_ssize_t a = 0, b = n, mid, j, s, e
     while b - a > 1:                # the last tensor starting at or before lo
         mid = (a + b) // 2
         if offsets[mid] <= lo:
@@ -43,8 +66,10 @@ cdef inline void _walk(segment_fn fn, const int64_t* ptrs, const int64_t* offset
     j = a
     while j < n and offsets[j] < hi:
         if offsets[j + 1] > lo:
-            fn(<char**>(ptrs + j * roles), f, max(lo, offsets[j]) - offsets[j],
-               min(hi, offsets[j + 1]) - offsets[j], keys[j], k)
+            s = _cut(lo, offsets[j], offsets[j + 1])
+            e = _cut(hi, offsets[j], offsets[j + 1])
+            if e > s:
+                fn(<char**>(ptrs + j * roles), f, s, e, keys[j], k)
         j = j + 1
 
 

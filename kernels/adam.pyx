@@ -20,6 +20,14 @@ from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
+# _adam_piece not inlined: adam and adam_many's float32/float64 path run one machine code, so
+# their results are bitwise the same (kernels/_layout.pxd, "noinline").
+cdef extern from *:
+    """
+    static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_4adam__adam_piece(float *, float const *, float *, float *, float *, float *, Py_ssize_t, float, int, float, float, float, float, float, float, float, float, int, int) __attribute__((noinline));
+    static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_4adam__adam_piece(double *, double const *, double *, double *, double *, double *, Py_ssize_t, double, int, double, double, double, double, double, double, double, double, int, int) __attribute__((noinline));
+    """
+
 
 cdef inline void _adam_body(floating* p, const floating* g, floating* acc, floating* m,
                             floating* v, floating* vmax, Py_ssize_t n, floating gs, bint use_acc,

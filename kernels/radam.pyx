@@ -10,17 +10,30 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 cimport numpy as cnp
 
+from libc.stdint cimport uint32_t
+
 from _arrays cimport data_of, float_typenum
+from _formats cimport FGD_LANES, fgd_ld, fgd_st
+from _layout cimport compute_kind, run_many
 from _math cimport _adam_moments, _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
+# _radam_piece not inlined: radam and radam_many's float32/float64 path run one machine code, so
+# their results are bitwise the same (kernels/_layout.pxd, "noinline").
+cdef extern from *:
+    """
+    static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_5radam__radam_piece(float *, float const *, float *, float *, float *, Py_ssize_t, float, int, float, int, float, float, float, float, float, float, int) __attribute__((noinline));
+    static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_5radam__radam_piece(double *, double const *, double *, double *, double *, Py_ssize_t, double, int, double, int, double, double, double, double, double, double, int) __attribute__((noinline));
+    """
 
-cdef void _radam_piece(floating* p, const floating* g, floating* acc, floating* m, floating* v,
-                       Py_ssize_t n, floating gs, bint use_acc, floating wd, bint coupled,
-                       floating decay, floating omb1, floating b2, floating omb2, floating eps,
-                       floating step_size, bint adaptive) noexcept nogil:
+
+cdef inline void _radam_body(floating* p, const floating* g, floating* acc, floating* m,
+                             floating* v, Py_ssize_t n, floating gs, bint use_acc, floating wd,
+                             bint coupled, floating decay, floating omb1, floating b2,
+                             floating omb2, floating eps, floating step_size,
+                             bint adaptive) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating gi, pi, mi, vi
     for i in range(n):
@@ -36,34 +49,123 @@ cdef void _radam_piece(floating* p, const floating* g, floating* acc, floating* 
             p[i] = pi - step_size * mi
 
 
+cdef void _radam_piece(floating* p, const floating* g, floating* acc, floating* m, floating* v,
+                       Py_ssize_t n, floating gs, bint use_acc, floating wd, bint coupled,
+                       floating decay, floating omb1, floating b2, floating omb2, floating eps,
+                       floating step_size, bint adaptive) noexcept nogil:
+    _radam_body(p, g, acc, m, v, n, gs, use_acc, wd, coupled, decay, omb1, b2, omb2, eps,
+                step_size, adaptive)
+
+
+ctypedef struct RadamK:
+    # the kernel's scalars as its loops take them (cast to the arithmetic's type at the call)
+    double gs, wd, decay, omb1, b2, omb2, eps, step_size
+    bint use_acc, coupled, adaptive
+
+
+cdef RadamK _radam_k(double grad_scale, bint maximize, bint use_acc, double lr, double beta1,
+                     double beta2, double eps, double weight_decay, bint decoupled,
+                     double bias_correction1, double bias_correction2, bint adaptive,
+                     double rect) noexcept nogil:
+    cdef RadamK k
+    k.gs = -grad_scale if maximize else grad_scale
+    k.coupled = weight_decay != 0.0 and not decoupled
+    k.wd = weight_decay
+    k.decay = (1.0 - lr * weight_decay) if decoupled else 1.0
+    k.omb1 = 1.0 - beta1
+    k.b2 = beta2
+    k.omb2 = 1.0 - beta2
+    k.eps = eps
+    if adaptive:
+        k.step_size = lr * rect * sqrt(bias_correction2) / bias_correction1
+    else:
+        k.step_size = lr / bias_correction1
+    k.use_acc = use_acc
+    k.adaptive = adaptive
+    return k
+
+
+cdef inline void _radam_run(floating* p, const floating* g, floating* acc, floating* m,
+                            floating* v, Py_ssize_t n, const RadamK* k) noexcept nogil:
+    _radam_piece(p, g, acc, m, v, n, <floating>k.gs, k.use_acc, <floating>k.wd, k.coupled,
+                 <floating>k.decay, <floating>k.omb1, <floating>k.b2, <floating>k.omb2,
+                 <floating>k.eps, <floating>k.step_size, k.adaptive)
+
+
 cdef void _radam(floating* p, const floating* g, floating* acc, floating* m, floating* v,
-                 Py_ssize_t n, double grad_scale, bint maximize, bint use_acc, double lr,
-                 double beta1, double beta2, double eps, double weight_decay, bint decoupled,
-                 double bias_correction1, double bias_correction2, bint adaptive,
-                 double rect) noexcept nogil:
+                 Py_ssize_t n, const RadamK* k) noexcept nogil:
     cdef Py_ssize_t lo, hi
     cdef int t, nthreads = threads_for(n)
-    cdef floating gs = -grad_scale if maximize else grad_scale
-    cdef bint coupled = weight_decay != 0.0 and not decoupled
-    cdef floating decay = (1.0 - lr * weight_decay) if decoupled else 1.0
-    cdef floating step_size
-    if adaptive:
-        step_size = lr * rect * sqrt(bias_correction2) / bias_correction1
-    else:
-        step_size = lr / bias_correction1
     if nthreads == 1:
-        _radam_piece(p, g, acc, m, v, n, gs, use_acc, <floating>weight_decay, coupled, decay,
-                     <floating>(1.0 - beta1), <floating>beta2, <floating>(1.0 - beta2),
-                     <floating>eps, step_size, adaptive)
+        _radam_run(p, g, acc, m, v, n, k)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
         lo = piece_start(n, nthreads, t)
         hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
-            _radam_piece(p + lo, g + lo, acc + lo, m + lo, v + lo, hi - lo, gs, use_acc,
-                         <floating>weight_decay, coupled, decay, <floating>(1.0 - beta1),
-                         <floating>beta2, <floating>(1.0 - beta2), <floating>eps, step_size,
-                         adaptive)
+            _radam_run(p + lo, g + lo, acc + lo, m + lo, v + lo, hi - lo, k)
+
+
+cdef inline void _radam_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi,
+                              uint32_t key, const RadamK* k, bint use_acc) noexcept nogil:
+    # 16 lanes of each role loaded to float32, the single kernel's body on them, stored back in
+    # each role's format. use_acc is a constant here (see _radam_segment).
+    cdef float P[16]
+    cdef float G[16]
+    cdef float A[16]
+    cdef float M[16]
+    cdef float V[16]
+    cdef Py_ssize_t b = lo
+    cdef int c
+    cdef float gs = <float>k.gs, wd = <float>k.wd, decay = <float>k.decay, omb1 = <float>k.omb1
+    cdef float b2 = <float>k.b2, omb2 = <float>k.omb2, eps = <float>k.eps
+    cdef float step = <float>k.step_size
+    while b < hi:
+        c = <int>min(<Py_ssize_t>FGD_LANES, hi - b)
+        fgd_ld(f[0], a[0], b, P, c)
+        fgd_ld(f[1], a[1], b, G, c)
+        if use_acc:
+            fgd_ld(f[2], a[2], b, A, c)
+        fgd_ld(f[3], a[3], b, M, c)
+        fgd_ld(f[4], a[4], b, V, c)
+        _radam_body(P, G, A, M, V, FGD_LANES, gs, use_acc, wd, k.coupled, decay, omb1, b2, omb2,
+                    eps, step, k.adaptive)
+        fgd_st(f[0], P, a[0], b, c, key)
+        if f[5] >= 0:
+            fgd_st(f[5], P, a[5], b, c, key)
+        if use_acc:
+            fgd_st(f[2], A, a[2], b, c, key)
+        fgd_st(f[3], M, a[3], b, c, key)
+        fgd_st(f[4], V, a[4], b, c, key)
+        b = b + FGD_LANES
+
+
+cdef void _radam_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
+                         const void* kv) noexcept nogil:
+    # One tensor's piece of radam_many. Roles: p, g, acc, m, v, out (kernels/CONTRACT.md).
+    cdef const RadamK* k = <const RadamK*>kv
+    cdef int kind = compute_kind(f, 6)
+    if kind == 0:       # all float32, or all float64: the single kernel's loop on the memory
+        _radam_run(<float*>a[0] + lo, <float*>a[1] + lo, <float*>a[2] + lo, <float*>a[3] + lo,
+                   <float*>a[4] + lo, hi - lo, k)
+    elif kind == 3:
+        _radam_run(<double*>a[0] + lo, <double*>a[1] + lo, <double*>a[2] + lo,
+                   <double*>a[3] + lo, <double*>a[4] + lo, hi - lo, k)
+    # use_acc, which chooses the roles touched, as a constant: one lane loop each (adam.pyx)
+    elif k.use_acc:
+        _radam_lanes(a, f, lo, hi, key, k, True)
+    else:
+        _radam_lanes(a, f, lo, hi, key, k, False)
+
+
+def radam_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndarray keys,
+               double grad_scale, bint maximize, bint use_acc, double lr, double beta1,
+               double beta2, double eps, double weight_decay, bint decoupled,
+               double bias_correction1, double bias_correction2, bint adaptive, double rect):
+    """RAdam over a table of tensors in any storage formats (kernels/CONTRACT.md, <rule>_many)."""
+    cdef RadamK k = _radam_k(grad_scale, maximize, use_acc, lr, beta1, beta2, eps, weight_decay,
+                             decoupled, bias_correction1, bias_correction2, adaptive, rect)
+    run_many(_radam_segment, ptrs, offsets, fmts, keys, 6, &k)
 
 
 def radam(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray exp_avg,
@@ -81,12 +183,10 @@ def radam(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray
     cdef void* v = data_of(exp_avg_sq, n, typenum)
     if n == 0:
         return
+    cdef RadamK k = _radam_k(grad_scale, maximize, use_acc, lr, beta1, beta2, eps, weight_decay,
+                             decoupled, bias_correction1, bias_correction2, adaptive, rect)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            _radam(<float*>p, <float*>g, <float*>acc, <float*>m, <float*>v, n, grad_scale,
-                   maximize, use_acc, lr, beta1, beta2, eps, weight_decay, decoupled,
-                   bias_correction1, bias_correction2, adaptive, rect)
+            _radam(<float*>p, <float*>g, <float*>acc, <float*>m, <float*>v, n, &k)
         else:
-            _radam(<double*>p, <double*>g, <double*>acc, <double*>m, <double*>v, n, grad_scale,
-                   maximize, use_acc, lr, beta1, beta2, eps, weight_decay, decoupled,
-                   bias_correction1, bias_correction2, adaptive, rect)
+            _radam(<double*>p, <double*>g, <double*>acc, <double*>m, <double*>v, n, &k)

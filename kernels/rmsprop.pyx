@@ -10,11 +10,23 @@ from cython cimport floating
 from cython.parallel cimport prange
 cimport numpy as cnp
 
+from libc.stdint cimport uint32_t
+
 from _arrays cimport data_of, float_typenum
+from _formats cimport FGD_LANES, fgd_ld, fgd_st
+from _layout cimport compute_kind, run_many
 from _math cimport _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
+
+# _rmsprop_piece not inlined: rmsprop and rmsprop_many's float32/float64 path run one machine code, so
+# their results are bitwise the same (kernels/_layout.pxd, "noinline").
+cdef extern from *:
+    """
+    static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_7rmsprop__rmsprop_piece(float *, float const *, float *, float *, float *, float *, Py_ssize_t, float, int, float, float, float, float, float, int, float, int, int) __attribute__((noinline));
+    static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_7rmsprop__rmsprop_piece(double *, double const *, double *, double *, double *, double *, Py_ssize_t, double, int, double, double, double, double, double, int, double, int, int) __attribute__((noinline));
+    """
 
 
 cdef inline void _rmsprop_body(floating* p, const floating* g, floating* acc, floating* sq,
@@ -67,28 +79,133 @@ cdef void _rmsprop_piece(floating* p, const floating* g, floating* acc, floating
                           mu, False, False)
 
 
+ctypedef struct RmspropK:
+    # the kernel's scalars as its loops take them (cast to the arithmetic's type at the call)
+    double gs, lr, alpha, oma, eps, wd, mu
+    bint use_acc, decay, use_momentum, centered
+
+
+cdef RmspropK _rmsprop_k(double grad_scale, bint maximize, bint use_acc, double lr, double alpha,
+                         double eps, double weight_decay, double momentum,
+                         bint centered) noexcept nogil:
+    cdef RmspropK k
+    k.gs = -grad_scale if maximize else grad_scale
+    k.lr = lr
+    k.alpha = alpha
+    k.oma = 1.0 - alpha
+    k.eps = eps
+    k.wd = weight_decay
+    k.mu = momentum
+    k.use_acc = use_acc
+    k.decay = weight_decay != 0.0
+    k.use_momentum = momentum > 0.0
+    k.centered = centered
+    return k
+
+
+cdef inline void _rmsprop_run(floating* p, const floating* g, floating* acc, floating* sq,
+                              floating* buf, floating* ga, Py_ssize_t n,
+                              const RmspropK* k) noexcept nogil:
+    _rmsprop_piece(p, g, acc, sq, buf, ga, n, <floating>k.gs, k.use_acc, <floating>k.lr,
+                   <floating>k.alpha, <floating>k.oma, <floating>k.eps, <floating>k.wd, k.decay,
+                   <floating>k.mu, k.use_momentum, k.centered)
+
+
 cdef void _rmsprop(floating* p, const floating* g, floating* acc, floating* sq, floating* buf,
-                   floating* ga, Py_ssize_t n, double grad_scale, bint maximize, bint use_acc,
-                   double lr, double alpha, double eps, double weight_decay, double momentum,
-                   bint centered) noexcept nogil:
+                   floating* ga, Py_ssize_t n, const RmspropK* k) noexcept nogil:
     cdef Py_ssize_t lo, hi
     cdef int t, nthreads = threads_for(n)
-    cdef floating gs = -grad_scale if maximize else grad_scale
-    cdef bint decay = weight_decay != 0.0
-    cdef bint use_momentum = momentum > 0.0
     if nthreads == 1:
-        _rmsprop_piece(p, g, acc, sq, buf, ga, n, gs, use_acc, <floating>lr, <floating>alpha,
-                       <floating>(1.0 - alpha), <floating>eps, <floating>weight_decay, decay,
-                       <floating>momentum, use_momentum, centered)
+        _rmsprop_run(p, g, acc, sq, buf, ga, n, k)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
         lo = piece_start(n, nthreads, t)
         hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
-            _rmsprop_piece(p + lo, g + lo, acc + lo, sq + lo, buf + lo, ga + lo, hi - lo, gs,
-                           use_acc, <floating>lr, <floating>alpha, <floating>(1.0 - alpha),
-                           <floating>eps, <floating>weight_decay, decay, <floating>momentum,
-                           use_momentum, centered)
+            _rmsprop_run(p + lo, g + lo, acc + lo, sq + lo, buf + lo, ga + lo, hi - lo, k)
+
+
+cdef inline void _rmsprop_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi,
+                                uint32_t key, const RmspropK* k, bint use_acc,
+                                bint use_momentum, bint centered) noexcept nogil:
+    # 16 lanes of each role loaded to float32, the single kernel's body on them, stored back in
+    # each role's format. use_acc/use_momentum/centered are constants here (see _rmsprop_segment).
+    cdef float P[16]
+    cdef float G[16]
+    cdef float A[16]
+    cdef float S[16]
+    cdef float B[16]
+    cdef float GA[16]
+    cdef Py_ssize_t b = lo
+    cdef int c
+    cdef float gs = <float>k.gs, lr = <float>k.lr, alpha = <float>k.alpha, oma = <float>k.oma
+    cdef float eps = <float>k.eps, wd = <float>k.wd, mu = <float>k.mu
+    while b < hi:
+        c = <int>min(<Py_ssize_t>FGD_LANES, hi - b)
+        fgd_ld(f[0], a[0], b, P, c)
+        fgd_ld(f[1], a[1], b, G, c)
+        if use_acc:
+            fgd_ld(f[2], a[2], b, A, c)
+        fgd_ld(f[3], a[3], b, S, c)
+        if use_momentum:
+            fgd_ld(f[4], a[4], b, B, c)
+        if centered:
+            fgd_ld(f[5], a[5], b, GA, c)
+        _rmsprop_body(P, G, A, S, B, GA, FGD_LANES, gs, use_acc, lr, alpha, oma, eps, wd,
+                      k.decay, mu, use_momentum, centered)
+        fgd_st(f[0], P, a[0], b, c, key)
+        if f[6] >= 0:
+            fgd_st(f[6], P, a[6], b, c, key)
+        if use_acc:
+            fgd_st(f[2], A, a[2], b, c, key)
+        fgd_st(f[3], S, a[3], b, c, key)
+        if use_momentum:
+            fgd_st(f[4], B, a[4], b, c, key)
+        if centered:
+            fgd_st(f[5], GA, a[5], b, c, key)
+        b = b + FGD_LANES
+
+
+cdef void _rmsprop_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
+                           const void* kv) noexcept nogil:
+    # One tensor's piece of rmsprop_many. Roles: p, g, acc, sq, buf, ga, out (kernels/CONTRACT.md).
+    cdef const RmspropK* k = <const RmspropK*>kv
+    cdef int kind = compute_kind(f, 7)
+    if kind == 0:       # all float32, or all float64: the single kernel's loop on the memory
+        _rmsprop_run(<float*>a[0] + lo, <float*>a[1] + lo, <float*>a[2] + lo, <float*>a[3] + lo,
+                     <float*>a[4] + lo, <float*>a[5] + lo, hi - lo, k)
+    elif kind == 3:
+        _rmsprop_run(<double*>a[0] + lo, <double*>a[1] + lo, <double*>a[2] + lo,
+                     <double*>a[3] + lo, <double*>a[4] + lo, <double*>a[5] + lo, hi - lo, k)
+    # the flags that choose which roles are touched as constants, one lane loop each (adam.pyx)
+    elif k.use_acc:
+        if k.use_momentum:
+            if k.centered:
+                _rmsprop_lanes(a, f, lo, hi, key, k, True, True, True)
+            else:
+                _rmsprop_lanes(a, f, lo, hi, key, k, True, True, False)
+        elif k.centered:
+            _rmsprop_lanes(a, f, lo, hi, key, k, True, False, True)
+        else:
+            _rmsprop_lanes(a, f, lo, hi, key, k, True, False, False)
+    elif k.use_momentum:
+        if k.centered:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True)
+        else:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False)
+    elif k.centered:
+        _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True)
+    else:
+        _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False)
+
+
+def rmsprop_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndarray keys,
+                 double grad_scale, bint maximize, bint use_acc, double lr, double alpha,
+                 double eps, double weight_decay, double momentum, bint centered):
+    """RMSprop over a table of tensors in any storage formats (kernels/CONTRACT.md, <rule>_many)."""
+    cdef RmspropK k = _rmsprop_k(grad_scale, maximize, use_acc, lr, alpha, eps, weight_decay,
+                                 momentum, centered)
+    run_many(_rmsprop_segment, ptrs, offsets, fmts, keys, 7, &k)
 
 
 def rmsprop(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray square_avg,
@@ -110,11 +227,12 @@ def rmsprop(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarr
     cdef void* ga = data_of(grad_avg, n, typenum)
     if n == 0:
         return
+    cdef RmspropK k = _rmsprop_k(grad_scale, maximize, use_acc, lr, alpha, eps, weight_decay,
+                                 momentum, centered)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
             _rmsprop(<float*>p, <float*>g, <float*>acc, <float*>sq, <float*>buf, <float*>ga, n,
-                     grad_scale, maximize, use_acc, lr, alpha, eps, weight_decay, momentum, centered)
+                     &k)
         else:
-            _rmsprop(<double*>p, <double*>g, <double*>acc, <double*>sq, <double*>buf, <double*>ga,
-                     n, grad_scale, maximize, use_acc, lr, alpha, eps, weight_decay, momentum,
-                     centered)
+            _rmsprop(<double*>p, <double*>g, <double*>acc, <double*>sq, <double*>buf,
+                     <double*>ga, n, &k)

@@ -92,3 +92,12 @@ cdef extern from *:
     #endif
     """
     int _openmp_macro()
+
+
+from _formats cimport fgd_format_paths
+
+
+def format_paths():
+    """Which instructions this build converts bfloat16/float16 with (kernels/_formats.h, for
+    `fastgd info`), e.g. "bfloat16: AVX-512 BF16 (vcvtneps2bf16); float16: AVX-512F ..."."""
+    return fgd_format_paths().decode("ascii")

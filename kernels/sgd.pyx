@@ -10,20 +10,32 @@ from cython cimport floating
 from cython.parallel cimport prange
 cimport numpy as cnp
 
+from libc.stdint cimport uint32_t
+
 from _arrays cimport data_of, float_typenum
+from _formats cimport FGD_LANES, fgd_ld, fgd_st
+from _layout cimport compute_kind, run_many
 from _math cimport _grad
 from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
+# _sgd_piece not inlined: sgd and sgd_many's float32/float64 path run one machine code, so their
+# results are bitwise the same (kernels/_layout.pxd, "noinline"; without it 356 of 40001 float32
+# results of sgd_many were an FMA away from sgd's).
+cdef extern from *:
+    """
+    static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_3sgd__sgd_piece(float *, float const *, float *, float *, Py_ssize_t, float, int, float, float, float, float, int, int, int, int) __attribute__((noinline));
+    static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_3sgd__sgd_piece(double *, double const *, double *, double *, Py_ssize_t, double, int, double, double, double, double, int, int, int, int) __attribute__((noinline));
+    """
 
-cdef void _sgd_piece(floating* p, const floating* g, floating* acc, floating* buf, Py_ssize_t n,
-                     floating gs, bint use_acc, floating lr, floating mu, floating omd,
-                     floating wd, bint decay, bint use_momentum, bint nesterov,
-                     bint first) noexcept nogil:
+
+cdef inline void _sgd_body(floating* p, const floating* g, floating* acc, floating* buf,
+                           Py_ssize_t n, floating gs, bint use_acc, floating lr, floating mu,
+                           floating omd, floating wd, bint decay, bint use_momentum,
+                           bint nesterov, bint first) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating gi, pi, bi
-    # Every bint is loop invariant: gcc unswitches them into branch-free vector loops.
     for i in range(n):
         pi = p[i]
         gi = _grad(g, acc, i, gs, use_acc)
@@ -42,26 +54,119 @@ cdef void _sgd_piece(floating* p, const floating* g, floating* acc, floating* bu
         p[i] = pi - lr * gi
 
 
+cdef void _sgd_piece(floating* p, const floating* g, floating* acc, floating* buf, Py_ssize_t n,
+                     floating gs, bint use_acc, floating lr, floating mu, floating omd,
+                     floating wd, bint decay, bint use_momentum, bint nesterov,
+                     bint first) noexcept nogil:
+    # Every bint is loop invariant: gcc unswitches them into branch-free vector loops.
+    _sgd_body(p, g, acc, buf, n, gs, use_acc, lr, mu, omd, wd, decay, use_momentum, nesterov,
+              first)
+
+
+ctypedef struct SgdK:
+    # the kernel's scalars as its loops take them (cast to the arithmetic's type at the call)
+    double gs, lr, mu, omd, wd
+    bint use_acc, decay, use_momentum, nesterov, first
+
+
+cdef SgdK _sgd_k(double grad_scale, bint maximize, bint use_acc, double lr, double momentum,
+                 double dampening, double weight_decay, bint nesterov, bint first) noexcept nogil:
+    cdef SgdK k
+    k.gs = -grad_scale if maximize else grad_scale
+    k.lr = lr
+    k.mu = momentum
+    k.omd = 1.0 - dampening
+    k.wd = weight_decay
+    k.use_acc = use_acc
+    k.decay = weight_decay != 0.0
+    k.use_momentum = momentum != 0.0
+    k.nesterov = nesterov
+    k.first = first
+    return k
+
+
+cdef inline void _sgd_run(floating* p, const floating* g, floating* acc, floating* buf,
+                          Py_ssize_t n, const SgdK* k) noexcept nogil:
+    _sgd_piece(p, g, acc, buf, n, <floating>k.gs, k.use_acc, <floating>k.lr, <floating>k.mu,
+               <floating>k.omd, <floating>k.wd, k.decay, k.use_momentum, k.nesterov, k.first)
+
+
 cdef void _sgd(floating* p, const floating* g, floating* acc, floating* buf, Py_ssize_t n,
-               double grad_scale, bint maximize, bint use_acc, double lr, double momentum,
-               double dampening, double weight_decay, bint nesterov, bint first) noexcept nogil:
+               const SgdK* k) noexcept nogil:
     cdef Py_ssize_t lo, hi
     cdef int t, nthreads = threads_for(n)
-    cdef floating gs = -grad_scale if maximize else grad_scale
-    cdef bint decay = weight_decay != 0.0
-    cdef bint use_momentum = momentum != 0.0
     if nthreads == 1:
-        _sgd_piece(p, g, acc, buf, n, gs, use_acc, <floating>lr, <floating>momentum,
-                   <floating>(1.0 - dampening), <floating>weight_decay, decay, use_momentum,
-                   nesterov, first)
+        _sgd_run(p, g, acc, buf, n, k)
         return
     for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
         lo = piece_start(n, nthreads, t)
         hi = piece_start(n, nthreads, t + 1)
         if hi > lo:
-            _sgd_piece(p + lo, g + lo, acc + lo, buf + lo, hi - lo, gs, use_acc, <floating>lr,
-                       <floating>momentum, <floating>(1.0 - dampening), <floating>weight_decay,
-                       decay, use_momentum, nesterov, first)
+            _sgd_run(p + lo, g + lo, acc + lo, buf + lo, hi - lo, k)
+
+
+cdef inline void _sgd_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
+                            const SgdK* k, bint use_acc, bint use_momentum) noexcept nogil:
+    # 16 lanes of each role loaded to float32, the single kernel's body on them, stored back in
+    # each role's format. use_acc/use_momentum are constants here (see _sgd_segment).
+    cdef float P[16]
+    cdef float G[16]
+    cdef float A[16]
+    cdef float B[16]
+    cdef Py_ssize_t b = lo
+    cdef int c
+    cdef float gs = <float>k.gs, lr = <float>k.lr, mu = <float>k.mu, omd = <float>k.omd
+    cdef float wd = <float>k.wd
+    while b < hi:
+        c = <int>min(<Py_ssize_t>FGD_LANES, hi - b)
+        fgd_ld(f[0], a[0], b, P, c)
+        fgd_ld(f[1], a[1], b, G, c)
+        if use_acc:
+            fgd_ld(f[2], a[2], b, A, c)
+        if use_momentum:
+            fgd_ld(f[3], a[3], b, B, c)
+        _sgd_body(P, G, A, B, FGD_LANES, gs, use_acc, lr, mu, omd, wd, k.decay, use_momentum,
+                  k.nesterov, k.first)
+        fgd_st(f[0], P, a[0], b, c, key)
+        if f[4] >= 0:
+            fgd_st(f[4], P, a[4], b, c, key)
+        if use_acc:
+            fgd_st(f[2], A, a[2], b, c, key)
+        if use_momentum:
+            fgd_st(f[3], B, a[3], b, c, key)
+        b = b + FGD_LANES
+
+
+cdef void _sgd_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
+                       const void* kv) noexcept nogil:
+    # One tensor's piece of sgd_many. Roles: p, g, acc, buf, out (kernels/CONTRACT.md).
+    cdef const SgdK* k = <const SgdK*>kv
+    cdef int kind = compute_kind(f, 5)
+    if kind == 0:       # all float32, or all float64: the single kernel's loop on the memory
+        _sgd_run(<float*>a[0] + lo, <float*>a[1] + lo, <float*>a[2] + lo, <float*>a[3] + lo,
+                 hi - lo, k)
+    elif kind == 3:
+        _sgd_run(<double*>a[0] + lo, <double*>a[1] + lo, <double*>a[2] + lo, <double*>a[3] + lo,
+                 hi - lo, k)
+    # the flags that choose which roles are touched as constants, one lane loop each (adam.pyx)
+    elif k.use_acc:
+        if k.use_momentum:
+            _sgd_lanes(a, f, lo, hi, key, k, True, True)
+        else:
+            _sgd_lanes(a, f, lo, hi, key, k, True, False)
+    elif k.use_momentum:
+        _sgd_lanes(a, f, lo, hi, key, k, False, True)
+    else:
+        _sgd_lanes(a, f, lo, hi, key, k, False, False)
+
+
+def sgd_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndarray keys,
+             double grad_scale, bint maximize, bint use_acc, double lr, double momentum,
+             double dampening, double weight_decay, bint nesterov, bint first):
+    """SGD over a table of tensors in any storage formats (kernels/CONTRACT.md, <rule>_many)."""
+    cdef SgdK k = _sgd_k(grad_scale, maximize, use_acc, lr, momentum, dampening, weight_decay,
+                         nesterov, first)
+    run_many(_sgd_segment, ptrs, offsets, fmts, keys, 5, &k)
 
 
 def sgd(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray momentum_buffer,
@@ -80,10 +185,10 @@ def sgd(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray m
     cdef void* buf = data_of(momentum_buffer, n, typenum)
     if n == 0:
         return
+    cdef SgdK k = _sgd_k(grad_scale, maximize, use_acc, lr, momentum, dampening, weight_decay,
+                         nesterov, first)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            _sgd(<float*>p, <float*>g, <float*>acc, <float*>buf, n, grad_scale, maximize, use_acc,
-                 lr, momentum, dampening, weight_decay, nesterov, first)
+            _sgd(<float*>p, <float*>g, <float*>acc, <float*>buf, n, &k)
         else:
-            _sgd(<double*>p, <double*>g, <double*>acc, <double*>buf, n, grad_scale, maximize,
-                 use_acc, lr, momentum, dampening, weight_decay, nesterov, first)
+            _sgd(<double*>p, <double*>g, <double*>acc, <double*>buf, n, &k)
