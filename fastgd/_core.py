@@ -101,8 +101,8 @@ SUPPORTED_FORMATS = (
     "float64 params with float64 states; float32, bfloat16 or float16 params with float32, "
     "bfloat16 or float16 states (state_dtype=..., default the param's dtype); "
     "master_weights=True for bfloat16/float16 params (a float32 master copy in the state, states "
-    "float32 unless state_dtype says otherwise); bf16_stochastic_round=True for bfloat16 params "
-    "without master weights")
+    "float32 unless state_dtype says otherwise); bf16_stochastic_round=True rounds the bfloat16 "
+    "param (without master weights) and bfloat16 states stochastically")
 
 
 def check_format_options(group):
@@ -118,9 +118,6 @@ def check_format_options(group):
     seed = group.get("stochastic_round_seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TypeError(f"stochastic_round_seed must be an int >= 0; got {seed!r}")
-    if master and sr:
-        raise ValueError("master_weights=True and bf16_stochastic_round=True: choose one (master "
-                         "weights round the 16-bit copy to nearest from an exact float32 master)")
     return {"state_dtype": sd, "master_weights": master, "bf16_stochastic_round": sr,
             "stochastic_round_seed": int(seed)}
 
@@ -130,28 +127,32 @@ _DEFAULT_FORMATS = None
 
 class Storage:
     """How one parameter's arrays are stored: ``state`` the states' dtype, ``master`` whether a
-    float32 master copy is kept (state "master_weight"), ``codes`` the kernel's format codes of
-    the roles (kernels/CONTRACT.md) or None when the single kernel steps it (all float32 or all
-    float64)."""
-    __slots__ = ("state", "master", "sr", "codes")
+    float32 master copy is kept (state "master_weight"), ``codes`` the many kernel's format codes
+    of the roles (kernels/CONTRACT.md), ``single`` whether the single kernel can step it (all
+    float32 or all float64)."""
+    __slots__ = ("state", "master", "sr", "codes", "single", "key")
 
     def __init__(self, o, dtype, nstates, where):
         pd = np.dtype(dtype)
         half = fmt.code_of(pd) in fmt.HALF
         self.master = bool(o.get("master_weights")) and half
-        self.sr = bool(o.get("bf16_stochastic_round")) and fmt.code_of(pd) == fmt.BF16 and not self.master
         sd = o.get("state_dtype") or (np.dtype(np.float32) if self.master else pd)
         self.state = sd
+        want_sr = bool(o.get("bf16_stochastic_round"))
+        sr_param = want_sr and fmt.code_of(pd) == fmt.BF16 and not self.master
+        sr_state = want_sr and fmt.code_of(sd) == fmt.BF16
+        self.sr = sr_param or sr_state
         if fmt.code_of(pd) is None or (pd == np.float64) != (sd == np.float64):
             raise TypeError(f"{where} is {pd} with state_dtype {sd}: not a supported combination "
                             f"of formats. Supported: {SUPPORTED_FORMATS}")
         pc, sc = fmt.code_of(pd), fmt.code_of(sd)
-        if not self.master and not self.sr and pc == sc and pc in (fmt.F32, fmt.F64):
-            self.codes = None
-        else:
-            first = fmt.F32 if self.master else (fmt.BF16_SR if self.sr else pc)
-            self.codes = np.array([first, pc, pc, *([sc] * nstates), pc if self.master else fmt.NONE],
-                                  np.int32)
+        # all float32 or all float64: the single kernel can step it alone
+        self.single = not self.master and not self.sr and pc == sc and pc in (fmt.F32, fmt.F64)
+        first = fmt.F32 if self.master else (fmt.BF16_SR if sr_param else pc)
+        state = fmt.BF16_SR if sr_state else sc
+        self.codes = np.array([first, pc, pc, *([state] * nstates), pc if self.master else fmt.NONE],
+                              np.int32)
+        self.key = self.codes.tobytes()
 
 
 def _cacheable(group):
@@ -185,7 +186,7 @@ class Slot:
     array), ``spans`` the bytes they occupy, ``fresh`` whether its state arrays were created in
     this step; ``key``/``param``/``store``: what the views were made from, to notice a change."""
     __slots__ = ("param", "s", "spans", "names", "fresh", "store", "containers", "key", "pending",
-                 "aux", "views", "arrays", "where", "tag", "codes", "row", "ordinal")
+                 "aux", "views", "arrays", "where", "tag", "storage", "row", "ordinal")
 
     def __init__(self, param, flat):
         self.param = param
@@ -202,7 +203,7 @@ class Slot:
         self.arrays = None    # the state arrays in the kernel's order (spec.arrays(s))
         self.where = None     # how error messages name this parameter
         self.tag = (None, None, None)   # the front end's own (fastgd.torch: pointer, shape, copy)
-        self.codes = None     # the roles' format codes for the many kernel, None: single kernel
+        self.storage = None   # its Storage (None: a flat run of fastgd.torch, single kernel)
         self.row = None       # the roles' addresses (the grad's and acc's filled at each step)
         self.ordinal = 0      # the parameter's position (stochastic rounding's key)
 
@@ -328,8 +329,7 @@ class Core(Clipping):
         slot.views = tuple(slot.s[n] for n in ("param", *names))
         slot.where = where
         slot.arrays = self.spec.arrays(slot.s)
-        if st.codes is not None:
-            self._many_row(slot, st)
+        self._many_row(slot, st)
         self._pending = True
         return slot
 
@@ -339,7 +339,7 @@ class Core(Clipping):
         and the 16-bit param written from the master."""
         first = slot.s["master_weight"] if st.master else slot.s["param"]
         p0 = check.span(first)[0]
-        slot.codes = st.codes
+        slot.storage = st
         slot.row = [p0, 0, p0, *(check.span(a)[0] for a in slot.arrays),
                     check.span(slot.s["param"])[0] if st.master else 0]
         slot.ordinal = self._ordinal_of(slot.key)
@@ -402,7 +402,7 @@ class Core(Clipping):
         has_scalar_state = bool(spec.scalar_state)
         advance = self._advance
         current = None
-        batch = []          # many-kernel rows waiting for one call: [(row, n, key)]
+        batch = []          # parameters waiting for one call (_run_batch)
         batch_key = None
         for i, (prep, slot, g) in enumerate(work):
             if prep is not current:     # per group: its kernel, constants, and a memo of the
@@ -423,45 +423,53 @@ class Core(Clipping):
                     sc = memo[t, fresh] = scalars(o, t, None, fresh)
             slot.fresh = False
             acc = None if accs is None else accs[i]
-            codes = slot.codes
-            if codes is not None:
-                key = (prep, codes.tobytes(), sc, acc is not None)
+            st = slot.storage
+            if st is not None:
+                key = (prep, st.key, sc, acc is not None)
                 if batch and key != batch_key:
-                    self._run_many(batch, batch_key, grad_scale)
+                    self._run_batch(batch, batch_key, grad_scale)
                     batch = []
                 batch_key = key
-                row = list(slot.row)
-                row[1] = check.span(g)[0]
-                if acc is not None:
-                    row[2] = check.span(acc)[0]
-                srk = fmt.sr_key(o["stochastic_round_seed"], t, slot.ordinal) \
-                    if codes[0] == fmt.BF16_SR else 0
-                batch.append((row, g.size, srk))
+                batch.append((slot, g, acc, t))
                 continue
-            p = slot.s["param"]
-            arrays = slot.arrays
-            if arrays is None:          # a flat run of fastgd.torch, made for this step
-                arrays = spec.arrays(slot.s)
+            p = slot.s["param"]       # a flat run of fastgd.torch, made for this step
+            arrays = spec.arrays(slot.s)
             if acc is None:
                 kernel(p, g, p, *arrays, grad_scale, maximize, False, *constants, *sc)
             else:
                 kernel(p, g, acc, *arrays, grad_scale, maximize, True, *constants, *sc)
         if batch:
-            self._run_many(batch, batch_key, grad_scale)
+            self._run_batch(batch, batch_key, grad_scale)
         return True
 
-    def _run_many(self, batch, key, grad_scale):
-        """One call of the many kernel over ``batch`` ([(row, length, sr key)], one group, one
-        set of formats and step scalars)."""
-        prep, codes, sc, use_acc = key
+    def _run_batch(self, batch, key, grad_scale):
+        """Step ``batch`` ([(slot, flat grad, flat acc or None, step count)]: one group, one set
+        of formats and step scalars): one float32/float64 parameter by the single kernel, any
+        other batch by one call of the many kernel (kernels/CONTRACT.md)."""
+        prep, _, sc, use_acc = key
+        slot, g, acc, t = batch[0]
+        st = slot.storage
+        if len(batch) == 1 and st.single:
+            p = slot.s["param"]
+            prep.kernel(p, g, acc if use_acc else p, *slot.arrays, grad_scale, prep.maximize,
+                        use_acc, *prep.constants, *sc)
+            return
         if prep.many is None:
             prep.many = kernel(self.spec.name + "_many")
-        ptrs = np.array([b[0] for b in batch], np.int64)
-        offsets = np.zeros(len(batch) + 1, np.int64)
-        np.cumsum([b[1] for b in batch], out=offsets[1:])
-        keys = np.array([b[2] for b in batch], np.uint32)
-        prep.many(ptrs, offsets, np.frombuffer(codes, np.int32), keys, grad_scale, prep.maximize,
-                  use_acc, *prep.constants, *sc)
+        span = check.span
+        rows, sizes, keys = [], [0], []
+        seed = prep.o["stochastic_round_seed"] if st.sr else None   # per tensor; roles mix it
+        for slot, g, acc, t in batch:
+            row = list(slot.row)
+            row[1] = span(g)[0]
+            if use_acc:
+                row[2] = span(acc)[0]
+            rows.append(row)
+            sizes.append(g.size)
+            keys.append(0 if seed is None else fmt.sr_key(seed, t, slot.ordinal))
+        offsets = np.cumsum(sizes, dtype=np.int64)
+        prep.many(np.array(rows, np.int64), offsets, st.codes, np.array(keys, np.uint32),
+                  grad_scale, prep.maximize, use_acc, *prep.constants, *sc)
 
     # --- checkpoints ---------------------------------------------------------------------------
 

@@ -16,11 +16,13 @@ and the NumPy reference follow it bit for bit.
     2     float16    exact (IEEE half)              IEEE round to nearest even (subnormal
                                                     halves kept; NaN stays a NaN)
     3     float64    (float64 arithmetic; only with every array float64)
-    4     bfloat16, stochastic rounding on store: for the param only (``bf16_stochastic_round``):
-                     NaN and zero/subnormal as code 1; else (u + r) >> 16 with r the high 16 bits
-                     of mix32(key ^ (i * 0x9E3779B9)), i the element's index in its tensor
-                     (mod 2**32) and key = sr_key(seed, step, index of the tensor): unbiased
-                     (E[stored] = x), reproducible, independent of the thread count.
+    4     bfloat16, stochastic rounding on store (``bf16_stochastic_round``: the bfloat16 param
+                     and bfloat16 states): NaN and zero/subnormal as code 1; else (u + r) >> 16
+                     with r the high 16 bits of mix32(k ^ (i * 0x9E3779B9)), i the element's
+                     index in its tensor (mod 2**32), k = role_key(key, role) for the array's
+                     role (its column in the kernel's table: 0 the param) and key =
+                     sr_key(seed, step, index of the tensor): unbiased (E[stored] = x),
+                     reproducible, independent of the thread count, independent across arrays.
 
 bfloat16 arrays are NumPy arrays of ``ml_dtypes.bfloat16`` (torch.bfloat16 tensors in
 fastgd.torch); float16 are ``np.float16`` (torch.float16).
@@ -99,11 +101,27 @@ def mix32(x):
 GOLDEN = 0x9E3779B9
 
 
+def _mix32(x):
+    """mix32 of one Python int (the optimizers call sr_key per tensor and step)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
 def sr_key(seed, step, index):
     """The key of the stochastic rounding of tensor ``index`` at step ``step`` (uint32): every
     (seed, step, tensor) gets its own stream of random bits."""
-    s = mix32(np.uint32(seed & 0xFFFFFFFF) ^ mix32(np.uint32(step & 0xFFFFFFFF)))
-    return int(mix32(s ^ mix32(np.uint32((index * GOLDEN + 1) & 0xFFFFFFFF))))
+    s = _mix32((seed & 0xFFFFFFFF) ^ _mix32(step & 0xFFFFFFFF))
+    return _mix32(s ^ _mix32((index * GOLDEN + 1) & 0xFFFFFFFF))
+
+
+def role_key(key, role):
+    """The key of role ``role``'s stochastic rounding from its tensor's key (role 0: the key)."""
+    if not role:
+        return int(key)
+    return int(mix32(np.uint32((int(key) + role * 0x85EBCA6B) & 0xFFFFFFFF)))
 
 
 def sr_bits(key, n):

@@ -156,10 +156,14 @@ static inline void fgd_ld(int fmt, const char* base, ptrdiff_t i, float* L, int 
 }
 
 /* Lanes [0, k) of L to elements i .. i + k - 1 of the array at `base` in format `fmt`, rounded
- * as formats.py says; `key`: the tensor's stochastic-rounding key (FGD_BF16_SR only), i the
- * index in the tensor (so the random bits of an element do not depend on the thread split). */
-static inline void fgd_st(int fmt, const float* L, char* base, ptrdiff_t i, int k, uint32_t key) {
+ * as formats.py says; `key`: the tensor's stochastic-rounding key (FGD_BF16_SR only), mixed with
+ * the array's `role` (its column in the table), i the index in the tensor (so the random bits
+ * of an element do not depend on the thread split). */
+static inline void fgd_st(int fmt, const float* L, char* base, ptrdiff_t i, int k, uint32_t key,
+                          int role) {
     int j;
+    if (fmt == FGD_BF16_SR && role)       /* each role its own random bits (formats.role_key) */
+        key = fgd_mix32(key + (uint32_t)role * 0x85EBCA6Bu);
     if (k == FGD_LANES) {
         switch (fmt) {
         case FGD_BF16: fgd_st16_bf16(L, (uint16_t*)base + i); return;

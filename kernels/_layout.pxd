@@ -8,8 +8,11 @@
 # .pyx. Without it gcc's early inliner folds the thin piece into `_<rule>_run`, which is inlined
 # into every caller, and each copy of the body is compiled on its own: their FMA contractions
 # differed, so an all-float32 `<rule>_many` was not bitwise the single kernel (adam: 3 of 40001
-# results, sgd: 356). One piece function: one machine code for both. A prototype that no longer
-# matches Cython's signature is a compile error ("conflicting types"), never silent.
+# results, sgd: 356). One piece function: one machine code for both. And `_<rule>_lanes` is
+# declared __attribute__((always_inline)) the same way: gcc kept adam's and rmsprop's as one
+# function called by every branch of the segment, the flags of "one call per combination" back
+# at run time inside the 16-lane loop. A prototype that no longer matches Cython's signature is
+# a compile error ("conflicting types"), never silent.
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint32_t
 cimport numpy as cnp

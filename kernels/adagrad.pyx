@@ -19,11 +19,14 @@ from _parallel cimport piece_start, threads_for
 cnp.import_array()
 
 # _adagrad_piece not inlined: adagrad and adagrad_many's float32/float64 path run one machine code, so
-# their results are bitwise the same (kernels/_layout.pxd, "noinline").
+# their results are bitwise the same; _adagrad_lanes always inlined, so each call of
+# _adagrad_segment has its flags as constants (kernels/_layout.pxd, "noinline").
 cdef extern from *:
     """
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_7adagrad__adagrad_piece(float *, float const *, float *, float *, Py_ssize_t, float, int, float, float, int, float) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_7adagrad__adagrad_piece(double *, double const *, double *, double *, Py_ssize_t, double, int, double, double, int, double) __attribute__((noinline));
+    struct __pyx_t_6fastgd_7_cython_7adagrad_AdagradK;
+    static inline void __pyx_f_6fastgd_7_cython_7adagrad__adagrad_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_7adagrad_AdagradK const *, int) __attribute__((always_inline));
     """
 
 
@@ -105,12 +108,12 @@ cdef inline void _adagrad_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_
             fgd_ld(f[2], a[2], b, A, c)
         fgd_ld(f[3], a[3], b, S, c)
         _adagrad_body(P, G, A, S, FGD_LANES, gs, use_acc, clr, wd, k.decay, eps)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[4] >= 0:
-            fgd_st(f[4], P, a[4], b, c, key)
+            fgd_st(f[4], P, a[4], b, c, key, 4)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
-        fgd_st(f[3], S, a[3], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
+        fgd_st(f[3], S, a[3], b, c, key, 3)
         b = b + FGD_LANES
 
 

@@ -21,11 +21,14 @@ from _parallel cimport piece_start, threads_for
 cnp.import_array()
 
 # _adam_piece not inlined: adam and adam_many's float32/float64 path run one machine code, so
-# their results are bitwise the same (kernels/_layout.pxd, "noinline").
+# their results are bitwise the same; _adam_lanes always inlined, so each call of
+# _adam_segment has its flags as constants (kernels/_layout.pxd, "noinline").
 cdef extern from *:
     """
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_4adam__adam_piece(float *, float const *, float *, float *, float *, float *, Py_ssize_t, float, int, float, float, float, float, float, float, float, float, int, int) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_4adam__adam_piece(double *, double const *, double *, double *, double *, double *, Py_ssize_t, double, int, double, double, double, double, double, double, double, double, int, int) __attribute__((noinline));
+    struct __pyx_t_6fastgd_7_cython_4adam_AdamK;
+    static inline void __pyx_f_6fastgd_7_cython_4adam__adam_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_4adam_AdamK const *, int, int) __attribute__((always_inline));
     """
 
 
@@ -155,15 +158,15 @@ cdef inline void _adam_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t h
             fgd_ld(f[5], a[5], b, X, c)
         _adam_body(P, G, A, M, V, X, FGD_LANES, gs, use_acc, wd, decay, omb1, b2, omb2, step,
                    rbc2, eps, k.coupled, amsgrad)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[6] >= 0:
-            fgd_st(f[6], P, a[6], b, c, key)
+            fgd_st(f[6], P, a[6], b, c, key, 6)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
-        fgd_st(f[3], M, a[3], b, c, key)
-        fgd_st(f[4], V, a[4], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
+        fgd_st(f[3], M, a[3], b, c, key, 3)
+        fgd_st(f[4], V, a[4], b, c, key, 4)
         if amsgrad:
-            fgd_st(f[5], X, a[5], b, c, key)
+            fgd_st(f[5], X, a[5], b, c, key, 5)
         b = b + FGD_LANES
 
 

@@ -19,11 +19,14 @@ from _parallel cimport piece_start, threads_for
 cnp.import_array()
 
 # _adamax_piece not inlined: adamax and adamax_many's float32/float64 path run one machine code, so
-# their results are bitwise the same (kernels/_layout.pxd, "noinline").
+# their results are bitwise the same; _adamax_lanes always inlined, so each call of
+# _adamax_segment has its flags as constants (kernels/_layout.pxd, "noinline").
 cdef extern from *:
     """
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_6adamax__adamax_piece(float *, float const *, float *, float *, float *, Py_ssize_t, float, int, float, int, float, float, float, float) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_6adamax__adamax_piece(double *, double const *, double *, double *, double *, Py_ssize_t, double, int, double, int, double, double, double, double) __attribute__((noinline));
+    struct __pyx_t_6fastgd_7_cython_6adamax_AdamaxK;
+    static inline void __pyx_f_6fastgd_7_cython_6adamax__adamax_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_6adamax_AdamaxK const *, int) __attribute__((always_inline));
     """
 
 
@@ -126,13 +129,13 @@ cdef inline void _adamax_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t
         fgd_ld(f[3], a[3], b, M, c)
         fgd_ld(f[4], a[4], b, U, c)
         _adamax_body(P, G, A, M, U, FGD_LANES, gs, use_acc, wd, k.decay, omb1, b2, eps, step)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[5] >= 0:
-            fgd_st(f[5], P, a[5], b, c, key)
+            fgd_st(f[5], P, a[5], b, c, key, 5)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
-        fgd_st(f[3], M, a[3], b, c, key)
-        fgd_st(f[4], U, a[4], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
+        fgd_st(f[3], M, a[3], b, c, key, 3)
+        fgd_st(f[4], U, a[4], b, c, key, 4)
         b = b + FGD_LANES
 
 

@@ -21,11 +21,14 @@ from _parallel cimport piece_start, threads_for
 cnp.import_array()
 
 # _rmsprop_piece not inlined: rmsprop and rmsprop_many's float32/float64 path run one machine code, so
-# their results are bitwise the same (kernels/_layout.pxd, "noinline").
+# their results are bitwise the same; _rmsprop_lanes always inlined, so each call of
+# _rmsprop_segment has its flags as constants (kernels/_layout.pxd, "noinline").
 cdef extern from *:
     """
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_7rmsprop__rmsprop_piece(float *, float const *, float *, float *, float *, float *, Py_ssize_t, float, int, float, float, float, float, float, int, float, int, int) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_7rmsprop__rmsprop_piece(double *, double const *, double *, double *, double *, double *, Py_ssize_t, double, int, double, double, double, double, double, int, double, int, int) __attribute__((noinline));
+    struct __pyx_t_6fastgd_7_cython_7rmsprop_RmspropK;
+    static inline void __pyx_f_6fastgd_7_cython_7rmsprop__rmsprop_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_7rmsprop_RmspropK const *, int, int, int) __attribute__((always_inline));
     """
 
 
@@ -153,16 +156,16 @@ cdef inline void _rmsprop_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_
             fgd_ld(f[5], a[5], b, GA, c)
         _rmsprop_body(P, G, A, S, B, GA, FGD_LANES, gs, use_acc, lr, alpha, oma, eps, wd,
                       k.decay, mu, use_momentum, centered)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[6] >= 0:
-            fgd_st(f[6], P, a[6], b, c, key)
+            fgd_st(f[6], P, a[6], b, c, key, 6)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
-        fgd_st(f[3], S, a[3], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
+        fgd_st(f[3], S, a[3], b, c, key, 3)
         if use_momentum:
-            fgd_st(f[4], B, a[4], b, c, key)
+            fgd_st(f[4], B, a[4], b, c, key, 4)
         if centered:
-            fgd_st(f[5], GA, a[5], b, c, key)
+            fgd_st(f[5], GA, a[5], b, c, key, 5)
         b = b + FGD_LANES
 
 

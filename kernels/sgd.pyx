@@ -20,13 +20,15 @@ from _parallel cimport piece_start, threads_for
 
 cnp.import_array()
 
-# _sgd_piece not inlined: sgd and sgd_many's float32/float64 path run one machine code, so their
-# results are bitwise the same (kernels/_layout.pxd, "noinline"; without it 356 of 40001 float32
-# results of sgd_many were an FMA away from sgd's).
+# _sgd_piece not inlined: sgd and sgd_many's float32/float64 path run one machine code, so
+# their results are bitwise the same; _sgd_lanes always inlined, so each call of
+# _sgd_segment has its flags as constants (kernels/_layout.pxd, "noinline").
 cdef extern from *:
     """
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_3sgd__sgd_piece(float *, float const *, float *, float *, Py_ssize_t, float, int, float, float, float, float, int, int, int, int) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_3sgd__sgd_piece(double *, double const *, double *, double *, Py_ssize_t, double, int, double, double, double, double, int, int, int, int) __attribute__((noinline));
+    struct __pyx_t_6fastgd_7_cython_3sgd_SgdK;
+    static inline void __pyx_f_6fastgd_7_cython_3sgd__sgd_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_3sgd_SgdK const *, int, int) __attribute__((always_inline));
     """
 
 
@@ -127,13 +129,13 @@ cdef inline void _sgd_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi
             fgd_ld(f[3], a[3], b, B, c)
         _sgd_body(P, G, A, B, FGD_LANES, gs, use_acc, lr, mu, omd, wd, k.decay, use_momentum,
                   k.nesterov, k.first)
-        fgd_st(f[0], P, a[0], b, c, key)
+        fgd_st(f[0], P, a[0], b, c, key, 0)
         if f[4] >= 0:
-            fgd_st(f[4], P, a[4], b, c, key)
+            fgd_st(f[4], P, a[4], b, c, key, 4)
         if use_acc:
-            fgd_st(f[2], A, a[2], b, c, key)
+            fgd_st(f[2], A, a[2], b, c, key, 2)
         if use_momentum:
-            fgd_st(f[3], B, a[3], b, c, key)
+            fgd_st(f[3], B, a[3], b, c, key, 3)
         b = b + FGD_LANES
 
 
