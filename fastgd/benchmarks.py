@@ -936,7 +936,8 @@ FORMAT_RECIPES = (
     # float32 master param read+written, bf16 grad in, bf16 copy out, float32 states: 28 bytes;
     # DeepSpeed's offload steps the float32 master with float32 grads (its fp32 row, 28 bytes too)
     Recipe("master", _F.F32, _F.BF16, _F.F32, out=_F.BF16, deepspeed="fp32"),
-    Recipe("bf16-sr", _F.BF16_SR, _F.BF16, _F.BF16, deepspeed="bf16"),
+    # bf16_stochastic_round: the bf16 param and states stored with stochastic rounding
+    Recipe("bf16-sr", _F.BF16_SR, _F.BF16, _F.BF16_SR, deepspeed="bf16"),
 )
 FORMATS_RULE = "adamw"
 FORMATS_STEP = 10                      # the step count of every call (its bias corrections)

@@ -257,3 +257,32 @@ def test_formats_preset_without_peers(monkeypatch):
     _check_formats_run({"results": rows, "skipped": skipped, "targets": targets,
                         "settings": {"preset": "formats"}}, ["cython"])
     assert all(t["value"] is None for t in targets if "torch" in t["target"] or "DeepSpeed" in t["target"])
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+@pytest.mark.parametrize("recipe", B.FORMAT_RECIPES, ids=lambda r: r.name)
+def test_formats_preset_steps_what_its_recipe_says(recipe, backend):
+    """The preset's adam_many table (addresses, roles, codes) against the reference: every array
+    one step of AdamW on its loaded values, within its format's rounding (stochastic: one ulp)."""
+    from fastgd import _reference
+    from fastgd import formats as F
+    size = B.Size("2x1,000", 2_000, 2)
+    tensors = B._format_arrays(recipe, size)
+    before = [{k: F.load(a).astype(np.float32) for k, a in t.items()} for t in tensors]
+    try:
+        step = B._many_case(recipe, backend, tensors)
+    except B.Skip as why:
+        pytest.skip(str(why))
+    step()
+    _, scalars = B._formats_options()
+    rtol = {F.F32: 1e-5, F.BF16: 2 ** -8, F.BF16_SR: 2 ** -7, F.F16: 2 ** -11}
+    for t, b in zip(tensors, before):
+        p, m, v = b["param"], b["exp_avg"], b["exp_avg_sq"]
+        _reference.adam(p, b["grad"], p, m, v, v, 1.0, False, False, *scalars)
+        want = {"param": (p, recipe.param), "exp_avg": (m, recipe.state), "exp_avg_sq": (v, recipe.state)}
+        if recipe.out != F.NONE:
+            want["out"] = (p, recipe.out)
+        for role, (value, code) in want.items():
+            np.testing.assert_allclose(F.load(t[role]).astype(np.float32), value, rtol=rtol[code], atol=1e-6,
+                                       err_msg=f"{recipe.name} {backend} {role}")
+        np.testing.assert_array_equal(F.load(t["grad"]).astype(np.float32), b["grad"])
