@@ -5,10 +5,16 @@ Numba backends (bottleneck's "slow twin"), updates its arrays in place, and is w
 read: one NumPy expression per line of the rule as its spec (fastgd/rules/<rule>.py) states it. Scalars that depend on
 the step count (bias corrections) are computed by fastgd.functional and passed in.
 Arithmetic happens in the arrays' dtype (NumPy keeps float32 with Python-float scalars).
+``<rule>_many`` (many tensors, each array in its own storage format) is ``many(<rule>)``: the
+single rule on float32 copies of each tensor's arrays, stored back with fastgd.formats.
 """
+import ctypes
+import inspect
 import math
 
 import numpy as np
+
+from . import formats
 
 
 def read_grad(grad, grad_acc, grad_scale, maximize, use_acc):
@@ -255,3 +261,116 @@ def lion(param, grad, grad_acc, exp_avg, grad_scale, maximize, use_acc, lr, beta
     param -= lr * np.sign(c)
     exp_avg *= beta2
     exp_avg += (1 - beta2) * g
+
+
+# --- many tensors, any storage format: the twins of the compiled <rule>_many kernels -------------
+
+def _role_view(address, n, code):
+    """The n elements at ``address`` as a NumPy array of format ``code`` (a view: writes go to
+    the caller's memory)."""
+    dtype = formats.dtype_of(formats.NAMES[code])
+    buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(address)
+    return np.frombuffer(buf, dtype=dtype)
+
+
+def _python_scalar(x):
+    # NumPy 2 promotes a float32 array with a numpy.float64 scalar to float64; the kernels cast
+    # every scalar to the compute dtype, which a Python float does in NumPy (a "weak" scalar).
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def many(rule):
+    """The ``<rule>_many`` kernel of a single reference kernel ``rule`` (kernels/CONTRACT.md,
+    "Many tensors, any storage format"): ``rule_many(ptrs, offsets, fmts, keys, grad_scale,
+    maximize, use_acc, *scalars)`` steps tensor k = 0..N-1, each as follows:
+
+    - every role (param, grad, grad_acc, *state arrays, out) is viewed at its address
+      ``ptrs[k, r]`` in its format ``fmts[r]`` and loaded to float32 (formats.load, exact), or
+      to float64 when every role but out is float64;
+    - ``rule`` (the single reference) steps those copies with the call's scalars;
+    - every array the step may write is stored back in its format with formats.store (param
+      in format 4: stochastic rounding with ``keys[k]``); ``out``, if present, gets the updated
+      param in out's format (rounded to nearest even); grad is never written.
+
+    Stand-ins (a role the call does not use holds the address of another role of the tensor):
+    roles at the same address share ONE copy, so ``rule`` sees the same aliasing as the single
+    kernel does with its stand-ins, and the array is stored back once. Writing each role's own
+    copy back would be wrong: adam without amsgrad passes exp_avg_sq as max_exp_avg_sq, and
+    that untouched copy, stored after v's, would undo v's update. The array at an address is
+    read and stored in the format of its first role (in role order) that may be written, i.e.
+    not grad and, without ``use_acc``, not grad_acc (so a grad_acc stand-in before the array's
+    own role does not decide its format, nor that it is skipped); an address with no such role
+    (the grad, a grad_acc stand-in at the grad, an unused distinct grad_acc) is never written.
+    A stand-in's own format code is never used: fastgd._core gives every role its nominal code
+    (a grad_acc stand-in at a float32 master param says bfloat16, a momentum_buffer stand-in at
+    a bfloat16 param says float32), and viewing the memory in that format would read, and
+    write, past the array. Stand-ins at ``out``'s address (with master weights _core passes the
+    16-bit param, which is out, where the spec passes the param) are loaded in out's format and
+    never stored: out is written last, from the updated param.
+    An unused state role always aliases another role (the contract's stand-in rule), so every
+    stored array is one the rule writes; a distinct array in an unused role would be stored back
+    unchanged (bit-exact, but bfloat16 subnormals flush and signalling NaNs become quiet, as any
+    bfloat16 store does; the compiled kernels would leave it alone).
+    """
+    names = list(inspect.signature(rule).parameters)
+    n_states = names.index("grad_scale") - 3   # param, grad, grad_acc, *states, grad_scale, ...
+    roles = 4 + n_states                       # ... and out
+
+    def rule_many(ptrs, offsets, fmts, keys, grad_scale, maximize, use_acc, *scalars):
+        ptrs = np.asarray(ptrs, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        fmts = [int(f) for f in np.asarray(fmts).reshape(-1)]
+        keys = np.asarray(keys, dtype=np.uint32)
+        if ptrs.ndim != 2 or ptrs.shape[1] != roles or len(fmts) != roles:
+            raise ValueError(f"{rule.__name__}_many: ptrs must be (N, {roles}) and fmts "
+                             f"({roles},); got {ptrs.shape} and {len(fmts)} codes")
+        if offsets.shape != (ptrs.shape[0] + 1,) or keys.shape[0] < ptrs.shape[0]:
+            raise ValueError(f"{rule.__name__}_many: offsets must be (N + 1,) and keys (N,)")
+        wide = [f == formats.F64 for f in fmts[:-1]]
+        if any(wide) and not all(wide):
+            raise ValueError(f"{rule.__name__}_many: float64 only with every array float64; "
+                             f"got format codes {fmts}")
+        compute = np.float64 if all(wide) else np.float32
+        scalars = [_python_scalar(s) for s in scalars]
+        unwritten = {1} if use_acc else {1, 2}   # grad; grad_acc unless used
+        out_code = fmts[-1]
+        for k in range(ptrs.shape[0]):
+            n = int(offsets[k + 1] - offsets[k])
+            if n == 0:
+                continue
+            at = {}         # address -> the roles at it (several: stand-ins)
+            for r in range(roles - 1):
+                at.setdefault(int(ptrs[k, r]), []).append(r)
+            out = int(ptrs[k, -1]) if out_code != formats.NONE else 0
+            copies, stores = {}, []
+            for address, rs in at.items():
+                if address == out:   # stand-ins at the 16-bit param: out is written, below
+                    r, written = roles - 1, []
+                else:
+                    written = [r for r in rs if r not in unwritten]
+                    r = (written or rs)[0]       # the role whose array this is
+                view = _role_view(address, n, fmts[r])
+                copies[address] = formats.load(view).astype(compute)   # a writable copy
+                if written:
+                    stores.append((view, copies[address], fmts[r], r))
+            rule(*[copies[int(ptrs[k, r])] for r in range(roles - 1)], grad_scale, maximize,
+                 use_acc, *scalars)
+            for view, values, code, r in stores:
+                view[...] = formats.store(values, code, formats.role_key(int(keys[k]), r))
+            if out:
+                _role_view(out, n, out_code)[...] = formats.store(copies[int(ptrs[k, 0])], out_code)
+
+    rule_many.__name__ = rule_many.__qualname__ = rule.__name__ + "_many"
+    rule_many.__doc__ = (f"{rule.__name__} over many tensors in any storage format "
+                         f"(fastgd._reference.many; kernels/CONTRACT.md).")
+    return rule_many
+
+
+adam_many = many(adam)
+sgd_many = many(sgd)
+adagrad_many = many(adagrad)
+rmsprop_many = many(rmsprop)
+adamax_many = many(adamax)
+nadam_many = many(nadam)
+radam_many = many(radam)
+lion_many = many(lion)

@@ -496,6 +496,15 @@ def cmd_bench(args, argv):
 
 # --- info ----------------------------------------------------------------------------------------
 
+def _format_paths():
+    """Which conversion instructions the Cython build uses for bfloat16/float16 (fixed by its
+    -march at build time; kernels/_formats.h)."""
+    ok, why = fastgd.backend_status()["cython"]
+    if not ok:
+        return f"- (cython unusable: {why})"
+    return fastgd.backends.kernel("format_paths", "cython")()
+
+
 def cmd_info(args, argv):
     env = B.environment()
     status = fastgd.backend_status()
@@ -513,6 +522,8 @@ def cmd_info(args, argv):
         ["CPU", env["cpu"]],
         ["SIMD", " ".join(env["simd"]) or "-"],
         ["L3 cache", _mib(env.get("l3_bytes"))],
+        ["16-bit formats (Cython)", _format_paths()],
+        ["16-bit formats (Numba)", "bfloat16: integer rounding; float16: LLVM half conversions"],
     ]
     for name in fastgd.backends.ORDER:
         ok, why = status[name]

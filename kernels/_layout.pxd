@@ -111,3 +111,11 @@ cdef inline int compute_kind(const int* f, int roles) noexcept nogil:
         all32 = all32 and f[r] == 0
         all64 = all64 and f[r] == 3
     return 3 if all64 else (0 if all32 else -1)
+
+
+cdef inline void local_row(char** row, const int* codes, char** a, int* f, int roles) noexcept nogil:
+    """Copy a tensor's row of addresses and the format codes into a lane loop's locals."""
+    cdef int r
+    for r in range(roles):
+        a[r] = row[r]
+        f[r] = codes[r]

@@ -13,7 +13,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport compute_kind, run_many
+from _layout cimport compute_kind, local_row, run_many
 from _math cimport _grad
 from _parallel cimport piece_start, threads_for
 
@@ -95,10 +95,16 @@ cdef void _lion(floating* p, const floating* g, floating* acc, floating* m, Py_s
             _lion_run(p + lo, g + lo, acc + lo, m + lo, hi - lo, k)
 
 
-cdef inline void _lion_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi,
-                             uint32_t key, const LionK* k, bint use_acc) noexcept nogil:
+cdef inline void _lion_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssize_t hi,
+                             uint32_t key, const LionK* kp, bint use_acc) noexcept nogil:
     # 16 lanes of each role loaded to float32, the single kernel's body on them, stored back in
     # each role's format. use_acc is a constant here (see _lion_segment).
+    # the row and codes in locals: read through the pointers, every store through a char*
+    # (any role) could alias them, and gcc reloaded them every 16 lanes
+    cdef char* a[5]
+    cdef int f[5]
+    local_row(row, codes, a, f, 5)
+    cdef LionK k = kp[0]       # a local copy, for the same reason
     cdef float P[16]
     cdef float G[16]
     cdef float A[16]

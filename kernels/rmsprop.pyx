@@ -14,7 +14,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport compute_kind, run_many
+from _layout cimport compute_kind, local_row, run_many
 from _math cimport _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
@@ -128,11 +128,17 @@ cdef void _rmsprop(floating* p, const floating* g, floating* acc, floating* sq, 
             _rmsprop_run(p + lo, g + lo, acc + lo, sq + lo, buf + lo, ga + lo, hi - lo, k)
 
 
-cdef inline void _rmsprop_lanes(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi,
-                                uint32_t key, const RmspropK* k, bint use_acc,
+cdef inline void _rmsprop_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssize_t hi,
+                                uint32_t key, const RmspropK* kp, bint use_acc,
                                 bint use_momentum, bint centered) noexcept nogil:
     # 16 lanes of each role loaded to float32, the single kernel's body on them, stored back in
     # each role's format. use_acc/use_momentum/centered are constants here (see _rmsprop_segment).
+    # the row and codes in locals: read through the pointers, every store through a char*
+    # (any role) could alias them, and gcc reloaded them every 16 lanes
+    cdef char* a[7]
+    cdef int f[7]
+    local_row(row, codes, a, f, 7)
+    cdef RmspropK k = kp[0]       # a local copy, for the same reason
     cdef float P[16]
     cdef float G[16]
     cdef float A[16]
