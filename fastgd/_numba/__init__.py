@@ -3,16 +3,16 @@ import sys
 
 import numba
 
-from .adagrad import adagrad  # noqa: F401
+from .adagrad import adagrad, adagrad_many  # noqa: F401
 from ._compile import _Runtime
-from .adam import adam  # noqa: F401
-from .adamax import adamax  # noqa: F401
-from .lion import lion  # noqa: F401
-from .nadam import nadam  # noqa: F401
+from .adam import adam, adam_many  # noqa: F401
+from .adamax import adamax, adamax_many  # noqa: F401
+from .lion import lion, lion_many  # noqa: F401
+from .nadam import nadam, nadam_many  # noqa: F401
 from .norms import accumulate, clamp, norm_partial, scale  # noqa: F401
-from .radam import radam  # noqa: F401
-from .rmsprop import rmsprop  # noqa: F401
-from .sgd import sgd  # noqa: F401
+from .radam import radam, radam_many  # noqa: F401
+from .rmsprop import rmsprop, rmsprop_many  # noqa: F401
+from .sgd import sgd, sgd_many  # noqa: F401
 
 
 def set_num_threads(n):

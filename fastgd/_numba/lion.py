@@ -1,8 +1,49 @@
 """Lion in Numba: the twin of kernels/lion.pyx, same signature and maths."""
-from numba import prange
+from numba import njit, prange
 
-from ._compile import serial_and_parallel
+from ._compile import _OPTIONS, serial_and_parallel
+from ._many import many_kernel
 from ._math import _grad
+
+
+@njit(inline="always", **_OPTIONS)
+def _lion_consts(real, grad_scale, maximize, s):
+    """The loop's scalars from the kernel's (``s``: lr, beta1, beta2, weight_decay), cast once
+    (and ``real`` itself, for sign)."""
+    lr, beta1, beta2, weight_decay = s
+    gs = real(-grad_scale if maximize else grad_scale)
+    step = real(lr)
+    decay = real(1.0 - lr * weight_decay)
+    b1 = real(beta1)
+    omb1 = real(1.0 - beta1)
+    b2 = real(beta2)
+    omb2 = real(1.0 - beta2)
+    return real, gs, step, decay, b1, omb1, b2, omb2
+
+
+@njit(inline="always", **_OPTIONS)
+def _lion_step(i, c, flags, param, grad, grad_acc, exp_avg):
+    """Element i of the step (the single kernel's loop body and lion_many's); returns the new
+    param value. flags = (use_acc,)."""
+    real, gs, step, decay, b1, omb1, b2, omb2 = c
+    use_acc, = flags
+    gi = _grad(grad, grad_acc, i, gs, use_acc)
+    mi = exp_avg[i]
+    cc = b1 * mi + omb1 * gi
+    # sign(c) as np.sign: 0 at 0, NaN stays NaN
+    s = real(cc > 0) - real(cc < 0)
+    if cc != cc:
+        s = cc
+    pi = param[i] * decay - step * s
+    param[i] = pi
+    exp_avg[i] = b2 * mi + omb2 * gi
+    return pi
+
+
+@njit(inline="always", **_OPTIONS)
+def _lion_loop(param, grad, grad_acc, exp_avg, c, flags):
+    for i in prange(param.shape[0]):
+        _lion_step(i, c, flags, param, grad, grad_acc, exp_avg)
 
 
 def _lion(param, grad, grad_acc, exp_avg, grad_scale, maximize, use_acc, lr, beta1, beta2,
@@ -11,25 +52,20 @@ def _lion(param, grad, grad_acc, exp_avg, grad_scale, maximize, use_acc, lr, bet
 
     c = b1 * m + (1 - b1) * g;  p = p * (1 - lr * wd) - lr * sign(c);  m = b2 * m + (1 - b2) * g
     """
-    n = param.shape[0]
-    real = param.dtype.type
-    gs = real(-grad_scale if maximize else grad_scale)
-    step = real(lr)
-    decay = real(1.0 - lr * weight_decay)
-    b1 = real(beta1)
-    omb1 = real(1.0 - beta1)
-    b2 = real(beta2)
-    omb2 = real(1.0 - beta2)
-    for i in prange(n):
-        gi = _grad(grad, grad_acc, i, gs, use_acc)
-        mi = exp_avg[i]
-        c = b1 * mi + omb1 * gi
-        # sign(c) as np.sign: 0 at 0, NaN stays NaN
-        s = real(c > 0) - real(c < 0)
-        if c != c:
-            s = c
-        param[i] = param[i] * decay - step * s
-        exp_avg[i] = b2 * mi + omb2 * gi
+    c = _lion_consts(param.dtype.type, grad_scale, maximize, (lr, beta1, beta2, weight_decay))
+    # use_acc a literal constant, one loop each: as a runtime flag, with the step inlined, the
+    # serial loop outgrows LLVM's unswitching budget and stays scalar (inspect_asm)
+    if use_acc:
+        _lion_loop(param, grad, grad_acc, exp_avg, c, (True,))
+    else:
+        _lion_loop(param, grad, grad_acc, exp_avg, c, (False,))
 
 
 lion = serial_and_parallel(_lion)
+
+
+def _lion_flags(use_acc, s):
+    return (bool(use_acc),), (() if use_acc else (2,))
+
+
+lion_many = many_kernel("lion", _lion_consts, _lion_step, 1, _lion_flags)

@@ -1,17 +1,16 @@
 """NAdam in Numba: the twin of kernels/nadam.pyx, same signature and maths."""
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
-from ._compile import serial_and_parallel
+from ._compile import _OPTIONS, serial_and_parallel
+from ._many import many_kernel
 from ._math import _adam_moments
 
 
-def _nadam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use_acc, lr, beta1,
-           beta2, eps, weight_decay, decoupled, grad_coef, avg_coef, bias_correction2):
-    """NAdam step in place: g += wd * p | p *= 1 - lr * wd;  m, v as Adam;
-    p -= (grad_coef * g + avg_coef * m) / (sqrt(v) / sqrt(bc2) + eps)."""
-    n = param.shape[0]
-    real = param.dtype.type
+@njit(inline="always", **_OPTIONS)
+def _nadam_consts(real, grad_scale, maximize, s):
+    """The loop's scalars from the kernel's (``s``: lr ... bias_correction2), cast once."""
+    lr, beta1, beta2, eps, weight_decay, decoupled, grad_coef, avg_coef, bias_correction2 = s
     gs = real(-grad_scale if maximize else grad_scale)
     coupled = weight_decay != 0.0 and not decoupled
     wd = real(weight_decay)
@@ -23,21 +22,59 @@ def _nadam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use
     rbc2 = real(1.0 / np.sqrt(bias_correction2))
     cg = real(grad_coef)
     cm = real(avg_coef)
-    for i in prange(n):
-        pi = param[i]
-        # The gradient read written out, not _grad: with _grad inlined too, the serial loop
-        # outgrows LLVM's unswitching budget and stays scalar (inspect_asm: no vector ops).
-        if use_acc:
-            gi = (grad_acc[i] + grad[i]) * gs
-            grad_acc[i] = 0
-        else:
-            gi = grad[i] * gs
-        if coupled:
-            gi = gi + wd * pi
-        pi = pi * decay
-        mi, vi = _adam_moments(exp_avg, exp_avg_sq, i, gi, omb1, b2, omb2)
-        d = np.sqrt(vi) * rbc2 + e
-        param[i] = pi - (cg * gi + cm * mi) / d
+    return gs, coupled, wd, decay, omb1, b2, omb2, e, rbc2, cg, cm
+
+
+@njit(inline="always", **_OPTIONS)
+def _nadam_step(i, c, flags, param, grad, grad_acc, exp_avg, exp_avg_sq):
+    """Element i of the step (the single kernel's loop body and nadam_many's); returns the new
+    param value. flags = (use_acc,)."""
+    gs, coupled, wd, decay, omb1, b2, omb2, e, rbc2, cg, cm = c
+    use_acc, = flags
+    pi = param[i]
+    # The gradient read written out, not _grad: with _grad inlined too, the serial loop
+    # outgrows LLVM's unswitching budget and stays scalar (inspect_asm: no vector ops).
+    if use_acc:
+        gi = (grad_acc[i] + grad[i]) * gs
+        grad_acc[i] = 0
+    else:
+        gi = grad[i] * gs
+    if coupled:
+        gi = gi + wd * pi
+    pi = pi * decay
+    mi, vi = _adam_moments(exp_avg, exp_avg_sq, i, gi, omb1, b2, omb2)
+    d = np.sqrt(vi) * rbc2 + e
+    pi = pi - (cg * gi + cm * mi) / d
+    param[i] = pi
+    return pi
+
+
+@njit(inline="always", **_OPTIONS)
+def _nadam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, c, flags):
+    for i in prange(param.shape[0]):
+        _nadam_step(i, c, flags, param, grad, grad_acc, exp_avg, exp_avg_sq)
+
+
+def _nadam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use_acc, lr, beta1,
+           beta2, eps, weight_decay, decoupled, grad_coef, avg_coef, bias_correction2):
+    """NAdam step in place: g += wd * p | p *= 1 - lr * wd;  m, v as Adam;
+    p -= (grad_coef * g + avg_coef * m) / (sqrt(v) / sqrt(bc2) + eps)."""
+    c = _nadam_consts(param.dtype.type, grad_scale, maximize,
+                      (lr, beta1, beta2, eps, weight_decay, decoupled, grad_coef, avg_coef,
+                       bias_correction2))
+    # use_acc a literal constant, one loop each: as a runtime flag, with the step inlined, the
+    # serial loop outgrows LLVM's unswitching budget and stays scalar (inspect_asm)
+    if use_acc:
+        _nadam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, c, (True,))
+    else:
+        _nadam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, c, (False,))
 
 
 nadam = serial_and_parallel(_nadam)
+
+
+def _nadam_flags(use_acc, s):
+    return (bool(use_acc),), (() if use_acc else (2,))
+
+
+nadam_many = many_kernel("nadam", _nadam_consts, _nadam_step, 2, _nadam_flags)

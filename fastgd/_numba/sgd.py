@@ -1,8 +1,53 @@
 """SGD in Numba: the twin of kernels/sgd.pyx, same signature and maths."""
-from numba import prange
+from numba import njit, prange
 
-from ._compile import serial_and_parallel
+from ._compile import _OPTIONS, serial_and_parallel
+from ._many import many_kernel
 from ._math import _grad
+
+
+@njit(inline="always", **_OPTIONS)
+def _sgd_consts(real, grad_scale, maximize, s):
+    """The loop's scalars from the kernel's (``s``: lr ... first), cast to ``real`` once."""
+    lr, momentum, dampening, weight_decay, nesterov, first = s
+    gs = real(-grad_scale if maximize else grad_scale)
+    decay = weight_decay != 0.0
+    wd = real(weight_decay)
+    mu = real(momentum)
+    omd = real(1.0 - dampening)
+    step = real(lr)
+    return gs, decay, wd, mu, omd, step, nesterov, first
+
+
+@njit(inline="always", **_OPTIONS)
+def _sgd_step(i, c, flags, param, grad, grad_acc, momentum_buffer):
+    """Element i of the step (the single kernel's loop body and sgd_many's); returns the new
+    param value. flags = (use_acc, use_momentum)."""
+    gs, decay, wd, mu, omd, step, nesterov, first = c
+    use_acc, use_momentum = flags
+    pi = param[i]
+    gi = _grad(grad, grad_acc, i, gs, use_acc)
+    if decay:
+        gi = gi + wd * pi
+    if use_momentum:
+        if first:
+            bi = gi
+        else:
+            bi = mu * momentum_buffer[i] + omd * gi
+        momentum_buffer[i] = bi
+        if nesterov:
+            gi = gi + mu * bi
+        else:
+            gi = bi
+    pi = pi - step * gi
+    param[i] = pi
+    return pi
+
+
+@njit(inline="always", **_OPTIONS)
+def _sgd_loop(param, grad, grad_acc, momentum_buffer, c, flags):
+    for i in prange(param.shape[0]):
+        _sgd_step(i, c, flags, param, grad, grad_acc, momentum_buffer)
 
 
 def _sgd(param, grad, grad_acc, momentum_buffer, grad_scale, maximize, use_acc, lr, momentum,
@@ -15,31 +60,28 @@ def _sgd(param, grad, grad_acc, momentum_buffer, grad_scale, maximize, use_acc, 
               g = g + mu * buf (nesterov) | g = buf
     p -= lr * g
     """
-    n = param.shape[0]
-    real = param.dtype.type
-    gs = real(-grad_scale if maximize else grad_scale)
-    decay = weight_decay != 0.0
-    use_momentum = momentum != 0.0
-    wd = real(weight_decay)
-    mu = real(momentum)
-    omd = real(1.0 - dampening)
-    step = real(lr)
-    for i in prange(n):
-        pi = param[i]
-        gi = _grad(grad, grad_acc, i, gs, use_acc)
-        if decay:
-            gi = gi + wd * pi
-        if use_momentum:
-            if first:
-                bi = gi
-            else:
-                bi = mu * momentum_buffer[i] + omd * gi
-            momentum_buffer[i] = bi
-            if nesterov:
-                gi = gi + mu * bi
-            else:
-                gi = bi
-        param[i] = pi - step * gi
+    c = _sgd_consts(param.dtype.type, grad_scale, maximize,
+                    (lr, momentum, dampening, weight_decay, nesterov, first))
+    # use_acc and momentum as literal constants, one loop each: as runtime flags, with the step
+    # inlined, the serial loop outgrows LLVM's unswitching budget and stays scalar (inspect_asm)
+    if use_acc:
+        if momentum != 0.0:
+            _sgd_loop(param, grad, grad_acc, momentum_buffer, c, (True, True))
+        else:
+            _sgd_loop(param, grad, grad_acc, momentum_buffer, c, (True, False))
+    elif momentum != 0.0:
+        _sgd_loop(param, grad, grad_acc, momentum_buffer, c, (False, True))
+    else:
+        _sgd_loop(param, grad, grad_acc, momentum_buffer, c, (False, False))
 
 
 sgd = serial_and_parallel(_sgd)
+
+
+def _sgd_flags(use_acc, s):
+    """(use_acc, use_momentum); without them grad_acc (2) and the buffer (3) are left out."""
+    use_momentum = s[1] != 0.0
+    return (bool(use_acc), use_momentum), (() if use_acc else (2,)) + (() if use_momentum else (3,))
+
+
+sgd_many = many_kernel("sgd", _sgd_consts, _sgd_step, 1, _sgd_flags)
