@@ -83,9 +83,14 @@ class MultiSteps:
                     continue
                 acc = self._acc.get(i)
                 if acc is None:
-                    acc = self._acc[i] = np.zeros_like(p)
+                    # 16-bit params: the micro-batches are summed in float32 and the sum rounded
+                    # once, at the last one (a bfloat16 sum would lose a rounding per batch)
+                    acc = self._acc[i] = np.zeros(p.shape, np.float32 if p.dtype not in
+                                                  check.FLOAT_DTYPES else p.dtype)
                 if self.mini_step == 0:
-                    np.copyto(acc, g)        # acc is zero and rel is 1: a copy, not a read of acc
+                    acc[...] = g             # acc is zero and rel is 1: a copy, not a read of acc
+                elif acc.dtype != p.dtype:
+                    acc += np.asarray(g, np.float32) * np.float32(rel)
                 else:
                     add(acc.reshape(-1), np.ascontiguousarray(g).reshape(-1), rel)
             self._unit = unit
@@ -99,7 +104,13 @@ class MultiSteps:
         step_grads, accs, unfused = [], [], []
         for i, g in enumerate(grads):
             acc = self._acc.get(i)
-            if g is None and acc is not None:
+            if acc is not None and acc.dtype != params[i].dtype:
+                # a 16-bit param's float32 sum, rounded once to its format, stepped unfused
+                total = acc if g is None else acc + np.asarray(g, np.float32) * np.float32(rel)
+                step_grads.append(total.astype(params[i].dtype))
+                accs.append(None)
+                unfused.append(acc)
+            elif g is None and acc is not None:
                 step_grads.append(acc)       # a gradient in earlier micro-batches only: acc alone
                 accs.append(None)
                 unfused.append(acc)

@@ -341,3 +341,20 @@ def test_a_state_in_another_format_than_state_dtype_is_refused_on_load(rng):
     other = fastgd.Adam([p.copy()], master_weights=True)
     with pytest.raises(ValueError, match="master_weight"):
         other.load_state_dict(missing)
+
+
+def test_multisteps_sums_16bit_micro_batches_in_float32_and_rounds_once(backend, rng):
+    from fastgd.multistep import MultiSteps
+    n = 999
+    p = _randn(rng, n, BF16)
+    q = p.copy()
+    ms = MultiSteps(fastgd.AdamW([p], lr=1e-2), 3)
+    direct = fastgd.AdamW([q], lr=1e-2)
+    for _ in range(2):
+        grads = [_randn(rng, n, BF16) for _ in range(3)]
+        for g in grads:
+            ms.step([g])
+        f = [g.astype(np.float32) for g in grads]
+        total = (f[0] + f[1]) + f[2]          # the order MultiSteps adds them in
+        direct.step([total.astype(BF16)], grad_scale=1 / 3)
+    np.testing.assert_array_equal(_bits(p), _bits(q))

@@ -32,7 +32,7 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from ._compile import _OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_with_package
-from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View
+from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32, _mix32
 
 PIECE_ALIGN = 16
 # The constants of a compiled copy (ManyKernel.specialise puts them in the copy's globals):
@@ -63,7 +63,9 @@ def _row_views(typingctx, codes, ptrs, k, keys):
             addr = builder.load(builder.gep(arr.data, [builder.add(row, kk.type(j))]))
             v = cgutils.create_struct_proxy(vt)(context, builder)
             v.data = builder.inttoptr(addr, context.get_value_type(types.CPointer(_STORAGE[vt.code])))
-            v.key = key
+            # each role its own random bits: formats.role_key (role 0, the param: the key)
+            v.key = key if j == 0 or vt.code != BF16_SR else \
+                _mix32(builder, builder.add(key, _c32((j * 0x85EBCA6B) & 0xFFFFFFFF)))
             values.append(v._getvalue())
         return context.make_tuple(builder, tt, values)
 
