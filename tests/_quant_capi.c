@@ -1,0 +1,48 @@
+/* A C API over kernels/_quant.h for tests/test_quant.py (built with gcc, loaded with ctypes):
+ * whole arrays, cut into blocks as the formats say. Not part of the package. */
+#include <stdint.h>
+#include "_quant.h"
+
+#define FOR_BLOCKS(bs)                                                   \
+    long b;                                                              \
+    for (b = 0; b * (bs) < n; b++) {                                     \
+        int k = n - b * (bs) < (bs) ? (int)(n - b * (bs)) : (bs);
+
+void q8(const float* x, long n, int is_signed, uint8_t* codes, float* absmax) {
+    if (is_signed) { FOR_BLOCKS(256) absmax[b] = fgd_q8_quantize(x + b * 256, k, 1, codes + b * 256); } }
+    else { FOR_BLOCKS(256) absmax[b] = fgd_q8_quantize(x + b * 256, k, 0, codes + b * 256); } }
+}
+
+void dq8(const uint8_t* codes, long n, int is_signed, const float* absmax, float* out) {
+    if (is_signed) { FOR_BLOCKS(256) fgd_q8_dequantize(codes + b * 256, k, absmax[b], 1, out + b * 256); } }
+    else { FOR_BLOCKS(256) fgd_q8_dequantize(codes + b * 256, k, absmax[b], 0, out + b * 256); } }
+}
+
+void q4(const float* x, long n, int is_signed, uint8_t* packed, float* absmax) {
+    if (is_signed) { FOR_BLOCKS(128) absmax[b] = fgd_q4_quantize(x + b * 128, k, 1, packed + b * 64); } }
+    else { FOR_BLOCKS(128) absmax[b] = fgd_q4_quantize(x + b * 128, k, 0, packed + b * 64); } }
+}
+
+void dq4(const uint8_t* packed, long n, int is_signed, const float* absmax, float* out) {
+    if (is_signed) { FOR_BLOCKS(128) fgd_q4_dequantize(packed + b * 64, k, absmax[b], 1, out + b * 128); } }
+    else { FOR_BLOCKS(128) fgd_q4_dequantize(packed + b * 64, k, absmax[b], 0, out + b * 128); } }
+}
+
+/* the code of every grid index (8-bit), and the value of every code */
+void grid_codes(int is_signed, uint8_t* out) {
+    int32_t i;
+    for (i = 0; i < FGD_Q_GRID; i++)
+        out[i] = (uint8_t)(is_signed
+            ? fgd_q8_code(i, FGD_Q8_SIGNED_NSEG, fgd_q8_signed_L, fgd_q8_signed_C, fgd_q8_signed_A, fgd_q8_signed_B)
+            : fgd_q8_code(i, FGD_Q8_UNSIGNED_NSEG, fgd_q8_unsigned_L, fgd_q8_unsigned_C, fgd_q8_unsigned_A, fgd_q8_unsigned_B));
+}
+
+void values8(int is_signed, float* out) {
+    int i;
+    for (i = 0; i < 256; i++) out[i] = fgd_q_dynamic_value(i, 7, is_signed);
+}
+
+void values4(int is_signed, float* out) {
+    int i;
+    for (i = 0; i < 16; i++) out[i] = fgd_q4_value(i, is_signed);
+}
