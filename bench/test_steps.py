@@ -4,7 +4,6 @@ Nothing is listed here: a rule added to RULES is benchmarked, with its torch and
 where they exist (rows that cannot run here are skipped with the reason). See conftest.py.
 """
 import contextlib
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from fastgd.benchmarks import (FASTGD_BACKENDS, PEERS, REFERENCE_SUBSAMPLE, Skip
                                bytes_per_element, make_case, release_pool, set_threads)
 from fastgd.rules import RULES
 
-from _bench_config import DTYPES, QUICK, SIZES, THREADS
+from _bench_config import DTYPES, QUICK, SIZES, THREADS, time_step
 
 BACKENDS = ("stream",) + FASTGD_BACKENDS + PEERS
 
@@ -24,21 +23,6 @@ def restore_backend():
     with fastgd.use_backend(fastgd.get_backend()):
         yield
     release_pool()
-
-
-def _quick_pedantic(benchmark, fn):
-    """5 rounds of about 10 ms each: enough for a median, quick enough for ~200 rows."""
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    benchmark.pedantic(fn, rounds=5, iterations=max(1, int(0.01 / one)), warmup_rounds=1)
-
-
-def _time(benchmark, fn):
-    if QUICK:
-        _quick_pedantic(benchmark, fn)
-    else:
-        benchmark(fn)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -67,6 +51,6 @@ def test_step(benchmark, restore_backend, rule, size, backend, dtype):
     # A fastgd case steps on the active backend.
     with fastgd.use_backend(backend) if backend in FASTGD_BACKENDS else contextlib.nullcontext():
         fn()  # first call: lazy state, Numba's cache load, DeepSpeed's JIT build
-        _time(benchmark, fn)
+        time_step(benchmark, fn)
     if benchmark.stats is not None:   # None under --benchmark-disable (a smoke run)
         benchmark.extra_info["gbps"] = bpe * size.elements / benchmark.stats.stats.median / 1e9

@@ -29,7 +29,9 @@ bytes per second (``cache_decision``): the data live in a cache, so a fraction o
 bandwidth means nothing and is null. The size the CPU reports for its L3 is not used: VMs
 report sizes far from what they get. Presets (``fastgd bench --preset``) are other sets of
 groups in the same row format (``clip``: the norm pass, Adam and clip+Adam of every backend in
-the same rounds) or, ``callpath``, their own rows (``callpath_rows``).
+the same rounds; ``formats``: AdamW through ``adam_many`` in each storage-format recipe of
+FORMAT_RECIPES, each against a ``stream_formats`` stream of its bytes, widths and roles,
+``run_formats``) or, ``callpath``, their own rows (``callpath_rows``).
 
 JSON schema (``fastgd bench --json FILE``), ``"schema": "fastgd-bench/2"`` (/1 decided "in
 cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads both)::
@@ -70,12 +72,25 @@ cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads 
        "speedup_vs_torch_fused",  # torch fused's seconds / seconds (null without that row)
        "estimated",               # true: timed on a subsample and scaled (quick-mode reference)
        "note"}                    # null or a short remark
+      # preset formats: rule "adamw", backend also "<backend> adam" (the single float32 kernel,
+      # recipe fp32: the before row); stream_elements / cache_stream_elements count elements
+      # per array of any width; speedup_vs_torch_fused is against torch fused float32 in every
+      # recipe; dtype is "float32" (the arithmetic: "formats" gives each array's storage); and
+      #  "recipe"                       FORMAT_RECIPES name: fp32, bf16, bf16+fp32-states, ...
+      #  "formats"                      {"param", "grad", "exp_avg", "exp_avg_sq"[, "out"]: format}
+      #  "speedup_vs_torch_fused_bf16"  torch fused AdamW on bfloat16 params/grads/states
+      #  "deepspeed_recipe"             the recipe of the DeepSpeed row compared with (or null)
+      #  "speedup_vs_deepspeed"         that DeepSpeedCPUAdam row's seconds / seconds
+      #  "speedup_vs_before"            fastgd rows: the backend's single fp32 kernel / seconds
     ],
     # preset callpath instead: one row per call path (callpath_rows)
     #  {"case", "backend", "threads", "elements", "tensors", "seconds" (per call),
     #   "seconds_per_tensor", "vs_np_add" (seconds_per_tensor / np.add's seconds),
     #   "vs_torch_fused" (seconds / torch.optim.AdamW(fused=True)'s; torch rows only)}
-    "skipped": [{"rule", "size", "backend", "reason"}]
+    "skipped": [{"rule", "size", "backend", "reason"}],
+    # preset formats only: issue 14's targets (FORMAT_TARGETS), one per fastgd adam_many row
+    "targets": [{"target", "recipe", "field", "size", "threads", "backend", "value", "least",
+                 "met" (null: not measured), "why_not_measured"}]
   }
 """
 import functools
@@ -94,6 +109,7 @@ import numpy as np
 
 import fastgd
 from . import backends as _backends
+from . import formats as _formats
 from .rules import RULES
 from .timing import round_robin
 
@@ -126,6 +142,11 @@ PRESETS = {
              "sizes": "16e6,many", "quick_sizes": "4e6,many", "rounds": 9},
     "callpath": {"about": "microseconds per call on 1,000 float32: opt.step, functional.adam_, the raw "
                           "kernel, np.add; fastgd.torch.AdamW vs torch fused on 150 tensors"},
+    "formats": {"about": "issue 14: AdamW through adam_many in every storage-format recipe (fp32, bf16, "
+                         "bf16+fp32 states, fp32+bf16 states, fp16, fp16+fp32 states, master weights, bf16 "
+                         "stochastic rounding) vs the single fp32 kernel, torch fused and DeepSpeed in "
+                         "their formats, and a stream of each recipe's bytes; the targets of the issue",
+                "rules": "adamw", "sizes": "16e6", "quick_sizes": "4e6"},
 }
 
 
@@ -545,6 +566,29 @@ class Stream:
         read, ws, kernel = pool[0], pool[1:written + 1], self.kernel
         return (lambda: kernel(ws, read)), n, 4 * (2 * written + 1)
 
+    def case_formats(self, pattern, elements=None):
+        """(callable, elements per array, bytes per element) of stream_formats over ``pattern``
+        ((read-write widths), (read widths), (write-only widths)), in bytes of each array's
+        elements (4: float32, 2: 16-bit), arrays of ``elements``: the bytes of a row whose
+        arrays have those formats and roles (Group.pattern)."""
+        rw, read, out = pattern
+        n = elements or self.elements
+        kernel = _backends.kernel("stream_formats", "cython")
+        taken = {}
+
+        def take(width):
+            # distinct arrays per role: the pool of this length and width grows as needed
+            pool = self._pools.setdefault((n, width), [])
+            i = taken.get(width, 0)
+            taken[width] = i + 1
+            while len(pool) <= i:
+                # 1e-7 in every element (16-bit: its bfloat16 bits), never zeros nor subnormals
+                value = np.full(n, 1e-7, dtype=np.float32)
+                pool.append(value if width == 4 else (value.view(np.uint32) >> 16).astype(np.uint16))
+            return pool[i]
+        rws, reads, outs = [take(w) for w in rw], [take(w) for w in read], [take(w) for w in out]
+        return (lambda: kernel(rws, reads, outs)), n, 2 * sum(rw) + sum(read) + sum(out)
+
     def release(self):
         self._pools.clear()
 
@@ -570,8 +614,9 @@ def default_backends():
 def set_threads(n):
     """One thread count for fastgd, torch and every OpenMP runtime loaded (DeepSpeed's too)."""
     fastgd.set_num_threads(n)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
+    torch = sys.modules.get("torch")   # None: imported nowhere, or hidden (a test without peers)
+    if torch is not None:
+        torch.set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=n, user_api="openmp")
@@ -603,11 +648,25 @@ class Entry:
 
 @dataclass
 class Group:
-    """The rows of one rule over one size: bytes per element, access pattern, entries."""
+    """The rows of one rule over one size: bytes per element, access pattern, entries.
+
+    ``pattern`` (preset formats): the access pattern in bytes per element of each array,
+    ((read-write widths), (read widths), (write-only widths)), streamed by stream_formats; None:
+    ``written`` arrays of the run's dtype read and written, one read (the stream kernel).
+    ``recipe``: the storage formats of the rows (preset formats; FORMAT_RECIPES)."""
     rule: str
     bpe: int
     written: int
     entries: list
+    pattern: tuple = None
+    recipe: object = None
+
+    @property
+    def key(self):
+        return self.rule if self.recipe is None else f"{self.rule} {self.recipe.name}"
+
+    def stream_key(self):
+        return self.pattern if self.pattern is not None else min(self.written, STREAM_MAX_WRITTEN)
 
 
 def _call_on(backend, fn):
@@ -666,6 +725,13 @@ def _entry_seconds(entry, times, key):
     return seconds
 
 
+def _pattern_note(pattern):
+    rw, read, out = pattern
+    bits = lambda widths: "+".join(f"{8 * w}" for w in widths)  # noqa: E731
+    text = f"{len(rw)} arrays read+written ({bits(rw)}-bit), {len(read)} read ({bits(read)}-bit)"
+    return text + (f", {len(out)} written ({bits(out)}-bit)" if out else "")
+
+
 def measure(groups, size, dtype, threads, stream, *, rounds, min_seconds):
     """Rows of ``groups`` over ``size``: every entry and, per access pattern, the cache probe and
     the big stream (stream_sizes), all in one round-robin; the schema's row format."""
@@ -673,25 +739,26 @@ def measure(groups, size, dtype, threads, stream, *, rounds, min_seconds):
     probe_n, big_n = stream_sizes(size.elements, stream.elements)
     cands, before, streams = {}, {}, {}
     for g in groups:
-        w = min(g.written, STREAM_MAX_WRITTEN)
+        w = g.stream_key()
         if w not in streams:
             streams[w] = {}
             for which, n in (("probe", probe_n), ("big", big_n)):
-                fn, n32, b32 = stream.case(w, dtype, n)
+                fn, n32, b32 = (stream.case_formats(w, n) if g.pattern is not None
+                                else stream.case(w, dtype, n))
                 cands[("stream", which, w)] = fn
                 streams[w][which] = (n32, b32)
         for e in g.entries:
             if e.seconds is None:
-                cands[(g.rule, e.backend)] = e.fn
+                cands[(g.key, e.backend)] = e.fn
                 if e.uses:
-                    before[(g.rule, e.backend)] = functools.partial(fastgd.set_backend, e.uses)
+                    before[(g.key, e.backend)] = functools.partial(fastgd.set_backend, e.uses)
     times = round_robin(cands, rounds=rounds, min_seconds=min_seconds, before=before)
     rows = []
     for g in groups:
-        w = min(g.written, STREAM_MAX_WRITTEN)
+        w = g.stream_key()
         bw = {which: b32 * n32 / times[("stream", which, w)] for which, (n32, b32) in streams[w].items()}
         ratio, in_cache = cache_decision(bw["probe"], bw["big"])
-        seconds = {e.backend: _entry_seconds(e, times, (g.rule, e.backend)) for e in g.entries}
+        seconds = {e.backend: _entry_seconds(e, times, (g.key, e.backend)) for e in g.entries}
         ref = seconds.get("numpy")
         peer_times = [seconds[e.backend] for e in g.entries if e.kind == "peer"]
         best_peer = min(peer_times) if peer_times else None
@@ -701,13 +768,20 @@ def measure(groups, size, dtype, threads, stream, *, rounds, min_seconds):
                   "bandwidth_gbps": bw["big"] / 1e9, "stream_elements": streams[w]["big"][0],
                   "cache_stream_gbps": bw["probe"] / 1e9, "cache_stream_elements": streams[w]["probe"][0],
                   "cache_ratio": ratio, "in_cache": in_cache}
-        more = f" (the rule writes {g.written}: measured against {w})" if g.written > w else ""
+        if g.recipe is not None:
+            common.update(recipe=g.recipe.name, formats=g.recipe.formats)
+        if g.pattern is not None:
+            note = f"{_pattern_note(g.pattern)}; {streams[w]['big'][0]:,} elements each (cache probe: " \
+                   f"{streams[w]['probe'][0]:,})"
+        else:
+            more = f" (the rule writes {g.written}: measured against {w})" if g.written > w else ""
+            note = f"{w} arrays read+written, 1 read{more}; {streams[w]['big'][0]:,} float32 " \
+                   f"elements each (cache probe: {streams[w]['probe'][0]:,})"
         rows.append({**common, "layout": "stream", "backend": "stream", "kind": "stream",
                      "seconds": g.bpe * size.elements / bw["big"], "gbps": bw["big"] / 1e9,
                      "fraction_of_bandwidth": None if in_cache else 1.0, "speedup_vs_numpy": None,
                      "speedup_vs_best_peer": None, "speedup_vs_torch_fused": None, "estimated": False,
-                     "note": f"{w} arrays read+written, 1 read{more}; {streams[w]['big'][0]:,} float32 "
-                             f"elements each (cache probe: {streams[w]['probe'][0]:,})"})
+                     "note": note})
         for e in g.entries:
             t = seconds[e.backend]
             gbps = g.bpe * size.elements / t
@@ -809,6 +883,344 @@ def run_clip(*, sizes, dtype, threads, backends, rounds=9, min_seconds=0.05, str
     results = run_groups(units, sizes=sizes, dtype=dtype, threads=threads, rounds=rounds,
                          min_seconds=min_seconds, stream_elements=stream_elements, progress=progress)
     return results, skipped
+
+
+# --- preset formats ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    """The storage formats of AdamW's arrays in one row of preset formats (fastgd/formats.py
+    codes): the param, its grad, both states (exp_avg, exp_avg_sq), and ``out``, the 16-bit
+    copy of a float32 master param (NONE: none). ``deepspeed``: the recipe whose DeepSpeed row
+    this one's speedup_vs_deepspeed is against (None: DeepSpeed has nothing like it)."""
+    name: str
+    param: int
+    grad: int
+    state: int
+    out: int = _formats.NONE
+    deepspeed: str = None
+
+    @property
+    def pattern(self):
+        """(read-write widths, read widths, write-only widths) in bytes: Group.pattern."""
+        size = _formats.ITEMSIZE
+        return ((size[self.param], size[self.state], size[self.state]), (size[self.grad],),
+                (size[self.out],) if self.out != _formats.NONE else ())
+
+    @property
+    def bytes_per_element(self):
+        rw, read, out = self.pattern
+        return 2 * sum(rw) + sum(read) + sum(out)
+
+    @property
+    def formats(self):
+        """{role: format name} as the rows show it (bfloat16-sr: stochastic rounding)."""
+        def name(code):
+            return "bfloat16-sr" if code == _formats.BF16_SR else _formats.NAMES[code]
+        out = {"param": name(self.param), "grad": name(self.grad), "exp_avg": name(self.state),
+               "exp_avg_sq": name(self.state)}
+        if self.out != _formats.NONE:
+            out["out"] = name(self.out)
+        return out
+
+
+_F = _formats
+# Issue 14's recipes, in its table's order; bytes per element: 28, 14, 22, 20, 14, 22, 28, 14.
+FORMAT_RECIPES = (
+    Recipe("fp32", _F.F32, _F.F32, _F.F32, deepspeed="fp32"),
+    Recipe("bf16", _F.BF16, _F.BF16, _F.BF16, deepspeed="bf16"),
+    Recipe("bf16+fp32-states", _F.BF16, _F.BF16, _F.F32, deepspeed="bf16+fp32-states"),
+    Recipe("fp32+bf16-states", _F.F32, _F.F32, _F.BF16),
+    Recipe("fp16", _F.F16, _F.F16, _F.F16, deepspeed="fp16"),
+    Recipe("fp16+fp32-states", _F.F16, _F.F16, _F.F32, deepspeed="fp16+fp32-states"),
+    # float32 master param read+written, bf16 grad in, bf16 copy out, float32 states: 28 bytes;
+    # DeepSpeed's offload steps the float32 master with float32 grads (its fp32 row, 28 bytes too)
+    Recipe("master", _F.F32, _F.BF16, _F.F32, out=_F.BF16, deepspeed="fp32"),
+    # bf16_stochastic_round: the bf16 param and states stored with stochastic rounding
+    Recipe("bf16-sr", _F.BF16_SR, _F.BF16, _F.BF16_SR, deepspeed="bf16"),
+)
+FORMATS_RULE = "adamw"
+FORMATS_STEP = 10                      # the step count of every call (its bias corrections)
+FORMATS_BACKENDS = ("cython", "numba", "torch-fused", "deepspeed")
+BEFORE = " adam"                       # "cython adam": the single float32 kernel, the "before" row
+# The targets of issue 14, per fastgd backend and thread count: (recipe or None for every one,
+# row field, least value, what it says).
+FORMAT_TARGETS = (
+    ("bf16", "speedup_vs_torch_fused", 1.6, "bf16 >= 1.6x torch fused fp32"),
+    ("bf16", "speedup_vs_torch_fused_bf16", 2.0, "bf16 >= 2.0x torch fused bf16"),
+    ("bf16", "speedup_vs_deepspeed", 1.25, "bf16 >= 1.25x DeepSpeed bf16 params+states"),
+    ("bf16+fp32-states", "speedup_vs_deepspeed", 1.1, "bf16+fp32-states >= 1.1x DeepSpeed's same"),
+    ("fp32", "speedup_vs_before", 1.0, "fp32 adam_many no slower than the single adam kernel"),
+    (None, "fraction_of_bandwidth", 0.85, "{recipe} >= 0.85 of its stream"),
+)
+
+
+def _np_dtype(code):
+    if code in (_F.BF16, _F.BF16_SR):
+        if _F.bfloat16 is None:
+            raise Skip("ml_dtypes is not installed (bfloat16 arrays)")
+        return _F.bfloat16
+    return {_F.F32: np.dtype(np.float32), _F.F16: np.dtype(np.float16)}[code]
+
+
+def _formats_options():
+    """AdamW's checked options and its kernel scalars at step FORMATS_STEP."""
+    rule = RULES[FORMATS_RULE]
+    cls = rule._cls()
+    spec = rule.spec
+    o = spec.check_options({**spec.defaults, **cls.fixed, **cls.overrides, **rule.options})
+    return o, tuple(spec.constants(o)) + tuple(spec.scalars(o, FORMATS_STEP, {}, False))
+
+
+def _format_arrays(recipe, size):
+    """[{role: array}] per tensor of ``size``: random data (never zeros; exp_avg_sq positive)
+    in each role's format."""
+    code = {"param": recipe.param, "grad": recipe.grad, "exp_avg": recipe.state, "exp_avg_sq": recipe.state}
+    if recipe.out != _F.NONE:
+        code["out"] = recipe.out
+    whole = {"param": _random(size.elements, np.float32, 0), "grad": _random(size.elements, np.float32, 1),
+             "exp_avg": 0.1 * _random(size.elements, np.float32, 2),
+             "exp_avg_sq": 0.01 * np.abs(_random(size.elements, np.float32, 3)) + 1e-6}
+    whole["out"] = whole["param"]
+    stored = {}
+    for role, c in code.items():
+        dt = _np_dtype(c)
+        stored[role] = whole[role] if dt == np.float32 else whole[role].astype(dt)
+    per = size.per_tensor
+    return [{role: a[k * per:(k + 1) * per].copy() for role, a in stored.items()} for k in range(size.tensors)]
+
+
+def _many_case(recipe, backend, tensors):
+    """One adam_many call over ``tensors`` (their arrays in ``recipe``'s formats)."""
+    ok, why = _backends.backend_status()[backend]
+    if not ok:
+        raise Skip(f"backend {backend} is unusable: {why}")
+    try:
+        kernel = _backends.kernel(f"{RULES[FORMATS_RULE].spec.name}_many", backend)
+    except NotImplementedError:
+        raise Skip(f"backend {backend} has no adam_many kernel (yet)") from None
+    o, scalars = _formats_options()
+    spec = RULES[FORMATS_RULE].spec
+    code = {"param": recipe.param, "grad": recipe.grad, "exp_avg": recipe.state, "exp_avg_sq": recipe.state}
+    rows, fmts = [], None
+    for arrays in tensors:
+        states = spec.arrays(arrays)           # the kernel's order; an unused one is another's stand-in
+        role_of = {id(arrays[r]): r for r in ("exp_avg", "exp_avg_sq")}
+        out = arrays.get("out")
+        # grad_acc is unused (use_acc False): the grad stands in for it, in the grad's format
+        table = [arrays["param"], arrays["grad"], arrays["grad"], *states]
+        rows.append([a.ctypes.data for a in table] + [out.ctypes.data if out is not None else 0])
+        fmts = [recipe.param, recipe.grad, recipe.grad] + [code[role_of[id(a)]] for a in states] + [
+            recipe.out if out is not None else _F.NONE]
+    ptrs = np.ascontiguousarray(rows, dtype=np.int64)
+    offsets = np.zeros(len(tensors) + 1, np.int64)
+    offsets[1:] = np.cumsum([t["param"].size for t in tensors])
+    fmts = np.asarray(fmts, np.int32)
+    keys = np.asarray([_F.sr_key(0, FORMATS_STEP, k) for k in range(len(tensors))], np.uint32)
+    keep = tensors                             # the arrays live as long as the case
+
+    def step():
+        kernel(ptrs, offsets, fmts, keys, 1.0, False, False, *scalars)
+        return keep
+    return step
+
+
+def _before_case(backend, tensors):
+    """The single float32 kernel (adam), once per tensor: the step before adam_many."""
+    ok, why = _backends.backend_status()[backend]
+    if not ok:
+        raise Skip(f"backend {backend} is unusable: {why}")
+    kernel = _backends.kernel(RULES[FORMATS_RULE].spec.name, backend)
+    _, scalars = _formats_options()
+    spec = RULES[FORMATS_RULE].spec
+    calls = [(a["param"], a["grad"], a["param"], *spec.arrays(a)) for a in tensors]
+
+    def step():
+        for arrays in calls:
+            kernel(*arrays, 1.0, False, False, *scalars)
+    return step
+
+
+def _torch_dtype(torch, code):
+    return {_F.F32: torch.float32, _F.BF16: torch.bfloat16, _F.F16: torch.float16}[code]
+
+
+def _to_torch(torch, a, code):
+    if code in (_F.BF16, _F.BF16_SR):
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _peer_params(torch, recipe, size, parameter):
+    """Torch tensors of ``recipe``'s param format with grads (the peers' own copies)."""
+    out = []
+    for arrays in _format_arrays(recipe, size):
+        p = _to_torch(torch, arrays["param"], recipe.param)
+        p = torch.nn.Parameter(p) if parameter else p.requires_grad_()
+        p.grad = _to_torch(torch, arrays["grad"], recipe.grad)
+        out.append(p)
+    return out
+
+
+def _torch_formats_case(recipe, size):
+    """torch.optim.AdamW(fused=True) with ``recipe``'s formats, where torch has them."""
+    try:
+        import torch
+    except ImportError:
+        raise Skip("torch is not installed (pip install fastgd[torch])") from None
+    if recipe.out != _F.NONE:
+        raise Skip("torch.optim has no master-weight step (float32 param, 16-bit grad in, 16-bit copy out)")
+    if recipe.param == _F.BF16_SR:
+        raise Skip("torch.optim has no stochastic rounding")
+    o, _ = _formats_options()
+    params = _peer_params(torch, recipe, size, parameter=False)
+    opt = torch.optim.AdamW(params, lr=o["lr"], betas=o["betas"], eps=o["eps"], weight_decay=o["weight_decay"],
+                            fused=True)
+    if recipe.state != recipe.param:   # torch keeps states in the param's dtype: give it others
+        for p in params:
+            opt.state[p] = {"step": torch.tensor(0.0),
+                            "exp_avg": torch.zeros_like(p, dtype=_torch_dtype(torch, recipe.state)),
+                            "exp_avg_sq": torch.zeros_like(p, dtype=_torch_dtype(torch, recipe.state))}
+    try:
+        opt.step()
+    except Exception as exc:  # torch refuses this combination: a skipped row, with torch's words
+        raise Skip(f"torch.optim.AdamW(fused=True): {type(exc).__name__}: {str(exc)[:120]}") from None
+    return opt.step
+
+
+def _deepspeed_formats_case(recipe, size):
+    """DeepSpeedCPUAdam (AdamW mode) with ``recipe``'s formats: float32, bfloat16 or float16
+    params and grads; float32 states (fp32_optimizer_states=True) or the param's dtype."""
+    if recipe.out != _F.NONE or recipe.param == _F.BF16_SR or recipe.grad != recipe.param or (
+            recipe.state not in (_F.F32, recipe.param)):
+        raise Skip("DeepSpeed CPUAdam has no such combination (params and grads of one dtype, "
+                   "states float32 or that dtype)")
+    cls, kwargs = _deepspeed_optimizer(RULES[FORMATS_RULE])
+    import torch
+    params = _peer_params(torch, recipe, size, parameter=True)
+    try:
+        opt = cls(params, **kwargs, fp32_optimizer_states=recipe.state == _F.F32)
+        opt.step()
+    except Exception as exc:  # the JIT build failed, or a combination DeepSpeed refuses
+        raise Skip(f"DeepSpeed {cls.__name__}: {type(exc).__name__}: {str(exc)[:160]}") from None
+    return opt.step
+
+
+def make_format_case(recipe, backend, size):
+    """One AdamW step over ``size`` in ``recipe``'s formats on ``backend``: "cython", "numba"
+    (adam_many), "<backend> adam" (the single float32 kernel; fp32 only), "torch-fused",
+    "deepspeed"; raises Skip with the reason it cannot run (bench/test_formats.py)."""
+    if backend in ("torch-fused", "deepspeed"):
+        if backend == "deepspeed" and recipe.deepspeed != recipe.name:
+            raise Skip("DeepSpeed CPUAdam has no such combination")
+        return (_torch_formats_case if backend == "torch-fused" else _deepspeed_formats_case)(recipe, size)
+    if backend.endswith(BEFORE):
+        if recipe.name != "fp32":
+            raise Skip("the single kernel steps float32 (or float64) arrays only")
+        return _before_case(backend.removesuffix(BEFORE), _format_arrays(recipe, size))
+    if backend not in ("cython", "numba"):
+        raise ValueError(f"unknown backend {backend!r}")
+    return _many_case(recipe, backend, _format_arrays(recipe, size))
+
+
+def _formats_groups(size, backends, skipped):
+    """The round-robin groups of preset formats over ``size``: per recipe, adam_many on each
+    compiled backend, the peers of those formats, and (fp32) the single adam kernel."""
+    compiled = [b for b in backends if b in ("cython", "numba")]
+    layout = "array" if size.tensors == 1 else "list"
+    groups = []
+    for recipe in FORMAT_RECIPES:
+        label = f"{FORMATS_RULE} {recipe.name}"
+        entries = []
+        try:
+            tensors = _format_arrays(recipe, size)
+        except Skip as why:
+            skipped.extend({"rule": label, "size": size.label, "backend": b, "reason": str(why)} for b in backends)
+            continue
+        for b in compiled:
+            entries.append(_guarded(skipped, label, size, b, lambda b=b: Entry(
+                b, "fastgd", _many_case(recipe, b, tensors), layout, uses=b)))
+            if recipe.name == "fp32":
+                entries.append(_guarded(skipped, label, size, b + BEFORE, lambda b=b: Entry(
+                    b + BEFORE, "fastgd", _before_case(b, tensors), layout, uses=b,
+                    note="the single float32 kernel adam, per tensor: the step before adam_many")))
+        if "torch-fused" in backends:
+            entries.append(_guarded(skipped, label, size, "torch-fused", lambda: Entry(
+                "torch-fused", "peer", _torch_formats_case(recipe, size), "list")))
+        if "deepspeed" in backends and recipe.deepspeed == recipe.name:
+            entries.append(_guarded(skipped, label, size, "deepspeed", lambda: Entry(
+                "deepspeed", "peer", _deepspeed_formats_case(recipe, size), "list")))
+        entries = [e for e in entries if e]
+        if entries:
+            groups.append(Group(FORMATS_RULE, recipe.bytes_per_element, 3, entries, pattern=recipe.pattern,
+                                recipe=recipe))
+    return groups
+
+
+def _formats_ratios(rows):
+    """Each row's speedups over the same run's torch fused fp32 and bf16, its DeepSpeed row and
+    (fastgd rows) its backend's single fp32 kernel: fields speedup_vs_torch_fused (fp32),
+    speedup_vs_torch_fused_bf16, deepspeed_recipe, speedup_vs_deepspeed, speedup_vs_before."""
+    recipes = {r.name: r for r in FORMAT_RECIPES}
+    runs = {}
+    for row in rows:
+        runs.setdefault((row["size"], row["threads"]), {})[(row["recipe"], row["backend"])] = row["seconds"]
+    for row in rows:
+        times = runs[(row["size"], row["threads"])]
+        t = row["seconds"]
+        stream = row["kind"] == "stream"
+
+        def vs(key):
+            other = times.get(key)
+            return None if stream or other is None else other / t
+        ds = recipes[row["recipe"]].deepspeed
+        backend = row["backend"].removesuffix(BEFORE)
+        row.update(speedup_vs_torch_fused=vs(("fp32", "torch-fused")),
+                   speedup_vs_torch_fused_bf16=vs(("bf16", "torch-fused")),
+                   deepspeed_recipe=ds, speedup_vs_deepspeed=vs((ds, "deepspeed")) if ds else None,
+                   speedup_vs_before=vs(("fp32", backend + BEFORE)) if row["kind"] == "fastgd" else None)
+    return rows
+
+
+def formats_targets(rows):
+    """Issue 14's targets (FORMAT_TARGETS) against the rows of a formats run: one entry per
+    target, fastgd adam_many row (size, threads, backend): its value, the least, met (None when
+    the value is missing: a peer absent, a row in cache)."""
+    out = []
+    many = [r for r in rows if r["kind"] == "fastgd" and not r["backend"].endswith(BEFORE)]
+    for recipe, field, least, text in FORMAT_TARGETS:
+        for row in many:
+            if recipe is not None and row["recipe"] != recipe:
+                continue
+            value = row.get(field)
+            why = None
+            if value is None:
+                why = ("in cache" if field == "fraction_of_bandwidth" and row["in_cache"]
+                       else "no row to compare with")
+            out.append({"target": text.format(recipe=row["recipe"]), "recipe": row["recipe"], "field": field,
+                        "size": row["size"], "threads": row["threads"], "backend": row["backend"],
+                        "value": value, "least": least, "met": None if value is None else value >= least,
+                        "why_not_measured": why})
+    return out
+
+
+def run_formats(*, sizes, threads, backends, rounds=7, min_seconds=0.05, stream_elements=STREAM_ELEMENTS,
+                progress=None):
+    """Preset formats (issue 14: fewer bytes per step): per size and thread count, in one
+    round-robin, AdamW through adam_many in every recipe of FORMAT_RECIPES on each compiled
+    backend, the single float32 adam kernel ("<backend> adam", the before row), torch fused
+    AdamW and DeepSpeedCPUAdam in the formats they have, and per access pattern a
+    stream_formats stream moving exactly the recipe's bytes per element. Returns (rows,
+    skipped, targets); rows carry recipe, formats and the speedups of _formats_ratios."""
+    rows_backends = [b for b in expand_backends(backends) if b in FORMATS_BACKENDS]
+    skipped = []
+
+    def units(size):
+        yield "adamw formats", _formats_groups(size, rows_backends, skipped)
+    rows = run_groups(units, sizes=sizes, dtype=np.float32, threads=threads, rounds=rounds,
+                      min_seconds=min_seconds, stream_elements=stream_elements, progress=progress)
+    rows = _formats_ratios(rows)
+    return rows, skipped, formats_targets(rows)
 
 
 # --- preset callpath -----------------------------------------------------------------------------

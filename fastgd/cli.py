@@ -1,6 +1,6 @@
 """The ``fastgd`` command (also ``python -m fastgd``): bench, verify, info, demo.
 
-    fastgd bench [--preset rules|adam|family|clip|callpath] [--rules adam,sgd,...]
+    fastgd bench [--preset rules|adam|family|clip|callpath|formats] [--rules adam,sgd,...]
                  [--sizes 1e3,16e6,many] [--dtype float32|float64] [--threads 1,2]
                  [--backends cython,numba,numpy,torch,deepspeed] [--repeat N]
                  [--quick] [--json FILE] [--plot FILE.png] [--stream-size N]
@@ -14,7 +14,8 @@ access pattern and the step of every rule on every backend, and prints the media
 the fraction of that bandwidth (or "cache" when a stream at the row's size is measured clearly
 faster than the big one), and the speedups over the NumPy reference and over the fastest peer
 present (torch fused/foreach, DeepSpeed). ``--preset`` picks other measurements (clip,
-callpath; benchmarks.PRESETS). The JSON schema is in fastgd/benchmarks.py.
+callpath, formats: AdamW in every storage format against its stream, torch fused and DeepSpeed,
+and issue 14's targets; benchmarks.PRESETS). The JSON schema is in fastgd/benchmarks.py.
 Bad arguments print a message and exit with status 2; ``verify`` exits 1 when a backend
 disagrees with the reference.
 """
@@ -260,6 +261,54 @@ def _skipped(data):
             _print(f"  {backend}: {reason} ({', '.join(dict.fromkeys(rules))})")
 
 
+def _formats_tables(data):
+    """Preset formats: per size and thread count one table (a section per recipe), then the
+    targets of issue 14."""
+    results = data["results"]
+    for size, threads in dict.fromkeys((r["size"], r["threads"]) for r in results):
+        sub = [r for r in results if r["size"] == size and r["threads"] == threads]
+        rows, sections, last = [], [], None
+        for r in sub:
+            if r["recipe"] != last:
+                sections.append(len(rows))
+                last = r["recipe"]
+            stream = r["kind"] == "stream"
+            rows.append([
+                r["recipe"] if stream else "", f"{r['bytes_per_element']}" if stream else "",
+                "stream (bw)" if stream else r["backend"],
+                ("floor " if stream else "") + _fmt_time(r["seconds"]), _fmt(r["gbps"], ".1f"),
+                _fmt(r["fraction_of_bandwidth"], ".2f", "cache"),
+                (("in " if r["in_cache"] else "out ") + f"{r['cache_ratio']:.2f}x") if stream else "",
+            ] + ["" if stream else _fmt(r.get(key), ".2f") for key in (
+                "speedup_vs_before", "speedup_vs_torch_fused", "speedup_vs_torch_fused_bf16",
+                "speedup_vs_deepspeed")])
+        sub0 = sub[0]
+        title = (f"AdamW storage formats, {size} elements"
+                 + (f" ({sub0['tensors']:,} tensors)" if sub0["tensors"] > 1 else "") + f", threads={threads}")
+        other_ds = sorted({(r["recipe"], r["deepspeed_recipe"]) for r in sub
+                           if r.get("deepspeed_recipe") not in (None, r["recipe"])})
+        caption = ("B/el: bytes per element of the recipe (its stream moves the same bytes, same roles and "
+                   "widths); of bw: GB/s / that stream's GB/s, same rounds; x bef: the backend's single float32 "
+                   "adam kernel (the before row) / this row's time; x tf32, x tbf16: torch.optim.AdamW(fused="
+                   "True) on float32 / bfloat16; x DS: DeepSpeedCPUAdam in the same formats"
+                   + "".join(f"; {a}: vs DeepSpeed {b}" for a, b in other_ds))
+        _show_table(title, [("recipe", "left"), ("B/el", "right"), ("backend", "left"), ("time", "right"),
+                            ("GB/s", "right"), ("of bw", "right"), ("cache", "right"), ("x bef", "right"),
+                            ("x tf32", "right"), ("x tbf16", "right"), ("x DS", "right")],
+                    rows, sections=sections, caption=caption)
+    targets = data.get("targets") or []
+    if targets:
+        rows = []
+        for t in targets:
+            status = ("met" if t["met"] else "MISSED") if t["met"] is not None else f"- ({t['why_not_measured']})"
+            rows.append([t["target"], t["size"], str(t["threads"]), t["backend"], _fmt(t["value"], ".2f"),
+                         f"{t['least']:g}", status])
+        _show_table("Issue 14 targets (one run on this machine; ratios only mean anything within it)",
+                    [("target", "left"), ("size", "right"), ("thr", "right"), ("backend", "left"),
+                     ("value", "right"), ("least", "right"), ("", "left")], rows)
+    _skipped(data)
+
+
 def _callpath_table(data):
     results = data["results"]
     for threads in dict.fromkeys(r["threads"] for r in results):
@@ -278,13 +327,18 @@ def _callpath_table(data):
     _skipped(data)
 
 
+def _rule_label(r):
+    """A row's rule, with its storage-format recipe (preset formats) when it has one."""
+    return r["rule"] + (f" {r['recipe']}" if r.get("recipe") else "")
+
+
 def _plot(data, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [r for r in data["results"] if r["backend"] != "stream"]
     panels = list(dict.fromkeys((r["size"], r["threads"]) for r in rows))
-    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    rules = list(dict.fromkeys(_rule_label(r) for r in rows))
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.1 * len(rules) * max(1, len(backends)) / 2), 3.2 * len(panels)),
                              squeeze=False)
@@ -296,7 +350,7 @@ def _plot(data, path):
         for j, backend in enumerate(backends):
             ys = []
             for rule in rules:
-                r = next((r for r in sub if r["rule"] == rule and r["backend"] == backend), None)
+                r = next((r for r in sub if _rule_label(r) == rule and r["backend"] == backend), None)
                 ys.append(r[key] if r and r[key] is not None else 0.0)
             ax.bar(np.arange(len(rules)) + (j - (len(backends) - 1) / 2) * width, ys, width, label=backend)
         if use_bw:
@@ -316,7 +370,8 @@ def _compare(path_a, path_b):
     a, b = B.load_json(path_a), B.load_json(path_b)
 
     def key(r):   # callpath rows: their call in place of the rule, no size or dtype
-        return (r.get("rule", r.get("case")), r.get("size", ""), r.get("dtype", ""), r["threads"], r["backend"])
+        rule = _rule_label(r) if "rule" in r else r.get("case")
+        return (rule, r.get("size", ""), r.get("dtype", ""), r["threads"], r["backend"])
     index_b = {key(r): r for r in b["results"]}
     rows, sections, last = [], [], None
     for ra in a["results"]:
@@ -367,8 +422,10 @@ def _bench_settings(args):
     if not cython_ok and args.preset != "callpath":
         raise B.UsageError("the bandwidth is measured with the Cython stream kernel, and the Cython "
                            f"extension is unusable: {cython_why}")
+    if args.preset == "formats" and args.dtype != "float32":
+        raise B.UsageError("--dtype does not apply to --preset formats (its recipes give each array's format)")
     rounds = args.repeat or (3 if args.quick else preset.get("rounds", 7))
-    return {"preset": args.preset, "rules": rules if args.preset in ("rules", "adam", "family") else [],
+    return {"preset": args.preset, "rules": rules if args.preset in ("rules", "adam", "family", "formats") else [],
             "sizes": [{"label": s.label, "elements": s.elements, "tensors": s.tensors} for s in sizes],
             "dtype": args.dtype, "threads": threads, "backends": backends, "rounds": rounds,
             "min_seconds": 0.005 if args.quick else 0.05, "quick": bool(args.quick),
@@ -383,12 +440,15 @@ def _run_preset(settings, sizes, progress):
     common.update(sizes=sizes, dtype=settings["dtype"], stream_elements=settings["stream_elements"])
     if settings["preset"] == "clip":
         return B.run_clip(**common)
+    if settings["preset"] == "formats":
+        del common["dtype"]
+        return B.run_formats(**common)
     return B.run_bench(rules=settings["rules"], quick=settings["quick"], **common)
 
 
 def _groups(settings, sizes):
     """Round-robin groups the run has (for the progress bar)."""
-    per_size = {"callpath": 0, "clip": 1}.get(settings["preset"], len(settings["rules"]))
+    per_size = {"callpath": 0, "clip": 1, "formats": 1}.get(settings["preset"], len(settings["rules"]))
     return max(1, len(sizes) * per_size) * len(settings["threads"])
 
 
@@ -410,13 +470,17 @@ def cmd_bench(args, argv):
         _print(f"(plain-text tables: {BENCH_EXTRA} for rich tables and a progress bar)")
     _print()
     with _Progress(_groups(settings, sizes), quiet=args.no_progress) as progress:
-        results, skipped = _run_preset(settings, sizes, progress)
+        results, skipped, *targets = _run_preset(settings, sizes, progress)
     data = {"schema": B.SCHEMA,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "argv": list(argv), "environment": env, "settings": settings,
             "results": results, "skipped": skipped}
+    if targets:
+        data["targets"] = targets[0]
     if settings["preset"] == "callpath":
         _callpath_table(data)
+    elif settings["preset"] == "formats":
+        _formats_tables(data)
     else:
         _bench_tables(data)
     if json_path:

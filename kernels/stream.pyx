@@ -8,9 +8,21 @@ the norm kernel walks it: each thread reads its piece as several interleaved seq
 (one read-only stream per core is latency-bound; see fgd_sum*_range in _lanes.h), so the
 read-only yardstick measures the memory, not one stream's misses in flight.
 Parallelised exactly like the update kernels (same pieces, same threshold).
+
+``stream_formats(rw, read, out)`` is the same yardstick over arrays of mixed widths, for the
+storage formats of kernels/CONTRACT.md's ``<rule>_many``: every array is 32-bit (float32) or
+16-bit (its bits taken as bfloat16: loaded by a shift, stored truncated, the cheapest
+conversion there is), ``rw`` are read and written once, ``read`` read once (at most one array
+of each width), ``out`` written once and never read (a 16-bit copy of a master param; at most
+one of each width). Bytes per element: 2 x the widths of ``rw`` + the widths of ``read`` and
+``out``: bf16 AdamW (p, m, v, g) 14, master weights (f32 p, m, v; bf16 g in, bf16 copy out) 28.
+One pass walks every array side by side in blocks of FGD_SF_BLOCK elements (the reads summed
+into a block buffer in L1, then each written array's block): each array streams once, in order,
+interleaved with the others, as in a fused update loop.
 """
 from cython.parallel cimport prange
 cimport numpy as cnp
+from libc.stdint cimport uint16_t
 
 from _arrays cimport data_of
 from _parallel cimport piece_start, threads_for
@@ -114,4 +126,152 @@ def stream(list written, cnp.ndarray read):
             lo = piece_start(n, nthreads, t)
             hi = piece_start(n, nthreads, t + 1)
             total += _stream_piece(w, nw, r, lo, hi)
+    return total
+
+
+# --- mixed widths: stream_formats --------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #define FGD_SF_BLOCK 128
+    #define FGD_SF_MAX 5
+    typedef struct {
+        int n32, n16;                       /* read-write arrays of each width */
+        float* w32[FGD_SF_MAX];
+        uint16_t* w16[FGD_SF_MAX];
+        const float* r32;                   /* read-only arrays (NULL: none of that width) */
+        const uint16_t* r16;
+        float* o32;                         /* write-only arrays (NULL: none) */
+        uint16_t* o16;
+    } fgd_sf_t;
+
+    static inline __attribute__((always_inline)) float fgd_sf_load16(uint16_t b) {
+        uint32_t u = (uint32_t)b << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    static inline __attribute__((always_inline)) uint16_t fgd_sf_store16(float f) {
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        return (uint16_t)(u >> 16);
+    }
+
+    /* One block [b, b + m) of every array; m a constant where inlined with FGD_SF_BLOCK. */
+    static inline __attribute__((always_inline)) float fgd_sf_block(const fgd_sf_t* s, ptrdiff_t b,
+                                                                     ptrdiff_t m, float* x) {
+        ptrdiff_t i;
+        int j;
+        float total = 0;
+        if (s->r32 && s->r16) {
+            const float* r = s->r32 + b;
+            const uint16_t* h = s->r16 + b;
+            for (i = 0; i < m; i++) x[i] = r[i] + fgd_sf_load16(h[i]);
+        } else if (s->r32) {
+            const float* r = s->r32 + b;
+            for (i = 0; i < m; i++) x[i] = r[i];
+        } else {
+            const uint16_t* h = s->r16 + b;
+            for (i = 0; i < m; i++) x[i] = fgd_sf_load16(h[i]);
+        }
+        for (j = 0; j < s->n32; j++) {
+            float* w = s->w32[j] + b;
+            for (i = 0; i < m; i++) w[i] += x[i];
+        }
+        for (j = 0; j < s->n16; j++) {
+            uint16_t* w = s->w16[j] + b;
+            for (i = 0; i < m; i++) w[i] = fgd_sf_store16(fgd_sf_load16(w[i]) + x[i]);
+        }
+        if (s->o32) {
+            float* o = s->o32 + b;
+            for (i = 0; i < m; i++) o[i] = x[i];
+        }
+        if (s->o16) {
+            uint16_t* o = s->o16 + b;
+            for (i = 0; i < m; i++) o[i] = fgd_sf_store16(x[i]);
+        }
+        if (!(s->n32 || s->n16 || s->o32 || s->o16))
+            for (i = 0; i < m; i++) total += x[i];
+        return total;
+    }
+
+    static double fgd_sf_piece(const fgd_sf_t* s, ptrdiff_t lo, ptrdiff_t hi) {
+        float x[FGD_SF_BLOCK] __attribute__((aligned(64)));
+        double total = 0;
+        ptrdiff_t b = lo;
+        for (; b + FGD_SF_BLOCK <= hi; b += FGD_SF_BLOCK) total += fgd_sf_block(s, b, FGD_SF_BLOCK, x);
+        if (b < hi) total += fgd_sf_block(s, b, hi - b, x);
+        return total;
+    }
+    """
+    ctypedef struct fgd_sf_t:
+        int n32, n16
+        float* w32[5]
+        uint16_t* w16[5]
+        const float* r32
+        const uint16_t* r16
+        float* o32
+        uint16_t* o16
+    double fgd_sf_piece(const fgd_sf_t* s, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
+
+
+cdef void* _raw(cnp.ndarray a, Py_ssize_t n, bint writable) except NULL:
+    """The data of a C-contiguous array of n elements of 2 or 4 bytes (any dtype), else raise."""
+    if (cnp.PyArray_SIZE(a) != n or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or (writable and not cnp.PyArray_ISWRITEABLE(a)) or cnp.PyArray_ITEMSIZE(a) not in (2, 4)):
+        raise ValueError("stream_formats arrays must be C-contiguous, of 2 or 4 bytes per element, of one "
+                         "length, the written ones writable")
+    return cnp.PyArray_DATA(a)
+
+
+def stream_formats(list rw, list read, list out=None):
+    """Read ``read`` (one array per width at most) and add it into every array of ``rw``; store
+    it into every array of ``out`` (one per width at most). 16-bit arrays are bfloat16 bits.
+    Returns the sum of what was read when nothing is written."""
+    cdef fgd_sf_t s
+    cdef cnp.ndarray a
+    cdef Py_ssize_t n, lo, hi
+    cdef int t, nthreads
+    cdef double total = 0
+    out = out or []
+    if not read:
+        raise ValueError("stream_formats reads at least one array")
+    n = cnp.PyArray_SIZE(read[0])
+    s.n32 = s.n16 = 0
+    s.r32 = NULL
+    s.r16 = NULL
+    s.o32 = NULL
+    s.o16 = NULL
+    for a in rw:
+        if cnp.PyArray_ITEMSIZE(a) == 4:
+            if s.n32 == MAX_WRITTEN:
+                raise ValueError(f"at most {MAX_WRITTEN} read-write arrays of each width")
+            s.w32[s.n32] = <float*>_raw(a, n, True)
+            s.n32 += 1
+        else:
+            if s.n16 == MAX_WRITTEN:
+                raise ValueError(f"at most {MAX_WRITTEN} read-write arrays of each width")
+            s.w16[s.n16] = <uint16_t*>_raw(a, n, True)
+            s.n16 += 1
+    for a in read:
+        if cnp.PyArray_ITEMSIZE(a) == 4 and s.r32 == NULL:
+            s.r32 = <const float*>_raw(a, n, False)
+        elif cnp.PyArray_ITEMSIZE(a) == 2 and s.r16 == NULL:
+            s.r16 = <const uint16_t*>_raw(a, n, False)
+        else:
+            raise ValueError("stream_formats reads at most one array of each width (2 or 4 bytes)")
+    for a in out:
+        if cnp.PyArray_ITEMSIZE(a) == 4 and s.o32 == NULL:
+            s.o32 = <float*>_raw(a, n, True)
+        elif cnp.PyArray_ITEMSIZE(a) == 2 and s.o16 == NULL:
+            s.o16 = <uint16_t*>_raw(a, n, True)
+        else:
+            raise ValueError("stream_formats writes at most one out array of each width (2 or 4 bytes)")
+    nthreads = threads_for(n)
+    with nogil:
+        for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+            lo = piece_start(n, nthreads, t)
+            hi = piece_start(n, nthreads, t + 1)
+            total += fgd_sf_piece(&s, lo, hi)
     return total

@@ -1,7 +1,9 @@
 """fastgd bench's measurement logic (never the times): the cache decision, the presets, the
 restoring of the user's backend and threads."""
 import json
+import sys
 
+import numpy as np
 import pytest
 
 import fastgd
@@ -161,3 +163,126 @@ def test_round_robin_runs_before_ahead_of_each_batch():
                             before={"a": lambda: fastgd.set_backend("numba")})
     assert set(times) == {"a", "b"}
     assert seen and set(seen) == {"numba"}
+
+
+def _bf16_bits(x):
+    return (np.asarray(x, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _from_bits(h):
+    return (h.astype(np.uint32) << 16).view(np.float32)
+
+
+@pytest.mark.parametrize("n", [1, 127, 129, 100_003])
+def test_stream_formats_moves_every_array_once(n):
+    """The mixed-width stream: each rw array += what was read (16-bit: bfloat16 bits, truncated),
+    each out array = what was read, nothing else touched."""
+    stream_formats = registry.kernel("stream_formats", "cython")
+    rng = np.random.default_rng(n)
+    r32, w32, o32 = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    r16, w16, o16 = (_bf16_bits(rng.standard_normal(n)) for _ in range(3))
+    x = r32 + _from_bits(r16)
+    want_w32, want_w16 = w32 + x, _bf16_bits(_from_bits(w16) + x)
+    keep_r32, keep_r16 = r32.copy(), r16.copy()
+    assert stream_formats([w32, w16], [r32, r16], [o32, o16]) == 0
+    np.testing.assert_array_equal(w32, want_w32)
+    np.testing.assert_array_equal(w16, want_w16)
+    np.testing.assert_array_equal(o32, x)
+    np.testing.assert_array_equal(o16, _bf16_bits(x))
+    np.testing.assert_array_equal(r32, keep_r32)
+    np.testing.assert_array_equal(r16, keep_r16)
+    # read only: the sum
+    assert stream_formats([], [r32]) == pytest.approx(float(r32.astype(np.float64).sum()), rel=1e-4, abs=1e-3)
+
+
+def test_stream_formats_refuses_bad_arrays():
+    stream_formats = registry.kernel("stream_formats", "cython")
+    a, b = np.ones(10, np.float32), np.ones(10, np.float32)
+    for args in (([a], []), ([a], [b, np.ones(10, np.float32)]), ([a], [np.ones(9, np.float32)]),
+                 ([np.ones(10)], [b]), ([a], [b], [np.ones(10, np.float32), np.ones(10, np.float32)])):
+        with pytest.raises(ValueError):
+            stream_formats(*args)
+
+
+def _check_formats_run(data, backends):
+    """Preset formats' JSON: one stream per recipe whose bytes are the recipe's, every row with
+    its recipe, formats and speedups, each compiled backend's recipes measured or skipped with
+    the reason, the targets listed."""
+    rows = data["results"]
+    recipes = {r.name: r for r in B.FORMAT_RECIPES}
+    assert data["settings"]["preset"] == "formats"
+    for row in rows:
+        recipe = recipes[row["recipe"]]
+        assert row["rule"] == "adamw" and row["bytes_per_element"] == recipe.bytes_per_element
+        assert row["formats"] == recipe.formats and row["seconds"] > 0
+        for key in ("speedup_vs_torch_fused", "speedup_vs_torch_fused_bf16", "speedup_vs_deepspeed",
+                    "speedup_vs_before", "fraction_of_bandwidth"):
+            assert row[key] is None or isinstance(row[key], float), key
+        if row["kind"] == "stream":
+            assert row["note"].startswith(f"{len(recipe.pattern[0])} arrays read+written")
+    measured = {(r["recipe"], r["backend"]) for r in rows}
+    skipped = {(s["rule"], s["backend"]) for s in data["skipped"]}
+    for recipe in recipes:
+        for backend in backends:
+            assert (recipe, backend) in measured or (f"adamw {recipe}", backend) in skipped, (recipe, backend)
+        if any(r["recipe"] == recipe for r in rows):
+            assert (recipe, "stream") in measured
+    for backend in backends:   # the before row: the single kernel, against which x before is 1
+        before = [r for r in rows if r["backend"] == backend + B.BEFORE]
+        assert all(r["speedup_vs_before"] == 1.0 for r in before)
+    for t in data["targets"]:
+        assert t["met"] is None or t["met"] == (t["value"] >= t["least"])
+
+
+def test_formats_preset(capsys, tmp_path):
+    out, data = _run(capsys, ["--preset", "formats", "--sizes", "1e4,3x700", "--backends", "cython,numba"],
+                     tmp_path)
+    _check_formats_run(data, ["cython", "numba"])
+    assert {r["size"] for r in data["results"]} == {"10,000", "3x700"}
+    for word in ("AdamW storage formats", "x tbf16", "Issue 14 targets", "bf16+fp32-states"):
+        assert word in out
+
+
+def test_formats_preset_without_peers(monkeypatch):
+    """torch and DeepSpeed absent: their rows are skipped with the reason, the rest is measured."""
+    monkeypatch.setitem(sys.modules, "torch", None)        # importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    rows, skipped, targets = B.run_formats(sizes=B.parse_sizes("1e4"), threads=[1],
+                                           backends=["cython", "torch", "deepspeed"], rounds=1,
+                                           min_seconds=0.001, stream_elements=100_000)
+    reasons = {(s["rule"], s["backend"]): s["reason"] for s in skipped}
+    assert "not installed" in reasons[("adamw fp32", "torch-fused")]
+    assert "not installed" in reasons[("adamw bf16", "deepspeed")]
+    assert not any(r["kind"] == "peer" for r in rows)
+    _check_formats_run({"results": rows, "skipped": skipped, "targets": targets,
+                        "settings": {"preset": "formats"}}, ["cython"])
+    assert all(t["value"] is None for t in targets if "torch" in t["target"] or "DeepSpeed" in t["target"])
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+@pytest.mark.parametrize("recipe", B.FORMAT_RECIPES, ids=lambda r: r.name)
+def test_formats_preset_steps_what_its_recipe_says(recipe, backend):
+    """The preset's adam_many table (addresses, roles, codes) against the reference: every array
+    one step of AdamW on its loaded values, within its format's rounding (stochastic: one ulp)."""
+    from fastgd import _reference
+    from fastgd import formats as F
+    size = B.Size("2x1,000", 2_000, 2)
+    tensors = B._format_arrays(recipe, size)
+    before = [{k: F.load(a).astype(np.float32) for k, a in t.items()} for t in tensors]
+    try:
+        step = B._many_case(recipe, backend, tensors)
+    except B.Skip as why:
+        pytest.skip(str(why))
+    step()
+    _, scalars = B._formats_options()
+    rtol = {F.F32: 1e-5, F.BF16: 2 ** -8, F.BF16_SR: 2 ** -7, F.F16: 2 ** -11}
+    for t, b in zip(tensors, before):
+        p, m, v = b["param"], b["exp_avg"], b["exp_avg_sq"]
+        _reference.adam(p, b["grad"], p, m, v, v, 1.0, False, False, *scalars)
+        want = {"param": (p, recipe.param), "exp_avg": (m, recipe.state), "exp_avg_sq": (v, recipe.state)}
+        if recipe.out != F.NONE:
+            want["out"] = (p, recipe.out)
+        for role, (value, code) in want.items():
+            np.testing.assert_allclose(F.load(t[role]).astype(np.float32), value, rtol=rtol[code], atol=1e-6,
+                                       err_msg=f"{recipe.name} {backend} {role}")
+        np.testing.assert_array_equal(F.load(t["grad"]).astype(np.float32), b["grad"])

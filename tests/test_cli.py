@@ -129,6 +129,8 @@ def test_bench_plot_and_compare(bench_json, tmp_path, capsys):
     ["bench", "--preset", "clip", "--rules", "adam"],
     ["bench", "--preset", "callpath", "--sizes", "1e3"],
     ["bench", "--preset", "callpath", "--plot", "x.png"],
+    ["bench", "--preset", "formats", "--dtype", "float64"],
+    ["bench", "--preset", "formats", "--rules", "adam"],
     ["bench", "--json", "/nonexistent-dir/out.json"],
     ["bench", "--json", "/"],
     ["bench", "--plot", "/nonexistent-dir/out.png"],

@@ -10,4 +10,4 @@ from .rmsprop import rmsprop, rmsprop_many  # noqa: F401
 from .runtime import format_paths, get_num_threads, openmp_version, set_num_threads  # noqa: F401
 from .sgd import sgd, sgd_many  # noqa: F401
 from .runtime import force_serial, forked_serial, parallel_started  # noqa: F401  (fork safety)
-from .stream import stream  # noqa: F401
+from .stream import stream, stream_formats  # noqa: F401
