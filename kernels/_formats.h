@@ -45,7 +45,7 @@ static inline float fgd_float(uint32_t u) { float x; memcpy(&x, &u, 4); return x
 static inline uint32_t fgd_mix32(uint32_t x) {
     x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16; return x;
 }
-static inline fgd_u32x16 fgd_mix32v(fgd_u32x16 x) {
+static inline __attribute__((always_inline)) fgd_u32x16 fgd_mix32v(fgd_u32x16 x) {
     x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16; return x;
 }
 
@@ -82,12 +82,12 @@ static inline uint16_t fgd_to_f16(float x) {
 
 /* --- 16 lanes ------------------------------------------------------------------------------- */
 
-static inline void fgd_ld16_bf16(const uint16_t* s, float* L) {
+static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* s, float* L) {
     fgd_u16x16 h; memcpy(&h, s, 32);
     fgd_u32x16 u = __builtin_convertvector(h, fgd_u32x16) << 16;
     memcpy(L, &u, 64);
 }
-static inline void fgd_ld16_f16(const uint16_t* s, float* L) {
+static inline __attribute__((always_inline)) void fgd_ld16_f16(const uint16_t* s, float* L) {
 #if defined(__AVX512F__)
     _mm512_storeu_ps(L, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)s)));
 #elif defined(__F16C__)
@@ -98,14 +98,14 @@ static inline void fgd_ld16_f16(const uint16_t* s, float* L) {
 #endif
 }
 /* bf16 rounding of 16 lanes: `add` the bits added before truncation (RNE or random) */
-static inline fgd_u16x16 fgd_bf16x16(fgd_u32x16 u, fgd_u32x16 add) {
+static inline __attribute__((always_inline)) fgd_u16x16 fgd_bf16x16(fgd_u32x16 u, fgd_u32x16 add) {
     fgd_u32x16 nan = (fgd_u32x16)((u & 0x7FFFFFFFu) > 0x7F800000u);
     fgd_u32x16 tiny = (fgd_u32x16)((u & 0x7F800000u) == 0);
     fgd_u32x16 r = (u + add) >> 16;
     r = (nan & ((u >> 16) | 0x40u)) | (~nan & ((tiny & ((u >> 16) & 0x8000u)) | (~tiny & r)));
     return __builtin_convertvector(r, fgd_u16x16);
 }
-static inline void fgd_st16_bf16(const float* L, uint16_t* d) {
+static inline __attribute__((always_inline)) void fgd_st16_bf16(const float* L, uint16_t* d) {
 #if defined(__AVX512BF16__)
     __m256bh r = _mm512_cvtneps_pbh(_mm512_loadu_ps(L));
     memcpy(d, &r, 32);
@@ -115,14 +115,14 @@ static inline void fgd_st16_bf16(const float* L, uint16_t* d) {
     memcpy(d, &r, 32);
 #endif
 }
-static inline void fgd_st16_bf16_sr(const float* L, uint16_t* d, uint32_t key, uint32_t i0) {
+static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* L, uint16_t* d, uint32_t key, uint32_t i0) {
     static const fgd_u32x16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     fgd_u32x16 u; memcpy(&u, L, 64);
     fgd_u32x16 idx = (lane + i0) * FGD_GOLDEN;
     fgd_u16x16 r = fgd_bf16x16(u, fgd_mix32v(idx ^ key) >> 16);
     memcpy(d, &r, 32);
 }
-static inline void fgd_st16_f16(const float* L, uint16_t* d) {
+static inline __attribute__((always_inline)) void fgd_st16_f16(const float* L, uint16_t* d) {
 #if defined(__AVX512F__)
     _mm256_storeu_si256((__m256i*)d, _mm512_cvtps_ph(_mm512_loadu_ps(L),
                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -136,7 +136,7 @@ static inline void fgd_st16_f16(const float* L, uint16_t* d) {
 
 /* Lanes [0, k) of L from elements i .. i + k - 1 of the array at `base` in format `fmt`
  * (k <= 16; lanes k.. are set to 0, never stored). */
-static inline void fgd_ld(int fmt, const char* base, ptrdiff_t i, float* L, int k) {
+static inline __attribute__((always_inline)) void fgd_ld(int fmt, const char* base, ptrdiff_t i, float* L, int k) {
     int j;
     if (k == FGD_LANES) {
         switch (fmt) {
@@ -159,7 +159,7 @@ static inline void fgd_ld(int fmt, const char* base, ptrdiff_t i, float* L, int 
  * as formats.py says; `key`: the tensor's stochastic-rounding key (FGD_BF16_SR only), mixed with
  * the array's `role` (its column in the table), i the index in the tensor (so the random bits
  * of an element do not depend on the thread split). */
-static inline void fgd_st(int fmt, const float* L, char* base, ptrdiff_t i, int k, uint32_t key,
+static inline __attribute__((always_inline)) void fgd_st(int fmt, const float* L, char* base, ptrdiff_t i, int k, uint32_t key,
                           int role) {
     int j;
     if (fmt == FGD_BF16_SR && role)       /* each role its own random bits (formats.role_key) */

@@ -12,7 +12,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport compute_kind, local_row, run_many
+from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
 from _math cimport _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
@@ -26,7 +26,7 @@ cdef extern from *:
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_7adagrad__adagrad_piece(float *, float const *, float *, float *, Py_ssize_t, float, int, float, float, int, float) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_7adagrad__adagrad_piece(double *, double const *, double *, double *, Py_ssize_t, double, int, double, double, int, double) __attribute__((noinline));
     struct __pyx_t_6fastgd_7_cython_7adagrad_AdagradK;
-    static inline void __pyx_f_6fastgd_7_cython_7adagrad__adagrad_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_7adagrad_AdagradK const *, int) __attribute__((always_inline));
+    static inline void __pyx_f_6fastgd_7_cython_7adagrad__adagrad_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_7adagrad_AdagradK const *, int, int) __attribute__((always_inline));
     """
 
 
@@ -90,7 +90,7 @@ cdef void _adagrad(floating* p, const floating* g, floating* acc, floating* s, P
 
 
 cdef inline void _adagrad_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssize_t hi,
-                                uint32_t key, const AdagradK* kp, bint use_acc) noexcept nogil:
+                                uint32_t key, const AdagradK* kp, bint use_acc, int recipe) noexcept nogil:
     # 16 lanes of each role loaded to float32, the single kernel's body on them, stored back in
     # each role's format. use_acc is a constant here (see _adagrad_segment).
     # the row and codes in locals: read through the pointers, every store through a char*
@@ -98,6 +98,7 @@ cdef inline void _adagrad_lanes(char** row, const int* codes, Py_ssize_t lo, Py_
     cdef char* a[5]
     cdef int f[5]
     local_row(row, codes, a, f, 5)
+    apply_recipe(f, 5, recipe)   # known formats as constants (see _adagrad_segment)
     cdef AdagradK k = kp[0]       # a local copy, for the same reason
     cdef float P[16]
     cdef float G[16]
@@ -126,6 +127,7 @@ cdef inline void _adagrad_lanes(char** row, const int* codes, Py_ssize_t lo, Py_
 cdef void _adagrad_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
                            const void* kv) noexcept nogil:
     # One tensor's piece of adagrad_many. Roles: p, g, acc, sum, out (kernels/CONTRACT.md).
+    cdef int recipe = recipe_of(f, 5)   # the known recipe these codes are, or -1 (kernels/_layout.pxd)
     cdef const AdagradK* k = <const AdagradK*>kv
     cdef int kind = compute_kind(f, 5)
     if kind == 0:       # all float32, or all float64: the single kernel's loop on the memory
@@ -136,9 +138,32 @@ cdef void _adagrad_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi,
                      <double*>a[3] + lo, hi - lo, k)
     # use_acc, which chooses the roles touched, as a constant: one lane loop each (adam.pyx)
     elif k.use_acc:
-        _adagrad_lanes(a, f, lo, hi, key, k, True)
+        _adagrad_lanes(a, f, lo, hi, key, k, True, -9)
     else:
-        _adagrad_lanes(a, f, lo, hi, key, k, False)
+        if recipe == 0:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 0)
+        elif recipe == 1:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 1)
+        elif recipe == 2:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 2)
+        elif recipe == 3:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 3)
+        elif recipe == 4:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 4)
+        elif recipe == 5:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 5)
+        elif recipe == 6:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 6)
+        elif recipe == 7:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 7)
+        elif recipe == 8:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 8)
+        elif recipe == 9:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 9)
+        elif recipe == 10:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, 10)
+        else:
+            _adagrad_lanes(a, f, lo, hi, key, k, False, -9)
 
 
 def adagrad_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndarray keys,

@@ -14,7 +14,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport compute_kind, local_row, run_many
+from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
 from _math cimport _adam_moments, _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
@@ -28,7 +28,7 @@ cdef extern from *:
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_4adam__adam_piece(float *, float const *, float *, float *, float *, float *, Py_ssize_t, float, int, float, float, float, float, float, float, float, float, int, int) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_4adam__adam_piece(double *, double const *, double *, double *, double *, double *, Py_ssize_t, double, int, double, double, double, double, double, double, double, double, int, int) __attribute__((noinline));
     struct __pyx_t_6fastgd_7_cython_4adam_AdamK;
-    static inline void __pyx_f_6fastgd_7_cython_4adam__adam_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_4adam_AdamK const *, int, int) __attribute__((always_inline));
+    static inline void __pyx_f_6fastgd_7_cython_4adam__adam_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_4adam_AdamK const *, int, int, int) __attribute__((always_inline));
     """
 
 
@@ -132,7 +132,7 @@ cdef void _adam(floating* p, const floating* g, floating* acc, floating* m, floa
 
 cdef inline void _adam_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssize_t hi,
                              uint32_t key, const AdamK* kp, bint use_acc,
-                             bint amsgrad) noexcept nogil:
+                             bint amsgrad, int recipe) noexcept nogil:
     # 16 lanes of each role loaded to float32, the single kernel's body on them, stored back in
     # each role's format. use_acc/amsgrad are constants here (see _adam_segment).
     # the row and codes in locals: read through the pointers, every store through a char*
@@ -140,6 +140,7 @@ cdef inline void _adam_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssi
     cdef char* a[7]
     cdef int f[7]
     local_row(row, codes, a, f, 7)
+    apply_recipe(f, 7, recipe)   # known formats as constants (see _adam_segment)
     cdef AdamK k = kp[0]       # a local copy, for the same reason
     cdef float P[16]
     cdef float G[16]
@@ -179,6 +180,7 @@ cdef inline void _adam_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssi
 cdef void _adam_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
                         const void* kv) noexcept nogil:
     # One tensor's piece of adam_many. Roles: p, g, acc, m, v, vmax, out (kernels/CONTRACT.md).
+    cdef int recipe = recipe_of(f, 7)   # the known recipe these codes are, or -1 (kernels/_layout.pxd)
     cdef const AdamK* k = <const AdamK*>kv
     cdef int kind = compute_kind(f, 7)
     if kind == 0:       # all float32, or all float64: the single kernel's loop on the memory
@@ -192,13 +194,59 @@ cdef void _adam_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, ui
     # at 16M (measured).
     elif k.use_acc:
         if k.amsgrad:
-            _adam_lanes(a, f, lo, hi, key, k, True, True)
+            _adam_lanes(a, f, lo, hi, key, k, True, True, -9)
         else:
-            _adam_lanes(a, f, lo, hi, key, k, True, False)
+            _adam_lanes(a, f, lo, hi, key, k, True, False, -9)
     elif k.amsgrad:
-        _adam_lanes(a, f, lo, hi, key, k, False, True)
+        if recipe == 0:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 0)
+        elif recipe == 1:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 1)
+        elif recipe == 2:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 2)
+        elif recipe == 3:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 3)
+        elif recipe == 4:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 4)
+        elif recipe == 5:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 5)
+        elif recipe == 6:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 6)
+        elif recipe == 7:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 7)
+        elif recipe == 8:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 8)
+        elif recipe == 9:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 9)
+        elif recipe == 10:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, 10)
+        else:
+            _adam_lanes(a, f, lo, hi, key, k, False, True, -9)
     else:
-        _adam_lanes(a, f, lo, hi, key, k, False, False)
+        if recipe == 0:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 0)
+        elif recipe == 1:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 1)
+        elif recipe == 2:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 2)
+        elif recipe == 3:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 3)
+        elif recipe == 4:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 4)
+        elif recipe == 5:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 5)
+        elif recipe == 6:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 6)
+        elif recipe == 7:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 7)
+        elif recipe == 8:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 8)
+        elif recipe == 9:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 9)
+        elif recipe == 10:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, 10)
+        else:
+            _adam_lanes(a, f, lo, hi, key, k, False, False, -9)
 
 
 def adam_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndarray keys,

@@ -13,7 +13,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport compute_kind, local_row, run_many
+from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
 from _math cimport _grad
 from _parallel cimport piece_start, threads_for
 
@@ -27,7 +27,7 @@ cdef extern from *:
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_4lion__lion_piece(float *, float const *, float *, float *, Py_ssize_t, float, int, float, float, float, float, float, float) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_4lion__lion_piece(double *, double const *, double *, double *, Py_ssize_t, double, int, double, double, double, double, double, double) __attribute__((noinline));
     struct __pyx_t_6fastgd_7_cython_4lion_LionK;
-    static inline void __pyx_f_6fastgd_7_cython_4lion__lion_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_4lion_LionK const *, int) __attribute__((always_inline));
+    static inline void __pyx_f_6fastgd_7_cython_4lion__lion_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_4lion_LionK const *, int, int) __attribute__((always_inline));
     """
 
 
@@ -96,7 +96,7 @@ cdef void _lion(floating* p, const floating* g, floating* acc, floating* m, Py_s
 
 
 cdef inline void _lion_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssize_t hi,
-                             uint32_t key, const LionK* kp, bint use_acc) noexcept nogil:
+                             uint32_t key, const LionK* kp, bint use_acc, int recipe) noexcept nogil:
     # 16 lanes of each role loaded to float32, the single kernel's body on them, stored back in
     # each role's format. use_acc is a constant here (see _lion_segment).
     # the row and codes in locals: read through the pointers, every store through a char*
@@ -104,6 +104,7 @@ cdef inline void _lion_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssi
     cdef char* a[5]
     cdef int f[5]
     local_row(row, codes, a, f, 5)
+    apply_recipe(f, 5, recipe)   # known formats as constants (see _lion_segment)
     cdef LionK k = kp[0]       # a local copy, for the same reason
     cdef float P[16]
     cdef float G[16]
@@ -133,6 +134,7 @@ cdef inline void _lion_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssi
 cdef void _lion_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
                         const void* kv) noexcept nogil:
     # One tensor's piece of lion_many. Roles: p, g, acc, m, out (kernels/CONTRACT.md).
+    cdef int recipe = recipe_of(f, 5)   # the known recipe these codes are, or -1 (kernels/_layout.pxd)
     cdef const LionK* k = <const LionK*>kv
     cdef int kind = compute_kind(f, 5)
     if kind == 0:       # all float32, or all float64: the single kernel's loop on the memory
@@ -143,9 +145,32 @@ cdef void _lion_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, ui
                   hi - lo, k)
     # use_acc, which chooses the roles touched, as a constant: one lane loop each (adam.pyx)
     elif k.use_acc:
-        _lion_lanes(a, f, lo, hi, key, k, True)
+        _lion_lanes(a, f, lo, hi, key, k, True, -9)
     else:
-        _lion_lanes(a, f, lo, hi, key, k, False)
+        if recipe == 0:
+            _lion_lanes(a, f, lo, hi, key, k, False, 0)
+        elif recipe == 1:
+            _lion_lanes(a, f, lo, hi, key, k, False, 1)
+        elif recipe == 2:
+            _lion_lanes(a, f, lo, hi, key, k, False, 2)
+        elif recipe == 3:
+            _lion_lanes(a, f, lo, hi, key, k, False, 3)
+        elif recipe == 4:
+            _lion_lanes(a, f, lo, hi, key, k, False, 4)
+        elif recipe == 5:
+            _lion_lanes(a, f, lo, hi, key, k, False, 5)
+        elif recipe == 6:
+            _lion_lanes(a, f, lo, hi, key, k, False, 6)
+        elif recipe == 7:
+            _lion_lanes(a, f, lo, hi, key, k, False, 7)
+        elif recipe == 8:
+            _lion_lanes(a, f, lo, hi, key, k, False, 8)
+        elif recipe == 9:
+            _lion_lanes(a, f, lo, hi, key, k, False, 9)
+        elif recipe == 10:
+            _lion_lanes(a, f, lo, hi, key, k, False, 10)
+        else:
+            _lion_lanes(a, f, lo, hi, key, k, False, -9)
 
 
 def lion_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndarray keys,

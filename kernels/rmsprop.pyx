@@ -14,7 +14,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport compute_kind, local_row, run_many
+from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
 from _math cimport _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
@@ -28,7 +28,7 @@ cdef extern from *:
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_7rmsprop__rmsprop_piece(float *, float const *, float *, float *, float *, float *, Py_ssize_t, float, int, float, float, float, float, float, int, float, int, int) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_7rmsprop__rmsprop_piece(double *, double const *, double *, double *, double *, double *, Py_ssize_t, double, int, double, double, double, double, double, int, double, int, int) __attribute__((noinline));
     struct __pyx_t_6fastgd_7_cython_7rmsprop_RmspropK;
-    static inline void __pyx_f_6fastgd_7_cython_7rmsprop__rmsprop_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_7rmsprop_RmspropK const *, int, int, int) __attribute__((always_inline));
+    static inline void __pyx_f_6fastgd_7_cython_7rmsprop__rmsprop_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_7rmsprop_RmspropK const *, int, int, int, int) __attribute__((always_inline));
     """
 
 
@@ -130,7 +130,7 @@ cdef void _rmsprop(floating* p, const floating* g, floating* acc, floating* sq, 
 
 cdef inline void _rmsprop_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssize_t hi,
                                 uint32_t key, const RmspropK* kp, bint use_acc,
-                                bint use_momentum, bint centered) noexcept nogil:
+                                bint use_momentum, bint centered, int recipe) noexcept nogil:
     # 16 lanes of each role loaded to float32, the single kernel's body on them, stored back in
     # each role's format. use_acc/use_momentum/centered are constants here (see _rmsprop_segment).
     # the row and codes in locals: read through the pointers, every store through a char*
@@ -138,6 +138,7 @@ cdef inline void _rmsprop_lanes(char** row, const int* codes, Py_ssize_t lo, Py_
     cdef char* a[7]
     cdef int f[7]
     local_row(row, codes, a, f, 7)
+    apply_recipe(f, 7, recipe)   # known formats as constants (see _rmsprop_segment)
     cdef RmspropK k = kp[0]       # a local copy, for the same reason
     cdef float P[16]
     cdef float G[16]
@@ -178,6 +179,7 @@ cdef inline void _rmsprop_lanes(char** row, const int* codes, Py_ssize_t lo, Py_
 cdef void _rmsprop_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
                            const void* kv) noexcept nogil:
     # One tensor's piece of rmsprop_many. Roles: p, g, acc, sq, buf, ga, out (kernels/CONTRACT.md).
+    cdef int recipe = recipe_of(f, 7)   # the known recipe these codes are, or -1 (kernels/_layout.pxd)
     cdef const RmspropK* k = <const RmspropK*>kv
     cdef int kind = compute_kind(f, 7)
     if kind == 0:       # all float32, or all float64: the single kernel's loop on the memory
@@ -190,22 +192,114 @@ cdef void _rmsprop_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi,
     elif k.use_acc:
         if k.use_momentum:
             if k.centered:
-                _rmsprop_lanes(a, f, lo, hi, key, k, True, True, True)
+                _rmsprop_lanes(a, f, lo, hi, key, k, True, True, True, -9)
             else:
-                _rmsprop_lanes(a, f, lo, hi, key, k, True, True, False)
+                _rmsprop_lanes(a, f, lo, hi, key, k, True, True, False, -9)
         elif k.centered:
-            _rmsprop_lanes(a, f, lo, hi, key, k, True, False, True)
+            _rmsprop_lanes(a, f, lo, hi, key, k, True, False, True, -9)
         else:
-            _rmsprop_lanes(a, f, lo, hi, key, k, True, False, False)
+            _rmsprop_lanes(a, f, lo, hi, key, k, True, False, False, -9)
     elif k.use_momentum:
         if k.centered:
-            _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True)
+            if recipe == 0:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 0)
+            elif recipe == 1:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 1)
+            elif recipe == 2:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 2)
+            elif recipe == 3:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 3)
+            elif recipe == 4:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 4)
+            elif recipe == 5:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 5)
+            elif recipe == 6:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 6)
+            elif recipe == 7:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 7)
+            elif recipe == 8:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 8)
+            elif recipe == 9:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 9)
+            elif recipe == 10:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, 10)
+            else:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, True, -9)
         else:
-            _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False)
+            if recipe == 0:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 0)
+            elif recipe == 1:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 1)
+            elif recipe == 2:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 2)
+            elif recipe == 3:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 3)
+            elif recipe == 4:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 4)
+            elif recipe == 5:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 5)
+            elif recipe == 6:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 6)
+            elif recipe == 7:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 7)
+            elif recipe == 8:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 8)
+            elif recipe == 9:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 9)
+            elif recipe == 10:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, 10)
+            else:
+                _rmsprop_lanes(a, f, lo, hi, key, k, False, True, False, -9)
     elif k.centered:
-        _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True)
+        if recipe == 0:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 0)
+        elif recipe == 1:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 1)
+        elif recipe == 2:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 2)
+        elif recipe == 3:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 3)
+        elif recipe == 4:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 4)
+        elif recipe == 5:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 5)
+        elif recipe == 6:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 6)
+        elif recipe == 7:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 7)
+        elif recipe == 8:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 8)
+        elif recipe == 9:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 9)
+        elif recipe == 10:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, 10)
+        else:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, True, -9)
     else:
-        _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False)
+        if recipe == 0:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 0)
+        elif recipe == 1:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 1)
+        elif recipe == 2:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 2)
+        elif recipe == 3:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 3)
+        elif recipe == 4:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 4)
+        elif recipe == 5:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 5)
+        elif recipe == 6:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 6)
+        elif recipe == 7:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 7)
+        elif recipe == 8:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 8)
+        elif recipe == 9:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 9)
+        elif recipe == 10:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, 10)
+        else:
+            _rmsprop_lanes(a, f, lo, hi, key, k, False, False, False, -9)
 
 
 def rmsprop_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndarray keys,

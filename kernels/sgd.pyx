@@ -14,7 +14,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport compute_kind, local_row, run_many
+from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
 from _math cimport _grad
 from _parallel cimport piece_start, threads_for
 
@@ -28,7 +28,7 @@ cdef extern from *:
     static void __pyx_fuse_0__pyx_f_6fastgd_7_cython_3sgd__sgd_piece(float *, float const *, float *, float *, Py_ssize_t, float, int, float, float, float, float, int, int, int, int) __attribute__((noinline));
     static void __pyx_fuse_1__pyx_f_6fastgd_7_cython_3sgd__sgd_piece(double *, double const *, double *, double *, Py_ssize_t, double, int, double, double, double, double, int, int, int, int) __attribute__((noinline));
     struct __pyx_t_6fastgd_7_cython_3sgd_SgdK;
-    static inline void __pyx_f_6fastgd_7_cython_3sgd__sgd_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_3sgd_SgdK const *, int, int) __attribute__((always_inline));
+    static inline void __pyx_f_6fastgd_7_cython_3sgd__sgd_lanes(char **, int const *, Py_ssize_t, Py_ssize_t, uint32_t, struct __pyx_t_6fastgd_7_cython_3sgd_SgdK const *, int, int, int) __attribute__((always_inline));
     """
 
 
@@ -108,7 +108,7 @@ cdef void _sgd(floating* p, const floating* g, floating* acc, floating* buf, Py_
 
 
 cdef inline void _sgd_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
-                            const SgdK* kp, bint use_acc, bint use_momentum) noexcept nogil:
+                            const SgdK* kp, bint use_acc, bint use_momentum, int recipe) noexcept nogil:
     # 16 lanes of each role loaded to float32, the single kernel's body on them, stored back in
     # each role's format. use_acc/use_momentum are constants here (see _sgd_segment).
     # the row and codes in locals: read through the pointers, every store through a char*
@@ -116,6 +116,7 @@ cdef inline void _sgd_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssiz
     cdef char* a[5]
     cdef int f[5]
     local_row(row, codes, a, f, 5)
+    apply_recipe(f, 5, recipe)   # known formats as constants (see _sgd_segment)
     cdef SgdK k = kp[0]       # a local copy, for the same reason
     cdef float P[16]
     cdef float G[16]
@@ -148,6 +149,7 @@ cdef inline void _sgd_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssiz
 cdef void _sgd_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
                        const void* kv) noexcept nogil:
     # One tensor's piece of sgd_many. Roles: p, g, acc, buf, out (kernels/CONTRACT.md).
+    cdef int recipe = recipe_of(f, 5)   # the known recipe these codes are, or -1 (kernels/_layout.pxd)
     cdef const SgdK* k = <const SgdK*>kv
     cdef int kind = compute_kind(f, 5)
     if kind == 0:       # all float32, or all float64: the single kernel's loop on the memory
@@ -159,13 +161,59 @@ cdef void _sgd_segment(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uin
     # the flags that choose which roles are touched as constants, one lane loop each (adam.pyx)
     elif k.use_acc:
         if k.use_momentum:
-            _sgd_lanes(a, f, lo, hi, key, k, True, True)
+            _sgd_lanes(a, f, lo, hi, key, k, True, True, -9)
         else:
-            _sgd_lanes(a, f, lo, hi, key, k, True, False)
+            _sgd_lanes(a, f, lo, hi, key, k, True, False, -9)
     elif k.use_momentum:
-        _sgd_lanes(a, f, lo, hi, key, k, False, True)
+        if recipe == 0:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 0)
+        elif recipe == 1:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 1)
+        elif recipe == 2:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 2)
+        elif recipe == 3:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 3)
+        elif recipe == 4:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 4)
+        elif recipe == 5:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 5)
+        elif recipe == 6:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 6)
+        elif recipe == 7:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 7)
+        elif recipe == 8:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 8)
+        elif recipe == 9:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 9)
+        elif recipe == 10:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, 10)
+        else:
+            _sgd_lanes(a, f, lo, hi, key, k, False, True, -9)
     else:
-        _sgd_lanes(a, f, lo, hi, key, k, False, False)
+        if recipe == 0:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 0)
+        elif recipe == 1:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 1)
+        elif recipe == 2:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 2)
+        elif recipe == 3:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 3)
+        elif recipe == 4:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 4)
+        elif recipe == 5:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 5)
+        elif recipe == 6:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 6)
+        elif recipe == 7:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 7)
+        elif recipe == 8:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 8)
+        elif recipe == 9:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 9)
+        elif recipe == 10:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, 10)
+        else:
+            _sgd_lanes(a, f, lo, hi, key, k, False, False, -9)
 
 
 def sgd_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndarray keys,
