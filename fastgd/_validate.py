@@ -217,12 +217,12 @@ def nesterov_momentum(nesterov, momentum, dampening):
                          f"(got momentum={momentum}, dampening={dampening})")
 
 
-def valid(arrays, readonly=-1):
+def valid(arrays, readonly=-1, mixed=False):
     """True when all of ``arrays`` pass the kernel checks at once (kernels/arrays.pyx); False
     means "run the checks one by one", which name what is wrong (or find nothing: the fast form
     refuses some valid calls, e.g. more than 16 arrays). The first call picks the form."""
     _pick()
-    return valid(arrays, readonly)
+    return valid(arrays, readonly, mixed)
 
 
 def _pick():
@@ -232,7 +232,7 @@ def _pick():
         _check_cython_build()
         from ._cython.arrays import span as fast_span, valid as fast_valid
     except Exception:  # no usable extension: the same answers, slower (valid: always the checks)
-        fast_span, fast_valid = _python_span, lambda arrays, readonly=-1: False
+        fast_span, fast_valid = _python_span, lambda arrays, readonly=-1, mixed=False: False
     span, valid = fast_span, fast_valid
 
 

@@ -251,7 +251,7 @@ class Optimizer(Core):
                     # all at once in C (type, dtype, shape, layout, no shared memory with the
                     # param or its state); else one by one, naming what is wrong
                     gf = g if type(g) is np.ndarray and g.shape == p.shape and g.ndim == 1 else None
-                    if gf is None or not check.valid((gf, *slot.views), 0):
+                    if gf is None or not check.valid((gf, *slot.views), 0, True):
                         gf = check.matching(f"grads[{index}]", g, p)
                         self._checked_grad(slot, gf, f"params[{index}] (grads[{index}])")
                     if accs is not None:

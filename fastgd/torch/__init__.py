@@ -628,7 +628,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
                                 gn = None
                             if gn is not None and gn.shape == slot.tag[1]:
                                 gf = gn if gn.ndim == 1 else gn.reshape(-1)
-                                if valid((gf, *slot.views), 0):
+                                if valid((gf, *slot.views), 0, True):
                                     work.append((prep, slot, gf))
                                     continue
                 ptr = p.data_ptr()
@@ -663,7 +663,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
                     gn = None
                 if gn is not None and g.shape == p.shape:
                     gf = gn if gn.ndim == 1 else gn.reshape(-1)
-                    if check.valid((gf, *slot.views), 0):
+                    if check.valid((gf, *slot.views), 0, True):
                         work.append((prep, slot, gf))
                         continue
                 g = _grad_tensor(p, g, where, name)
