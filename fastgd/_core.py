@@ -122,9 +122,6 @@ def check_format_options(group):
             "stochastic_round_seed": int(seed)}
 
 
-_DEFAULT_FORMATS = None
-
-
 class Storage:
     """How one parameter's arrays are stored: ``state`` the states' dtype, ``master`` whether a
     float32 master copy is kept (state "master_weight"), ``codes`` the many kernel's format codes

@@ -271,8 +271,8 @@ def test_formats_preset_steps_what_its_recipe_says(recipe, backend):
     before = [{k: F.load(a).astype(np.float32) for k, a in t.items()} for t in tensors]
     try:
         step = B._many_case(recipe, backend, tensors)
-    except B.Skip as why:
-        pytest.skip(str(why))
+    except B.Skip as why:   # both backends have adam_many: a skipped row here is a missing kernel
+        pytest.fail(f"the preset skipped {recipe} on {backend}: {why}")
     step()
     _, scalars = B._formats_options()
     rtol = {F.F32: 1e-5, F.BF16: 2 ** -8, F.BF16_SR: 2 ** -7, F.F16: 2 ** -11}
