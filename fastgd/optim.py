@@ -20,6 +20,10 @@ parameters) and checked on every assignment (``opt.max_grad_norm = 0.5``):
   nothing changes and ``opt.skipped_steps`` counts it (fastgd.clipping).
 - ``norm_type=2.0``: p of the norm (any p > 0, or inf).
 - ``error_if_nonfinite=False``: raise RuntimeError on a non-finite norm instead of skipping.
+- ``state_dtype=None``, ``master_weights=False``, ``bf16_stochastic_round=False``,
+  ``stochastic_round_seed=0``: how the arrays are stored (bfloat16/float16 params, states in
+  another format, a float32 master copy, stochastic rounding; fastgd.formats and the README).
+  A group's arrays of one format are stepped by one kernel call.
 
 ``params`` may also be a ``fastgd.FlatParams`` (or contain some): each becomes one flat
 parameter, so the step is one kernel call over the whole buffer, and ``step()`` without grads
