@@ -273,6 +273,29 @@ def _role_view(address, n, code):
     return np.frombuffer(buf, dtype=dtype)
 
 
+def _quantized_view(address, absmax_address, n, code):
+    """(codes, absmax) of a quantized state of n elements: views of the caller's memory."""
+    nb = (ctypes.c_char * formats.code_bytes(code, n)).from_address(address)
+    na = (ctypes.c_char * (4 * formats.n_blocks(code, n))).from_address(absmax_address)
+    return np.frombuffer(nb, dtype=np.uint8), np.frombuffer(na, dtype=np.float32)
+
+
+def _check_quantized(name, fmts, roles):
+    """Whether the call has quantized states; ValueError unless they are state roles of one
+    width (8 or 4 bits) with 16- or 32-bit params (kernels/CONTRACT.md)."""
+    q = [r for r, f in enumerate(fmts) if f in formats.QUANTIZED]
+    if not q:
+        return False
+    if any(r < 3 or r >= roles - 1 for r in q):
+        raise ValueError(f"{name}_many: quantized formats are for state roles only; got codes {fmts}")
+    if len({formats.QUANTIZED[fmts[r]][0] for r in q}) != 1:
+        raise ValueError(f"{name}_many: one call has 8-bit or 4-bit states, not both; got {fmts}")
+    if formats.F64 in fmts:
+        raise ValueError(f"{name}_many: quantized states with float32 or 16-bit arrays only; "
+                         f"got {fmts}")
+    return True
+
+
 def _python_scalar(x):
     # NumPy 2 promotes a float32 array with a numpy.float64 scalar to float64; the kernels cast
     # every scalar to the compute dtype, which a Python float does in NumPy (a "weak" scalar).
@@ -321,9 +344,15 @@ def many(rule):
         offsets = np.asarray(offsets, dtype=np.int64)
         fmts = [int(f) for f in np.asarray(fmts).reshape(-1)]
         keys = np.asarray(keys, dtype=np.uint32)
-        if ptrs.ndim != 2 or ptrs.shape[1] != roles or len(fmts) != roles:
-            raise ValueError(f"{rule.__name__}_many: ptrs must be (N, {roles}) and fmts "
-                             f"({roles},); got {ptrs.shape} and {len(fmts)} codes")
+        quantized = _check_quantized(rule.__name__, fmts, roles)
+        width = roles + n_states if quantized else roles
+        if ptrs.ndim != 2 or ptrs.shape[1] not in (roles, roles + n_states) or len(fmts) != roles:
+            raise ValueError(f"{rule.__name__}_many: ptrs must be (N, {roles}) (or (N, "
+                             f"{roles + n_states}) with quantized states) and fmts ({roles},); "
+                             f"got {ptrs.shape} and {len(fmts)} codes")
+        if ptrs.shape[1] < width:
+            raise ValueError(f"{rule.__name__}_many: quantized states need the absmax columns: "
+                             f"ptrs must be (N, {width}); got {ptrs.shape}")
         if offsets.shape != (ptrs.shape[0] + 1,) or keys.shape[0] < ptrs.shape[0]:
             raise ValueError(f"{rule.__name__}_many: offsets must be (N + 1,) and keys (N,)")
         wide = [f == formats.F64 for f in fmts[:-1]]
@@ -341,7 +370,7 @@ def many(rule):
             at = {}         # address -> the roles at it (several: stand-ins)
             for r in range(roles - 1):
                 at.setdefault(int(ptrs[k, r]), []).append(r)
-            out = int(ptrs[k, -1]) if out_code != formats.NONE else 0
+            out = int(ptrs[k, roles - 1]) if out_code != formats.NONE else 0
             copies, stores = {}, []
             for address, rs in at.items():
                 if address == out:   # stand-ins at the 16-bit param: out is written, below
@@ -349,14 +378,22 @@ def many(rule):
                 else:
                     written = [r for r in rs if r not in unwritten]
                     r = (written or rs)[0]       # the role whose array this is
-                view = _role_view(address, n, fmts[r])
-                copies[address] = formats.load(view).astype(compute)   # a writable copy
+                if fmts[r] in formats.QUANTIZED:     # codes here, its absmax in column R + r - 3
+                    view = _quantized_view(address, int(ptrs[k, roles + r - 3]), n, fmts[r])
+                    copies[address] = formats.dequantize(*view, fmts[r], n)
+                else:
+                    view = _role_view(address, n, fmts[r])
+                    copies[address] = formats.load(view).astype(compute)   # a writable copy
                 if written:
                     stores.append((view, copies[address], fmts[r], r))
             rule(*[copies[int(ptrs[k, r])] for r in range(roles - 1)], grad_scale, maximize,
                  use_acc, *scalars)
             for view, values, code, r in stores:
-                view[...] = formats.store(values, code, formats.role_key(int(keys[k]), r))
+                if code in formats.QUANTIZED:
+                    codes, absmax = formats.quantize(values, code)
+                    view[0][...], view[1][...] = codes, absmax
+                else:
+                    view[...] = formats.store(values, code, formats.role_key(int(keys[k]), r))
             if out:
                 _role_view(out, n, out_code)[...] = formats.store(copies[int(ptrs[k, 0])], out_code)
 

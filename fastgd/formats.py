@@ -24,10 +24,20 @@ and the NumPy reference follow it bit for bit.
                      sr_key(seed, step, index of the tensor): unbiased (E[stored] = x),
                      reproducible, independent of the thread count, independent across arrays.
 
+    5     8-bit block-wise, signed dynamic map (a first moment)      fastgd/quant.py defines
+    6     8-bit block-wise, unsigned dynamic map (a second moment)   the maps, codes and values
+    7     4-bit block-wise, signed dynamic map (a first moment)      bit for bit (bitsandbytes
+    8     4-bit block-wise, linear map without zero (a second moment) 0.50.2's CPU codes for 8 bits)
+                     Quantized formats are state formats only: codes (uint8; two 4-bit codes a
+                     byte) and one float32 absmax per block (256 elements for 8 bits, 128 for 4),
+                     loaded as map[code] * absmax, stored as quant.quantize8/quantize4 give them.
+
 bfloat16 arrays are NumPy arrays of ``ml_dtypes.bfloat16`` (torch.bfloat16 tensors in
 fastgd.torch); float16 are ``np.float16`` (torch.float16).
 """
 import numpy as np
+
+from . import quant
 
 try:
     import ml_dtypes
@@ -40,7 +50,14 @@ F32, BF16, F16, F64, BF16_SR = 0, 1, 2, 3, 4
 #: the code of an absent optional array (the 16-bit copy when there are no master weights)
 NONE = -1
 
-NAMES = {F32: "float32", BF16: "bfloat16", F16: "float16", F64: "float64", BF16_SR: "bfloat16"}
+Q8_SIGNED, Q8_UNSIGNED, Q4_SIGNED, Q4_UNSIGNED = 5, 6, 7, 8
+#: the quantized formats: code -> (bits, signed map)
+QUANTIZED = {Q8_SIGNED: (8, True), Q8_UNSIGNED: (8, False), Q4_SIGNED: (4, True),
+             Q4_UNSIGNED: (4, False)}
+
+NAMES = {F32: "float32", BF16: "bfloat16", F16: "float16", F64: "float64", BF16_SR: "bfloat16",
+         Q8_SIGNED: "8-bit signed", Q8_UNSIGNED: "8-bit unsigned", Q4_SIGNED: "4-bit signed",
+         Q4_UNSIGNED: "4-bit unsigned"}
 #: the formats an array may be stored in, by dtype
 CODES = {np.dtype(np.float32): F32, np.dtype(np.float16): F16, np.dtype(np.float64): F64}
 if bfloat16 is not None:
@@ -140,6 +157,51 @@ def to_bfloat16_sr(x, key):
         sr = (u + sr_bits(key, u.size)) >> 16
     out = np.where(nan, (u >> 16) | 0x40, np.where(tiny, (u >> 16) & 0x8000, sr))
     return out.astype(np.uint16).view(bfloat16).reshape(np.shape(x))
+
+
+# --- quantized states (codes 5-8; fastgd/quant.py is their definition) -------------------------
+
+def quantized_code(bits, signed):
+    """The format code of a quantized state of ``bits`` (8 or 4) on a signed or unsigned map."""
+    return {(8, True): Q8_SIGNED, (8, False): Q8_UNSIGNED, (4, True): Q4_SIGNED,
+            (4, False): Q4_UNSIGNED}[int(bits), bool(signed)]
+
+
+def block_of(code):
+    """Elements per absmax block of quantized format ``code``."""
+    return quant.BLOCK8 if QUANTIZED[code][0] == 8 else quant.BLOCK4
+
+
+def qmap_of(code):
+    """The map (float32 values, sorted) of quantized format ``code``."""
+    bits, signed = QUANTIZED[code]
+    if bits == 8:
+        return quant.SIGNED8 if signed else quant.UNSIGNED8
+    return quant.SIGNED4 if signed else quant.UNSIGNED4
+
+
+def code_bytes(code, n):
+    """Bytes of the codes of n elements in quantized format ``code``."""
+    return n if QUANTIZED[code][0] == 8 else (n + 1) // 2
+
+
+def n_blocks(code, n):
+    """The number of absmax blocks of n elements in quantized format ``code``."""
+    return -(-n // block_of(code))
+
+
+def dequantize(codes, absmax, code, n):
+    """The float32 values of n elements stored as ``codes``/``absmax`` in format ``code``."""
+    if QUANTIZED[code][0] == 8:
+        return quant.dequantize8(codes, absmax, qmap_of(code))
+    return quant.dequantize4(codes, absmax, qmap_of(code), n)
+
+
+def quantize(values, code):
+    """(codes, absmax) of float32 ``values`` in quantized format ``code``."""
+    if QUANTIZED[code][0] == 8:
+        return quant.quantize8(values, qmap_of(code))
+    return quant.quantize4(values, qmap_of(code))
 
 
 def load(a):
