@@ -33,12 +33,19 @@ class State:
     the option that gives it); ``when`` the bool option that switches it on, or a predicate
     of the checked options (then ``option`` names the option it reads); None: always there.
     ``arg``: its argument's name in fastgd.functional where that differs (torch's functional
-    names Adagrad's ``sum`` ``state_sum``)."""
+    names Adagrad's ``sum`` ``state_sum``). ``signed8``/``signed4``: whether it is quantized on
+    the signed map (a first moment) or the unsigned one (a second moment, >= 0) at 8 and 4 bits
+    (fastgd/formats.py codes 5-8). At 8 bits the maps are bitsandbytes': its one-state
+    optimizers (RMSprop, Adagrad) keep even their second moment on the signed map, and so does
+    fastgd, so their states interchange; at 4 bits a second moment is on the linear map
+    without zero."""
     name: str
     init: object = 0.0
     when: object = None
     option: str = None
     arg: str = None
+    signed8: bool = True
+    signed4: bool = True
 
     @property
     def argument(self):

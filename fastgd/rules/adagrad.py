@@ -5,7 +5,7 @@ SPEC = Spec(
     name="adagrad",
     options=(("lr", 1e-2), ("lr_decay", 0.0), ("weight_decay", 0.0),
              ("initial_accumulator_value", 0.0), ("eps", 1e-10), ("maximize", False)),
-    state=(State("sum", init="initial_accumulator_value", arg="state_sum"),),
+    state=(State("sum", init="initial_accumulator_value", arg="state_sum", signed4=False),),
     arrays=lambda s: (s["sum"],),
     constants=lambda o: (),
     scalars=lambda o, t, s, fresh: (o["lr"] / (1.0 + (t - 1) * o["lr_decay"]), o["weight_decay"],

@@ -5,7 +5,8 @@ SPEC = Spec(
     name="adam",
     options=(("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0),
              ("amsgrad", False), ("maximize", False), ("decoupled_weight_decay", False)),
-    state=(State("exp_avg"), State("exp_avg_sq"), State("max_exp_avg_sq", when="amsgrad")),
+    state=(State("exp_avg"), State("exp_avg_sq", signed8=False, signed4=False),
+           State("max_exp_avg_sq", when="amsgrad", signed8=False, signed4=False)),
     # without amsgrad the kernel never touches its vmax argument: pass v in its place
     arrays=lambda s: (s["exp_avg"], s["exp_avg_sq"], s.get("max_exp_avg_sq", s["exp_avg_sq"])),
     constants=lambda o: (o["lr"], *o["betas"], o["eps"], o["weight_decay"],

@@ -30,7 +30,7 @@ SPEC = Spec(
     name="nadam",
     options=(("lr", 2e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0),
              ("momentum_decay", 4e-3), ("decoupled_weight_decay", False), ("maximize", False)),
-    state=(State("exp_avg"), State("exp_avg_sq")),
+    state=(State("exp_avg"), State("exp_avg_sq", signed8=False, signed4=False)),
     scalar_state=(("mu_product", 1.0, check.fraction),),
     arrays=lambda s: (s["exp_avg"], s["exp_avg_sq"]),
     constants=lambda o: (o["lr"], *o["betas"], o["eps"], o["weight_decay"],

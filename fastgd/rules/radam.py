@@ -25,7 +25,7 @@ SPEC = Spec(
     name="radam",
     options=(("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0.0),
              ("decoupled_weight_decay", False), ("maximize", False)),
-    state=(State("exp_avg"), State("exp_avg_sq")),
+    state=(State("exp_avg"), State("exp_avg_sq", signed8=False, signed4=False)),
     arrays=lambda s: (s["exp_avg"], s["exp_avg_sq"]),
     constants=lambda o: (o["lr"], *o["betas"], o["eps"], o["weight_decay"],
                          o["decoupled_weight_decay"]),

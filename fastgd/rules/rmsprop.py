@@ -5,7 +5,7 @@ SPEC = Spec(
     name="rmsprop",
     options=(("lr", 1e-2), ("alpha", 0.99), ("eps", 1e-8), ("weight_decay", 0.0),
              ("momentum", 0.0), ("centered", False), ("maximize", False)),
-    state=(State("square_avg"),
+    state=(State("square_avg", signed4=False),
            State("momentum_buffer", when=lambda o: o["momentum"] > 0.0, option="momentum"),
            State("grad_avg", when="centered")),
     # unused arrays (no momentum, not centered): square_avg in their place, never touched
