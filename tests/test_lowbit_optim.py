@@ -355,3 +355,13 @@ def test_8bit_and_4bit_torch_model_reach_the_float32_loss(backend):
     # the documented 4-bit margin (README): near the noise floor (MSE ~1e-3 of ~0.5) the
     # 4-bit moments' error shows: within 2x of float32's loss, far below where it started
     assert four <= 2 * base and four < 0.01 * start, (four, base, start)
+
+
+def test_zero1_refuses_quantized_states():
+    pytest.importorskip("mpi4py", reason="fastgd.distributed needs mpi4py (CI installs it)")
+    from fastgd.distributed import ZeroRedundancyOptimizer
+    p = np.ones(5000, np.float32)
+    for cls, kw in ((fastgd.AdamW8bit, {}), (fastgd.AdamW, {"optim_bits": 4})):
+        with pytest.raises(ValueError, match="quantized states"):
+            ZeroRedundancyOptimizer([p], cls, **kw)
+    assert np.all(p == 1)
