@@ -40,17 +40,54 @@ cdef extern from *:
     #define FGD_Q4_UNSIGNED 8
     /* the staged blocks of one segment: one float32 buffer per distinct quantized address,
      * cache-line aligned (the rules' vector loops run on them) */
-    typedef struct { float v[FGD_QMAX][FGD_Q8_BLOCK] __attribute__((aligned(64))); } fgd_qstage;
+    /* elements staged per call of the segment function: whole blocks of either width (4 of
+     * 8 bits, 8 of 4). One call a block cost 4-bit AdamW ~20% at 16M (the segment's setup,
+     * its recipe and alias checks per 128 elements); 1024 floats a role stays in L1 */
+    #ifndef FGD_QCHUNK
+    #define FGD_QCHUNK 1024
+    #endif
+    typedef struct { float v[FGD_QMAX][FGD_QCHUNK] __attribute__((aligned(64))); } fgd_qstage;
     """
     enum:
         FGD_QMAX
+        FGD_QCHUNK
         FGD_MAX_ROLES
         FGD_Q8_SIGNED
         FGD_Q8_UNSIGNED
         FGD_Q4_SIGNED
         FGD_Q4_UNSIGNED
     ctypedef struct fgd_qstage:
-        float v[4][256]
+        float v[4][1024]
+
+
+cdef inline void _stage_in(const uint8_t* codes, const float* absmax, int signed_map, int bits,
+                           Py_ssize_t lo, Py_ssize_t hi, float* buf) noexcept nogil:
+    """The values of elements [lo, hi) (``lo`` on a block) of a quantized state into ``buf``."""
+    cdef Py_ssize_t x, block = FGD_Q8_BLOCK if bits == 8 else FGD_Q4_BLOCK
+    x = lo
+    while x < hi:
+        if bits == 8:
+            fgd_q8_dequantize(codes + x, <int>min(block, hi - x), absmax[x // block], signed_map,
+                              buf + (x - lo))
+        else:
+            fgd_q4_dequantize(codes + x // 2, <int>min(block, hi - x), absmax[x // block],
+                              signed_map, buf + (x - lo))
+        x = x + block
+
+
+cdef inline void _stage_out(const float* buf, int signed_map, int bits, Py_ssize_t lo,
+                            Py_ssize_t hi, uint8_t* codes, float* absmax) noexcept nogil:
+    """Elements [lo, hi) of ``buf`` quantized back: their codes and their blocks' absmax."""
+    cdef Py_ssize_t x, block = FGD_Q8_BLOCK if bits == 8 else FGD_Q4_BLOCK
+    x = lo
+    while x < hi:
+        if bits == 8:
+            absmax[x // block] = fgd_q8_quantize(buf + (x - lo), <int>min(block, hi - x),
+                                                 signed_map, codes + x)
+        else:
+            absmax[x // block] = fgd_q4_quantize(buf + (x - lo), <int>min(block, hi - x),
+                                                 signed_map, codes + x // 2)
+        x = x + block
 
 
 ctypedef void (*segment_fn)(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
@@ -128,19 +165,22 @@ cdef inline Py_ssize_t _cut(Py_ssize_t x, Py_ssize_t start, Py_ssize_t end,
 
 # --- quantized states (kernels/CONTRACT.md, "Quantized states"): staged block by block --------
 #
-# A quantized state role is dequantized one block at a time into a float32 buffer on the stack,
-# the rule's segment function steps that block with the role pointing at the buffer (format
-# code 0, float32: the segment functions need not know), and the buffer is quantized back. The
-# buffer stands for the block's elements at their absolute indices in the tensor (the address
-# of element i is buf + (i - block_start) * 4), so the segment sees the indices it would see
-# without quantization: stochastic rounding's bits (code 4) depend on them.
+# A quantized state role is dequantized block by block into a float32 buffer on the stack (a
+# few blocks per segment call, FGD_QCHUNK elements), the rule's segment function steps them with
+# the role pointing at the buffer (format code 0, float32: the segment functions need not know;
+# with float32 params the single kernel's vector loop runs on it), and the buffer is quantized
+# back, block by block. The buffer stands for the elements at their absolute indices in the
+# tensor (the address of element i is buf + (i - start) * 4), so the segment sees the indices it
+# would see without quantization: stochastic rounding's bits (code 4) depend on them.
 
 
 cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, int bits,
                             Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
                             const void* k) noexcept nogil:
     """Elements [lo, hi) of one tensor with quantized states (``lo`` on a block boundary, ``hi``
-    on one or the tensor's end), block by block: stage, step, quantize back."""
+    on one or the tensor's end), FGD_QCHUNK elements (whole blocks) at a time: stage, step,
+    quantize back. Each block depends on its own elements only, so the bits are those of one
+    block at a time."""
     cdef char* a[FGD_MAX_ROLES]          # the row the segment function sees
     cdef int fs[FGD_MAX_ROLES]           # its codes: staged roles float32
     cdef int slot[FGD_MAX_ROLES]         # the staged buffer of each role, or -1
@@ -149,9 +189,7 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
     cdef int signed_map[FGD_QMAX]
     cdef fgd_qstage stage
     cdef int r, q, nq = 0, c
-    cdef Py_ssize_t block = FGD_Q8_BLOCK if bits == 8 else FGD_Q4_BLOCK
-    cdef Py_ssize_t b0, b1, blk
-    cdef int nb
+    cdef Py_ssize_t b0, b1
     cdef char* at
     for r in range(roles):
         a[r] = row[r]
@@ -190,25 +228,15 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
                     break
     b0 = lo
     while b0 < hi:
-        b1 = min(b0 + block, hi)
-        nb = <int>(b1 - b0)
-        blk = b0 // block
+        b1 = min(b0 + FGD_QCHUNK, hi)
         for q in range(nq):
-            if bits == 8:
-                fgd_q8_dequantize(codes[q] + b0, nb, absmax[q][blk], signed_map[q], stage.v[q])
-            else:
-                fgd_q4_dequantize(codes[q] + b0 // 2, nb, absmax[q][blk], signed_map[q],
-                                  stage.v[q])
+            _stage_in(codes[q], absmax[q], signed_map[q], bits, b0, b1, stage.v[q])
         for r in range(3, roles - 1):
             if slot[r] >= 0:
                 a[r] = <char*>(<uintptr_t>stage.v[slot[r]] - <uintptr_t>(b0 * 4))
         fn(a, fs, b0, b1, key, k)
         for q in range(nq):
-            if bits == 8:
-                absmax[q][blk] = fgd_q8_quantize(stage.v[q], nb, signed_map[q], codes[q] + b0)
-            else:
-                absmax[q][blk] = fgd_q4_quantize(stage.v[q], nb, signed_map[q],
-                                                 codes[q] + b0 // 2)
+            _stage_out(stage.v[q], signed_map[q], bits, b0, b1, codes[q], absmax[q])
         b0 = b1
 
 
