@@ -123,12 +123,21 @@ def c_floats(name, values):
     return f"static const float {name}[{len(values)}] = {{{vals}}};"
 
 
+def c_planes(name, values):
+    """The 4 byte planes of a float32 map, plane j holding byte j (little endian) of every value:
+    the AVX-512 VBMI dequantize looks 64 codes up in each with byte permutes."""
+    b = np.ascontiguousarray(values, dtype=np.float32).view(np.uint8).reshape(-1, 4).T
+    rows = ", ".join("{" + ", ".join(str(int(v)) for v in row) + "}" for row in b)
+    return f"static const uint8_t {name}[4][{b.shape[1]}] __attribute__((aligned(64))) = {{{rows}}};"
+
+
 def generated():
     """The generated part of kernels/_quant.h (between its BEGIN/END GENERATED lines)."""
     return "\n".join([
         c_table("SIGNED", Q.SIGNED8), c_table("UNSIGNED", Q.UNSIGNED8),
         c_buckets("SIGNED", Q.SIGNED8), c_buckets("UNSIGNED", Q.UNSIGNED8),
         c_floats("fgd_q8_signed_map", Q.SIGNED8), c_floats("fgd_q8_unsigned_map", Q.UNSIGNED8),
+        c_planes("fgd_q8_signed_planes", Q.SIGNED8), c_planes("fgd_q8_unsigned_planes", Q.UNSIGNED8),
         c_floats("fgd_q4_signed_map", Q.SIGNED4), c_floats("fgd_q4_unsigned_map", Q.UNSIGNED4),
         c_floats("fgd_q4_signed_mid", Q.midpoints(Q.SIGNED4)),
         c_floats("fgd_q4_unsigned_mid", Q.midpoints(Q.UNSIGNED4)),
