@@ -38,14 +38,14 @@ cdef extern from *:
     #define FGD_Q8_UNSIGNED 6
     #define FGD_Q4_SIGNED 7
     #define FGD_Q4_UNSIGNED 8
-    /* the staged blocks of one segment: one float32 buffer per distinct quantized address,
-     * cache-line aligned (the rules' vector loops run on them) */
     /* elements staged per call of the segment function: whole blocks of either width (4 of
      * 8 bits, 8 of 4). One call a block cost 4-bit AdamW ~20% at 16M (the segment's setup,
      * its recipe and alias checks per 128 elements); 1024 floats a role stays in L1 */
     #ifndef FGD_QCHUNK
     #define FGD_QCHUNK 1024
     #endif
+    /* the staged elements of one segment: one float32 buffer per distinct quantized address,
+     * cache-line aligned (the rules' vector loops run on them) */
     typedef struct { float v[FGD_QMAX][FGD_QCHUNK] __attribute__((aligned(64))); } fgd_qstage;
     """
     enum:
@@ -94,6 +94,11 @@ ctypedef void (*segment_fn)(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi
                             const void* k) noexcept nogil
 
 
+cdef inline list _codes(const int* f, int roles):
+    """The format codes, for an error message."""
+    return [f[r] for r in range(roles)]
+
+
 cdef inline Py_ssize_t table_of(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts,
                                 cnp.ndarray keys, int roles, int* width, int* bits) except -1:
     """The number of tensors of a checked table (a cheap last guard: fastgd._core built it).
@@ -120,25 +125,26 @@ cdef inline Py_ssize_t table_of(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarr
     width[0] = <int>cnp.PyArray_DIM(ptrs, 1)
     bits[0] = 0
     f = <const int*>cnp.PyArray_DATA(fmts)
-    codes = [f[r] for r in range(roles)]
-    for r in range(roles):
+    for r in range(roles):      # no Python objects unless there is an error to say
         if f[r] < FGD_Q8_SIGNED or f[r] > FGD_Q4_UNSIGNED:
             continue
         if r < 3 or r > roles - 2:
             raise ValueError(f"quantized format codes (5-8) are for the state roles (columns 3 to "
-                             f"{roles - 2}) only; got codes {codes}")
+                             f"{roles - 2}) only; got codes {_codes(f, roles)}")
         b = 8 if f[r] <= FGD_Q8_UNSIGNED else 4
         if bits[0] != 0 and bits[0] != b:
             raise ValueError(f"the quantized states of one call are all 8-bit (codes 5, 6) or all "
-                             f"4-bit (7, 8); got codes {codes}")
+                             f"4-bit (7, 8); got codes {_codes(f, roles)}")
         bits[0] = b
     if bits[0] != 0:
-        if FGD_F64 in codes:
-            raise ValueError(f"quantized states need float32, bfloat16 or float16 params and "
-                             f"grads, not float64; got codes {codes}")
+        for r in range(roles):
+            if f[r] == FGD_F64:
+                raise ValueError(f"quantized states need float32, bfloat16 or float16 params and "
+                                 f"grads, not float64; got codes {_codes(f, roles)}")
         if width[0] != roles + states:
             raise ValueError(f"quantized states need the absmax columns: ptrs int64 (N, "
-                             f"{roles + states}); got (N, {width[0]}) with codes {codes}")
+                             f"{roles + states}); got (N, {width[0]}) with codes "
+                             f"{_codes(f, roles)}")
         if states > FGD_QMAX:   # never with the rules of fastgd (at most 3 states)
             raise ValueError(f"at most {FGD_QMAX} quantized state roles; got {states}")
     return n
