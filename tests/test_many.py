@@ -828,6 +828,26 @@ def test_quantized_table_errors(backend, what, fmts, width, match):
 
 
 @pytest.mark.parametrize("backend", QBACKENDS)
+@pytest.mark.parametrize("rule, role, code", [
+    ("sgd", 3, formats.Q8_SIGNED),   # momentum_buffer's stand-in (the param) says quantized
+    ("adam", 5, F32),                # max_exp_avg_sq's stand-in (exp_avg_sq's codes) says f32
+    ("rmsprop", 4, formats.Q8_UNSIGNED),   # momentum_buffer's (square_avg's codes), other map
+])
+def test_quantized_stand_ins_whatever_their_codes(backend, rule, role, code):
+    """A stand-in's code is never used (kernels/CONTRACT.md): one at the param with a quantized
+    code is not staged (the param is stepped, never quantized), one at a quantized state with
+    another code shares that state's staging; as in the reference."""
+    fn = many_kernel(backend, rule)
+    case = Case(rule, {}, {}, "bf16-q8", lengths=(7, 300, 40_000), seed=_seed(rule, "stand-in"))
+    case.fmts = case.fmts.copy()
+    case.fmts[role] = code
+    want = case.clone().call(getattr(ref, f"{rule}_many")).snapshot()
+    got = case.clone().call(fn).snapshot()
+    assert_matches(got, want, case, f"{backend} {rule} stand-in code {code}",
+                   exact_codes=fma_free(backend, rule))
+
+
+@pytest.mark.parametrize("backend", QBACKENDS)
 def test_wide_table_without_quantized_codes(backend):
     """A table of (N, R + S) without quantized codes is the (N, R) table: the absmax columns are
     skipped (each row is R + S long)."""
