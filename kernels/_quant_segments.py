@@ -80,6 +80,40 @@ def c_table(name, qmap):
     return "\n".join(rows)
 
 
+def centred(qmap):
+    """The AVX-512 path's form of the pieces: code = (int)fma(A, i - 32768, B2), one rounding
+    (no L and C to look up). B2 is the float nearest c + b - A (L - 32768), or the nearest one
+    that gives every index of the piece its code, checked here for all 65536 (the exact sum in
+    float64, one rounding to float32: what the fused multiply-add computes)."""
+    table = Q.grid_table(qmap).astype(np.int64)
+    segs = segments(qmap)
+    out = []
+    for j, (L, c, a, b) in enumerate(segs):
+        R = segs[j + 1][0] - 1 if j + 1 < len(segs) else Q.GRID - 1
+        t = np.arange(L, R + 1, dtype=np.float64) - 32768
+        ideal = np.float32(np.float64(c) + np.float64(b) - np.float64(a) * (L - 32768))
+        up, down, tries = ideal, ideal, [ideal]
+        for _ in range(64):      # then 1, 2, ... ulps either side
+            up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+            tries += [up, down]
+        for B2 in tries:
+            y = (np.float64(a) * t + np.float64(B2)).astype(np.float32)
+            if np.array_equal(np.trunc(y).astype(np.int64), table[L:R + 1]):
+                break
+        else:
+            raise AssertionError(f"no offset for the piece at {L}")
+        out.append(B2)
+    return out
+
+
+def c_centred(name, qmap):
+    col = centred(qmap)
+    col += [col[-1]] * (32 - len(col))
+    vals = ", ".join("%.9ef" % v for v in col)
+    return (f"static const float fgd_q8_{name.lower()}_B2[32] __attribute__((aligned(64))) = "
+            f"{{{vals}}};")
+
+
 def buckets(qmap):
     """The AVX-512 path's two-level choice of a piece: bucket key = 16 * (i >= 32768) +
     floor(log2 |2i - 65535|) (32 keys, one two-register permute); S[key] the piece of the
@@ -136,6 +170,7 @@ def generated():
     return "\n".join([
         c_table("SIGNED", Q.SIGNED8), c_table("UNSIGNED", Q.UNSIGNED8),
         c_buckets("SIGNED", Q.SIGNED8), c_buckets("UNSIGNED", Q.UNSIGNED8),
+        c_centred("SIGNED", Q.SIGNED8), c_centred("UNSIGNED", Q.UNSIGNED8),
         c_floats("fgd_q8_signed_map", Q.SIGNED8), c_floats("fgd_q8_unsigned_map", Q.UNSIGNED8),
         c_planes("fgd_q8_signed_planes", Q.SIGNED8), c_planes("fgd_q8_unsigned_planes", Q.UNSIGNED8),
         c_floats("fgd_q4_signed_map", Q.SIGNED4), c_floats("fgd_q4_unsigned_map", Q.UNSIGNED4),
