@@ -5,7 +5,8 @@ with 255 steps. Cut [0, 65535] into runs where it is linear in i up to the floor
 ``code = c + (int)(a * (i - L) + b)`` for every i of the run, with a margin of at least
 MARGIN between a * (i - L) + b and the nearest integer it must not cross (so float32
 rounding, fused or not, cannot change a code). tests/test_quant.py checks the C code against
-the table for every one of the 65536 indices.
+the table for every one of the 65536 indices. The AVX-512 path evaluates each run's line as
+``(int)fma(a, i - 32768, B2)`` (``centred``: B2 checked here for every index of the run).
 """
 import sys
 
