@@ -166,7 +166,7 @@ def _stage(ptrs, k, stage, s, e):
 def _qsegment1(ptrs, k, keys, a, b, c):
     """Elements a..b-1 of tensor k (a a multiple of BLOCK) block by block, its quantized
     states staged as float32 (a rule with one state array)."""
-    stage = _quant.stack_buffer(BUFFER)
+    stage = _quant.stack_buffer(BUFFER, np.float32)
     for s in range(a, b, BLOCK):
         e = min(s + BLOCK, b)
         STAGE(ptrs, k, stage, s, e)
@@ -178,7 +178,7 @@ def _qsegment1(ptrs, k, keys, a, b, c):
 
 def _qsegment2(ptrs, k, keys, a, b, c):
     """Elements a..b-1 of tensor k block by block (a rule with two state arrays)."""
-    stage = _quant.stack_buffer(BUFFER)
+    stage = _quant.stack_buffer(BUFFER, np.float32)
     for s in range(a, b, BLOCK):
         e = min(s + BLOCK, b)
         STAGE(ptrs, k, stage, s, e)
@@ -190,7 +190,7 @@ def _qsegment2(ptrs, k, keys, a, b, c):
 
 def _qsegment3(ptrs, k, keys, a, b, c):
     """Elements a..b-1 of tensor k block by block (a rule with three state arrays)."""
-    stage = _quant.stack_buffer(BUFFER)
+    stage = _quant.stack_buffer(BUFFER, np.float32)
     for s in range(a, b, BLOCK):
         e = min(s + BLOCK, b)
         STAGE(ptrs, k, stage, s, e)
