@@ -38,13 +38,15 @@ from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32, _m
 PIECE_ALIGN = 16
 # The constants of a compiled copy (ManyKernel.specialise puts them in the copy's globals);
 # with quantized states also BLOCK (elements of a block), BUFFER (the staging buffer's
-# floats: BLOCK per staged role), STAGE and UNSTAGE (copies of _stage: dequantize and
-# quantize each staged role, whose constants are Q<j>, C<j>, A<j>)
+# floats: BLOCK per staged role), C<j> and A<j> (the columns of the j-th staged role's codes
+# and absmax), STAGE and UNSTAGE (copies of _stage: dequantize and quantize each staged role,
+# Q<j> the j-th's function)
 CODES = FLAGS = STEP = CONSTS = REAL = SEGMENT = ALIGN = BLOCK = STAGE = UNSTAGE = None
 Q0 = Q1 = Q2 = C0 = C1 = C2 = A0 = A1 = A2 = BUFFER = None
 _NAMES = {F32: "f32", BF16: "bf16", F16: "f16", F64: "f64", BF16_SR: "bf16sr", NONE: "none",
           5: "q8s", 6: "q8u", 7: "q4s", 8: "q4u"}
 _MAX_SLOTS = 3
+_INLINE = dict(_OPTIONS, inline="always")
 
 
 def _literal_codes(codes):
@@ -153,13 +155,13 @@ def _segment3(ptrs, k, keys, a, b, c):
 _SEGMENTS = {1: _segment1, 2: _segment2, 3: _segment3}
 
 
-def _stage(ptrs, k, stage, s, e):
+def _stage(q, stage, s, e):
     """Block s..e-1 of each staged role to its part of ``stage`` (BLOCK floats a role), as
-    float32: Q<j> is the j-th slot's dequantize (_quant.nothing for an empty slot), C<j> and
-    A<j> the columns of its codes' and absmax's addresses."""
-    Q0(ptrs[k, C0], ptrs[k, A0], stage, s, e)
-    Q1(ptrs[k, C1], ptrs[k, A1], _quant.offset(stage, BLOCK), s, e)
-    Q2(ptrs[k, C2], ptrs[k, A2], _quant.offset(stage, 2 * BLOCK), s, e)
+    float32: Q<j> is the j-th slot's dequantize (_quant.nothing for an empty slot), q[2j] and
+    q[2j + 1] the addresses of its codes and absmax."""
+    Q0(q[0], q[1], stage, s, e)
+    Q1(q[2], q[3], _quant.offset(stage, BLOCK), s, e)
+    Q2(q[4], q[5], _quant.offset(stage, 2 * BLOCK), s, e)
 
 
 # (_unstage: a copy of _stage whose Q<j> are the slots' quantize)
@@ -167,37 +169,40 @@ def _qsegment1(ptrs, k, keys, a, b, c):
     """Elements a..b-1 of tensor k (a a multiple of BLOCK) block by block, its quantized
     states staged as float32 (a rule with one state array)."""
     stage = _quant.stack_buffer(BUFFER, np.float32)
+    q = (ptrs[k, C0], ptrs[k, A0], ptrs[k, C1], ptrs[k, A1], ptrs[k, C2], ptrs[k, A2])
     for s in range(a, b, BLOCK):
         e = min(s + BLOCK, b)
-        STAGE(ptrs, k, stage, s, e)
+        STAGE(q, stage, s, e)
         v = _block_views(CODES, ptrs, k, keys, stage, s)
         for i in range(s, e):
             v[4][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3])
-        UNSTAGE(ptrs, k, stage, s, e)
+        UNSTAGE(q, stage, s, e)
 
 
 def _qsegment2(ptrs, k, keys, a, b, c):
     """Elements a..b-1 of tensor k block by block (a rule with two state arrays)."""
     stage = _quant.stack_buffer(BUFFER, np.float32)
+    q = (ptrs[k, C0], ptrs[k, A0], ptrs[k, C1], ptrs[k, A1], ptrs[k, C2], ptrs[k, A2])
     for s in range(a, b, BLOCK):
         e = min(s + BLOCK, b)
-        STAGE(ptrs, k, stage, s, e)
+        STAGE(q, stage, s, e)
         v = _block_views(CODES, ptrs, k, keys, stage, s)
         for i in range(s, e):
             v[5][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3], v[4])
-        UNSTAGE(ptrs, k, stage, s, e)
+        UNSTAGE(q, stage, s, e)
 
 
 def _qsegment3(ptrs, k, keys, a, b, c):
     """Elements a..b-1 of tensor k block by block (a rule with three state arrays)."""
     stage = _quant.stack_buffer(BUFFER, np.float32)
+    q = (ptrs[k, C0], ptrs[k, A0], ptrs[k, C1], ptrs[k, A1], ptrs[k, C2], ptrs[k, A2])
     for s in range(a, b, BLOCK):
         e = min(s + BLOCK, b)
-        STAGE(ptrs, k, stage, s, e)
+        STAGE(q, stage, s, e)
         v = _block_views(CODES, ptrs, k, keys, stage, s)
         for i in range(s, e):
             v[6][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3], v[4], v[5])
-        UNSTAGE(ptrs, k, stage, s, e)
+        UNSTAGE(q, stage, s, e)
 
 
 _QSEGMENTS = {1: _qsegment1, 2: _qsegment2, 3: _qsegment3}
@@ -305,15 +310,20 @@ class ManyKernel:
             body = _SEGMENTS[self.roles - 4]
             if staged:
                 body = _QSEGMENTS[self.roles - 4]
+                # the addresses of each slot's codes and absmax: read once per tensor (the
+                # stage functions get no array: Numba would incref and decref it per call, two
+                # atomic operations on one counter per block, from every thread)
+                for n in range(_MAX_SLOTS):
+                    j = staged[n] if n < len(staged) else None
+                    constants.update({f"C{n}": j or 0,
+                                      f"A{n}": 0 if j is None else self.roles + j - 3})
                 inout = {}
                 for what, table in (("stage", _quant.DEQUANTIZE), ("unstage", _quant.QUANTIZE)):
-                    slots = {}
-                    for n in range(_MAX_SLOTS):
-                        j = staged[n] if n < len(staged) else None
-                        slots.update({f"Q{n}": _quant.nothing if j is None else table[codes[j]],
-                                      f"C{n}": j or 0, f"A{n}": 0 if j is None else self.roles + j - 3})
+                    slots = {f"Q{n}": table[codes[staged[n]]] if n < len(staged) else
+                             _quant.nothing for n in range(_MAX_SLOTS)}
                     inout[what.upper()] = self._copy(
-                        _stage, f"{self.name}_many_{what}_{spelled}", _OPTIONS, BLOCK=align, **slots)
+                        _stage, f"{self.name}_many_{what}_{spelled}", _INLINE, BLOCK=align,
+                        **slots)
                 constants.update(inout, BLOCK=align, BUFFER=align * len(staged))
             segment = self.segments[tuple(codes), flags] = self._copy(
                 body, f"{self.name}_many_segment_{spelled}", _OPTIONS, **constants)
