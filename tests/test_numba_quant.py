@@ -219,7 +219,8 @@ def test_quantized_many_zero_block_and_nan():
         assert codes[NAN_AT[1]] == 0 and np.isfinite(absmax).all() and absmax[0] > 0
 
 
-@pytest.mark.parametrize("which", ["adam-adamw-f32-8bit", "rmsprop-centered-momentum-acc-master-4bit"])
+@pytest.mark.parametrize("which", ["adam-adamw-f32-8bit",
+                                   "rmsprop-centered-momentum-acc-master-4bit"])
 def test_quantized_many_same_bits_at_1_and_2_threads(numba_backend, which):
     """A piece boundary inside a tensor moves up to a block boundary: 1 and 2 threads give the
     same codes, absmax and params (and the 2-thread boundary of these lengths is not on one)."""

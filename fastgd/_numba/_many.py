@@ -1,9 +1,10 @@
 """The ``<rule>_many`` kernels: many tensors, each role in its own storage format, one call.
 
-kernels/CONTRACT.md ("Many tensors, any storage format") is the spec. Two bodies serve every
-rule: ``_driver`` cuts the concatenation of the N tensors into one piece per thread (boundaries
-on multiples of PIECE_ALIGN elements of it; serial below PARALLEL_MIN elements in all: one
-piece) and walks the tensors each piece covers; ``_segment<n>`` (n state arrays) makes typed
+kernels/CONTRACT.md ("Many tensors, any storage format" and "Quantized states") is the spec.
+Two bodies serve every rule: ``_driver`` cuts the concatenation of the N tensors into one
+piece per thread (each boundary moved up to a multiple of ALIGN elements of the tensor it
+falls in; serial below PARALLEL_MIN elements in all: one piece) and walks the tensors each
+piece covers; ``_segment<n>`` (n state arrays) makes typed
 views of one tensor's addresses (_views.View: loads to float32, stores with formats.py's
 rounding) and runs the rule's element update ``STEP`` over the piece's part of it. ``STEP``
 and ``CONSTS`` (the scalars, cast once) are the functions the rule's single kernel runs, so
@@ -19,6 +20,18 @@ address is not even in the code. Numba's disk cache keys an entry by qualified n
 closure and signature, not by globals: each copy's qualified name spells its constants (and
 serial/parallel, as _compile._renamed does), and the cache goes stale with any module of this
 package (_compile._stale_with_package).
+
+Quantized states (codes 5-8) are the same layer's business, no rule's: with any, the segment
+is ``_qsegment<n>``, which walks its part of the tensor a block at a time (256 elements for
+8 bits, 128 for 4; pieces then cut on block multiples, ALIGN = the block, so a block is never
+split between threads): each staged role's block is dequantized into a float32 buffer on the
+stack (_quant.py, bit for bit fastgd/quant.py), ``_block_views`` gives the STEP a plain
+float32 View of it at the tensor's own element indices (so stochastic rounding of the other
+roles sees the same i), the STEP runs unchanged, then each staged block's absmax and codes
+are stored. A stand-in in a quantized role (AMSGrad's vmax at exp_avg_sq) is a role the call
+does not use, NONE, so it is never staged: each staged address is a distinct array, and the
+array the reference shares between the two roles is staged once. The format checks
+(ValueError) run in Python, on a call table miss, before any compiled code.
 
 The rule's scalars reach the bodies as one tuple (floats and bools, normalised per call so
 the signature, and the compiled entry point the call table keeps, never changes).

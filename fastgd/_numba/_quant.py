@@ -1,10 +1,11 @@
 """Quantized states (format codes 5-8) in the Numba many kernels: one block of a state
 dequantized into float32 and quantized back, bit for bit fastgd/quant.py (the definition).
 
-``dequantize(code, codes, absmax, x, s, e)`` writes elements s..e-1 of a state (s a
-multiple of its block, e at most one block on) to ``stage[lo:lo + e - s]``, float32:
-``map[code] * absmax`` of the block. ``quantize(...)`` (the same arguments) takes the block's
-new absmax (the max of |x| over its non-NaN elements, 0 if none) and stores its codes:
+``DEQUANTIZE[code](codes, absmax, x, s, e)`` writes elements s..e-1 of a state (s a multiple
+of its block, e at most one block on) to x[0..e-s) (a float32 pointer: the staging buffer),
+as ``map[code] * absmax`` of the block; ``QUANTIZE[code](...)`` (the same arguments) takes
+the block's new absmax (the max of |x| over its non-NaN elements, 0 if none) and stores it and
+the block's codes:
 
 - 8 bits (5, 6; blocks of 256): bitsandbytes 0.50.2's CPU rule: v = x * (1 / absmax) in
   float32, the grid index (uint16)((clamp(v, -1, 1) + 1) * 0.5 * 65535 + 0.5) (NaN: 0), its
@@ -14,17 +15,18 @@ new absmax (the max of |x| over its non-NaN elements, 0 if none) and stores its 
   nibble (an odd tail's low nibble 0).
 
 ``codes`` and ``absmax`` are the addresses (int64) of the state's codes (uint8) and absmax
-(float32, one per block); the code is a compile-time constant of the kernel's copy, so only
-its branch, and only its tables, are in the machine code. The tables are global NumPy arrays
-built from fastgd.quant at import, which Numba freezes into the code as constants. Each
-loop is straight-line per element (no branch a vector lane could disagree on): the absmax is
-an integer max over the bits of |x| (NaN bits made 0), which LLVM vectorises where a float max
-that must skip NaNs is left scalar.
+(float32, one per block). One compiled function per format: a kernel's copy names those of
+its codes, so only their tables are in its machine code. The tables are global NumPy arrays
+built from fastgd.quant at import, which Numba freezes into the code as constants. The
+absmax is an integer max over the bits of |x| (a NaN's bits made 0), which LLVM vectorises
+where a float max that must skip NaNs stays scalar; the 8-bit grid indices and the 4-bit
+codes (15 compares) vectorise; the table lookups (the 8-bit codes of the grid indices, the
+map values of codes) are scalar. Measured on Zen 4, one thread, 64K elements in L2, per
+element: quantize 0.50 ns (8 bits) and 0.54 (4 bits), dequantize 0.30 and 0.27.
 """
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from .. import quant
