@@ -276,3 +276,56 @@ def test_quantized_many_unused_role_keeps_its_stand_in(numba_backend):
     want = case.clone().call(ref.adam_many)
     got = case.clone().call(nb.adam_many)
     assert_same(got, want, "adam, vmax a stand-in")
+
+
+def _block_roundtrip(code):
+    """A compiled loop over a state's blocks: quantize x into (codes, absmax), dequantize
+    them into out, with the kernels' block functions (fastgd/_numba/_quant.py)."""
+    from numba import njit
+    from fastgd._numba import _quant as Q
+    quantize, dequantize, block = Q.QUANTIZE[code], Q.DEQUANTIZE[code], Q.BLOCK[code]
+
+    @njit(error_model="numpy")
+    def roundtrip(x, codes, absmax, out):
+        n = x.shape[0]
+        stage = Q.stack_buffer(256, np.float32)
+        for s in range(0, n, block):
+            e = min(s + block, n)
+            for i in range(e - s):
+                stage[i] = x[s + i]
+            quantize(codes.ctypes.data, absmax.ctypes.data, stage, s, e)
+            dequantize(codes.ctypes.data, absmax.ctypes.data, stage, s, e)
+            for i in range(e - s):
+                out[s + i] = stage[i]
+
+    return roundtrip
+
+
+@pytest.mark.parametrize("code", [5, 6, 7, 8])
+def test_block_functions_are_quant_py_on_special_values(numba_backend, code):
+    """Codes, absmax and values of one block at a time against fastgd.quant: NaN (code 0, never
+    the absmax), an inf (the block's absmax; finite elements then 0, the inf NaN), a block of
+    zeros, one of NaNs, a subnormal absmax (1 / absmax overflows), -0.0, odd tails."""
+    rng = np.random.default_rng(code)
+    n = 9 * 256 + 77
+    x = rng.standard_normal(n).astype(np.float32)
+    if code in (6, 8):
+        x = np.abs(x)
+    x[::37] = np.nan
+    x[3] = np.inf
+    x[256:512] = 0.0
+    x[300] = -0.0
+    x[512:768] = np.nan
+    x[768:1024] *= np.float32(1e-39)         # subnormal: absmax subnormal
+    x[1024:1280] = x[1024:1280] * 1e-30       # tiny but normal
+    want_codes, want_absmax = formats.quantize(x, code)
+    codes = np.zeros_like(want_codes)
+    absmax = np.zeros_like(want_absmax)
+    out = np.empty(n, np.float32)
+    _block_roundtrip(code)(x, codes, absmax, out)
+    assert np.array_equal(codes, want_codes)
+    assert np.array_equal(_bits(absmax), _bits(want_absmax))
+    want = formats.dequantize(want_codes, want_absmax, code, n)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(out), nan)
+    assert np.array_equal(_bits(out[~nan]), _bits(want[~nan]))
