@@ -72,9 +72,9 @@ class Case:
     name its (codes, absmax). ``names``: the array in each role (param, grad, grad_acc,
     *state roles, out) as fastgd._core passes them: an unused grad_acc is the param, an unused
     state role what the spec's ``arrays`` gives in its place (then its code and absmax column
-    are that array's)."""
+    are that array's). ``plain``: {state name: code} of states stored unquantized."""
 
-    def __init__(self, rule, options, call, recipe, bits, lengths=LENGTHS, seed=0):
+    def __init__(self, rule, options, call, recipe, bits, lengths=LENGTHS, seed=0, plain=None):
         spec = SPECS[rule]
         self.rule = rule
         o = spec.check_options({**spec.defaults, "lr": 0.03, **options})
@@ -88,8 +88,10 @@ class Case:
         p_code, g_code, out_code = RECIPES[recipe]
         self.state = spec.state_names(o)
         by_name = {s.name: s for s in spec.state}
+        plain = plain or {}
         self.scodes = {n: formats.quantized_code(
-            bits, by_name[n].signed8 if bits == 8 else by_name[n].signed4) for n in self.state}
+            bits, by_name[n].signed8 if bits == 8 else by_name[n].signed4)
+            for n in self.state if n not in plain}
         rng = np.random.default_rng(seed)
         self.tensors = []
         for k, n in enumerate(lengths):
@@ -114,7 +116,7 @@ class Case:
                 if name in self.scodes:
                     a[name] = formats.quantize(v, self.scodes[name])
                 else:
-                    code = {"param": p_code}.get(name, g_code)
+                    code = {"param": p_code, **plain}.get(name, g_code)
                     a[name] = formats.store(v, BF16 if code == SR else code)
             if out_code != NONE:
                 a["out"] = formats.store(rng.standard_normal(n).astype(np.float32), out_code)
@@ -123,7 +125,7 @@ class Case:
         self.names = ["param", "grad", "grad_acc" if self.use_acc else "param", *states,
                       "out" if out_code != NONE else None]
         codes = {"param": p_code, "grad": g_code, "grad_acc": g_code, "out": out_code,
-                 None: out_code, **self.scodes}
+                 None: out_code, **plain, **self.scodes}
         self.fmts = np.array([codes[nm] for nm in self.names], np.int32)
         self.fmts[2] = g_code
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -202,6 +204,33 @@ def test_quantized_many_is_the_reference_bitwise(numba_backend, rule, vid, optio
         assert np.array_equal(_bits(g["grad"]), _bits(b["grad"]))
     first = got.names[3]
     assert not np.array_equal(got.tensors[-1][first][0], before.tensors[-1][first][0])
+
+
+def test_quantized_many_with_an_unquantized_state(numba_backend):
+    """Quantized and plain states in one call: AMSGrad's exp_avg and max_exp_avg_sq at 8 bits,
+    exp_avg_sq in bfloat16 with stochastic rounding (its role's own random bits: the element
+    index in the tensor, role 4's key), a float16 param."""
+    case = Case("adam", {"amsgrad": True, "weight_decay": 0.05}, {}, "f16", 8, seed=11,
+                plain={"exp_avg_sq": SR})
+    assert list(case.fmts[3:6]) == [formats.Q8_SIGNED, SR, formats.Q8_UNSIGNED]
+    want = case.clone().call(ref.adam_many)
+    got = case.clone().call(nb.adam_many)
+    assert_same(got, want, "adam 8-bit with an SR state")
+
+
+def test_unquantized_call_takes_either_table_width(numba_backend):
+    """Without quantized codes the table may be (N, R) or (N, R + S) (the absmax columns then
+    unread): the same results, from one compiled copy."""
+    case = Case("lion", {}, {}, "bf16", 8, plain={"exp_avg": F32})
+    assert case.ptrs.shape[1] == 6 and case.fmts[3] == F32
+    narrow = case.clone()
+    narrow.ptrs = np.ascontiguousarray(narrow.ptrs[:, :5])
+    wide = case.clone().call(nb.lion_many)
+    assert_same(narrow.call(nb.lion_many), wide, "lion, (N, R) against (N, R + S)")
+    assert_same(wide, case.clone().call(ref.lion_many), "lion, the reference")
+    fmts = tuple(case.fmts.tolist())
+    entries = {key[1]: e for key, e in nb.lion_many.table.items() if key[0] == fmts}
+    assert set(entries) == {5, 6} and entries[5] == entries[6]
 
 
 def test_quantized_many_zero_block_and_nan():
