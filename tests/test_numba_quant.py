@@ -257,7 +257,11 @@ def test_quantized_many_same_bits_at_1_and_2_threads(numba_backend, which):
     case = Case(rule, options, call, recipe, bits, seed=5)
     half = (case.offsets[-1] + 1) // 2 - case.offsets[-2]
     assert half % formats.block_of(int(case.fmts[3])) != 0
-    runs = run_at_thread_counts(lambda n: case.clone().call(getattr(nb, f"{rule}_many")))
+    def run(n):
+        assert nb.get_num_threads() == n        # the setting reached the Numba backend
+        return case.clone().call(getattr(nb, f"{rule}_many"))
+
+    runs = run_at_thread_counts(run)
     assert_same(runs[1], runs[0], f"{which}: 2 threads against 1")
     assert_same(runs[0], case.clone().call(getattr(ref, f"{rule}_many")), f"{which}: reference")
 
