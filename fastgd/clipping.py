@@ -15,6 +15,8 @@ order, so the result is the same bits at any thread count.
 """
 import math
 
+import numpy as np
+
 from . import _validate as check
 from .backends import kernel
 
@@ -46,8 +48,15 @@ def total_norm(xs, ys, p):
     given and ``ys[i]`` is not None (an accumulated gradient plus the last micro-batch)."""
     partial = kernel("norm_partial")
     if ys is None:
-        return combine([partial(x, x, False, p) for x in xs], p)
-    return combine([partial(x, x if y is None else y, y is not None, p) for x, y in zip(xs, ys)], p)
+        return combine([partial(w, w, False, p) for w in map(_wide, xs)], p)
+    return combine([partial(_wide(x), _wide(x) if y is None else _wide(y), y is not None, p)
+                    for x, y in zip(xs, ys)], p)
+
+
+def _wide(x):
+    """A 16-bit gradient as float32 (exact; the norm kernels take float32/float64, and the
+    update adds a 16-bit grad_acc and grad in float32 too): a copy, for 16-bit grads only."""
+    return x if x.dtype.itemsize >= 4 else x.astype(np.float32)
 
 
 def coefficient(total, max_norm):
