@@ -569,12 +569,24 @@ class Stream:
     def case_formats(self, pattern, elements=None):
         """(callable, elements per array, bytes per element) of stream_formats over ``pattern``
         ((read-write widths), (read widths), (write-only widths)), in bytes of each array's
-        elements (4: float32, 2: 16-bit), arrays of ``elements``: the bytes of a row whose
-        arrays have those formats and roles (Group.pattern)."""
+        elements (4: float32, 2: 16-bit; read-write only, the quantized states' arrays: 1 8-bit
+        codes, 0.5 packed 4-bit codes, below 0.5 an absmax, a float32 per 4 / width elements),
+        arrays of ``elements``: the bytes of a row whose arrays have those formats and roles
+        (Group.pattern)."""
         rw, read, out = pattern
         n = elements or self.elements
         kernel = _backends.kernel("stream_formats", "cython")
         taken = {}
+
+        def make(width):
+            # 1e-7 in every element (16-bit: its bfloat16 bits), never zeros nor subnormals
+            if width == 4:
+                return np.full(n, 1e-7, dtype=np.float32)
+            if width == 2:
+                return np.full(n, np.float32(1e-7).view(np.uint32) >> 16, dtype=np.uint16)
+            if width in (1, 0.5):      # codes: a byte per element, or per two
+                return np.full(n if width == 1 else (n + 1) // 2, 0x33, dtype=np.uint8)
+            return np.full(-(-n // round(4 / width)), 1e-7, dtype=np.float32)   # an absmax per block
 
         def take(width):
             # distinct arrays per role: the pool of this length and width grows as needed
@@ -582,9 +594,7 @@ class Stream:
             i = taken.get(width, 0)
             taken[width] = i + 1
             while len(pool) <= i:
-                # 1e-7 in every element (16-bit: its bfloat16 bits), never zeros nor subnormals
-                value = np.full(n, 1e-7, dtype=np.float32)
-                pool.append(value if width == 4 else (value.view(np.uint32) >> 16).astype(np.uint16))
+                pool.append(make(width))
             return pool[i]
         rws, reads, outs = [take(w) for w in rw], [take(w) for w in read], [take(w) for w in out]
         return (lambda: kernel(rws, reads, outs)), n, 2 * sum(rw) + sum(read) + sum(out)
@@ -727,8 +737,11 @@ def _entry_seconds(entry, times, key):
 
 def _pattern_note(pattern):
     rw, read, out = pattern
-    bits = lambda widths: "+".join(f"{8 * w}" for w in widths)  # noqa: E731
-    text = f"{len(rw)} arrays read+written ({bits(rw)}-bit), {len(read)} read ({bits(read)}-bit)"
+    bits = lambda widths: "+".join(f"{round(8 * w)}" for w in widths if w >= 0.5)  # noqa: E731
+    scales = [w for w in rw if w < 0.5]       # absmax arrays (Stream.case_formats)
+    blocks = "/".join(dict.fromkeys(f"{round(4 / w)}" for w in scales))
+    absmax = f", {len(scales)} absmax, a float32 per {blocks}" if scales else ""
+    text = f"{len(rw)} arrays read+written ({bits(rw)}-bit{absmax}), {len(read)} read ({bits(read)}-bit)"
     return text + (f", {len(out)} written ({bits(out)}-bit)" if out else "")
 
 
@@ -1182,13 +1195,14 @@ def _formats_ratios(rows):
     return rows
 
 
-def formats_targets(rows):
-    """Issue 14's targets (FORMAT_TARGETS) against the rows of a formats run: one entry per
-    target, fastgd adam_many row (size, threads, backend): its value, the least, met (None when
-    the value is missing: a peer absent, a row in cache)."""
+def formats_targets(rows, targets=FORMAT_TARGETS):
+    """Issue 14's targets (FORMAT_TARGETS; or ``targets``, the same shape: preset lowbit's)
+    against the rows of a formats run: one entry per target, fastgd adam_many row (size,
+    threads, backend): its value, the least, met (None when the value is missing: a peer
+    absent, a row in cache)."""
     out = []
     many = [r for r in rows if r["kind"] == "fastgd" and not r["backend"].endswith(BEFORE)]
-    for recipe, field, least, text in FORMAT_TARGETS:
+    for recipe, field, least, text in targets:
         for row in many:
             if recipe is not None and row["recipe"] != recipe:
                 continue

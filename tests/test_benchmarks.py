@@ -195,11 +195,37 @@ def test_stream_formats_moves_every_array_once(n):
     assert stream_formats([], [r32]) == pytest.approx(float(r32.astype(np.float64).sum()), rel=1e-4, abs=1e-3)
 
 
+@pytest.mark.parametrize("n", [1, 2, 127, 129, 256, 257, 40_001, 100_003])
+def test_stream_formats_moves_quantized_states_once(n):
+    """Quantized states' arrays, told by their length: 8-bit codes (a byte per element) and
+    packed 4-bit codes (byte k with element 2k) += the value cut to a byte, absmax (a float per
+    256 or 128 elements) += the value of its block's first element; each touched once."""
+    stream_formats = registry.kernel("stream_formats", "cython")
+    rng = np.random.default_rng(n)
+    r32, w32 = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    c8 = rng.integers(0, 256, n, dtype=np.uint8)
+    c4 = rng.integers(0, 256, (n + 1) // 2, dtype=np.uint8)
+    a256 = rng.standard_normal(-(-n // 256)).astype(np.float32)
+    a128 = rng.standard_normal(-(-n // 128)).astype(np.float32)
+    byte = (_bf16_bits(r32) & 0xFF).astype(np.uint8)       # the stream cuts its bfloat16 bits
+    want = [w32 + r32, c8 + byte, c4 + byte[0::2], a256 + r32[::256], a128 + r32[::128]]
+    arrays = [w32, c8, c4, a256, a128]
+    if n <= 128:    # one absmax either way (and n = 1: a byte of codes either way)
+        arrays, want = arrays[:4], want[:4]
+    if n == 1:
+        arrays, want = [w32, c8, a256], [want[0], want[1], want[3]]
+    assert stream_formats(arrays, [r32]) == 0
+    for got, expected in zip(arrays, want):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_stream_formats_refuses_bad_arrays():
     stream_formats = registry.kernel("stream_formats", "cython")
     a, b = np.ones(10, np.float32), np.ones(10, np.float32)
     for args in (([a], []), ([a], [b, np.ones(10, np.float32)]), ([a], [np.ones(9, np.float32)]),
-                 ([np.ones(10)], [b]), ([a], [b], [np.ones(10, np.float32), np.ones(10, np.float32)])):
+                 ([np.ones(10)], [b]), ([a], [b], [np.ones(10, np.float32), np.ones(10, np.float32)]),
+                 ([np.ones(4, np.uint8)], [b]), ([np.ones(2, np.float32)], [b]),
+                 ([np.ones(10, np.uint8)], [np.ones(10, np.uint8)])):
         with pytest.raises(ValueError):
             stream_formats(*args)
 
