@@ -31,7 +31,8 @@ report sizes far from what they get. Presets (``fastgd bench --preset``) are oth
 groups in the same row format (``clip``: the norm pass, Adam and clip+Adam of every backend in
 the same rounds; ``formats``: AdamW through ``adam_many`` in each storage-format recipe of
 FORMAT_RECIPES, each against a ``stream_formats`` stream of its bytes, widths and roles,
-``run_formats``) or, ``callpath``, their own rows (``callpath_rows``).
+``run_formats``; ``lowbit``: the same with quantized states, fastgd/lowbit_bench.py) or,
+``callpath``, their own rows (``callpath_rows``).
 
 JSON schema (``fastgd bench --json FILE``), ``"schema": "fastgd-bench/2"`` (/1 decided "in
 cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads both)::
@@ -82,6 +83,11 @@ cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads 
       #  "deepspeed_recipe"             the recipe of the DeepSpeed row compared with (or null)
       #  "speedup_vs_deepspeed"         that DeepSpeedCPUAdam row's seconds / seconds
       #  "speedup_vs_before"            fastgd rows: the backend's single fp32 kernel / seconds
+      # preset lowbit: the same (recipes lowbit_bench.LOWBIT_RECIPES, backends also bnb-8bit,
+      # bnb-32bit, torchao-8bit, torchao-4bit; bytes_per_element counts the absmax: 16.0625),
+      # no speedup_vs_torch_fused_bf16 / deepspeed / before; and
+      #  "speedup_vs_bnb8", "speedup_vs_torchao8"   bitsandbytes / torchao AdamW8bit / seconds
+      #  "speedup_vs_fp32"              fastgd rows: the backend's fp32 adam_many / seconds
     ],
     # preset callpath instead: one row per call path (callpath_rows)
     #  {"case", "backend", "threads", "elements", "tensors", "seconds" (per call),
@@ -89,8 +95,12 @@ cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads 
     #   "vs_torch_fused" (seconds / torch.optim.AdamW(fused=True)'s; torch rows only)}
     "skipped": [{"rule", "size", "backend", "reason"}],
     # preset formats only: issue 14's targets (FORMAT_TARGETS), one per fastgd adam_many row
+    # (preset lowbit: issue 15's, lowbit_bench.LOWBIT_TARGETS)
     "targets": [{"target", "recipe", "field", "size", "threads", "backend", "value", "least",
-                 "met" (null: not measured), "why_not_measured"}]
+                 "met" (null: not measured), "why_not_measured"}],
+    # preset lowbit only: state bytes per parameter of each optimizer (lowbit_bench.state_memory)
+    "memory": [{"size", "elements", "optimizer", "recipe", "state_bytes", "bytes_per_param",
+                "vs_float32", "shared_bytes", "counted", "most", "met"}]
   }
 """
 import functools
@@ -147,6 +157,11 @@ PRESETS = {
                          "stochastic rounding) vs the single fp32 kernel, torch fused and DeepSpeed in "
                          "their formats, and a stream of each recipe's bytes; the targets of the issue",
                 "rules": "adamw", "sizes": "16e6", "quick_sizes": "4e6"},
+    "lowbit": {"about": "issue 15: AdamW with 8-bit and 4-bit states through adam_many (f32 or bf16 params) vs "
+                        "torch fused fp32, bitsandbytes AdamW8bit/AdamW and torchao AdamW8bit/AdamW4bit, a stream "
+                        "of each recipe's bytes, the state memory per parameter; the targets of the issue "
+                        "(fastgd/lowbit_bench.py)",
+               "rules": "adamw", "sizes": "16e6,64e6", "quick_sizes": "4e6"},
 }
 
 
