@@ -95,14 +95,20 @@ _CACHEABLE = (float, int, bool, str, type(None), np.dtype)
 #: keyword-only options of every optimizer beside its rule's (and, like clipping's, not in its
 #: param groups, which stay torch.optim's): how its arrays are stored (fastgd/formats.py)
 FORMAT_OPTIONS = {"state_dtype": None, "master_weights": False, "bf16_stochastic_round": False,
-                  "stochastic_round_seed": 0}
+                  "stochastic_round_seed": 0, "optim_bits": 32, "min_8bit_size": 4096}
+
+#: optim_bits: 32 keeps states as state_dtype says; 8 and 4 quantize them block-wise
+#: (fastgd/quant.py) in every parameter of at least min_8bit_size elements (bitsandbytes' names)
+OPTIM_BITS = (32, 8, 4)
 
 SUPPORTED_FORMATS = (
     "float64 params with float64 states; float32, bfloat16 or float16 params with float32, "
     "bfloat16 or float16 states (state_dtype=..., default the param's dtype); "
     "master_weights=True for bfloat16/float16 params (a float32 master copy in the state, states "
     "float32 unless state_dtype says otherwise); bf16_stochastic_round=True rounds the bfloat16 "
-    "param (without master weights) and bfloat16 states stochastically")
+    "param (without master weights) and bfloat16 states stochastically; optim_bits=8 or 4 "
+    "quantizes the states of float32, bfloat16 or float16 params of at least min_8bit_size "
+    "elements (never float64)")
 
 
 def check_format_options(group):
@@ -118,18 +124,52 @@ def check_format_options(group):
     seed = group.get("stochastic_round_seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TypeError(f"stochastic_round_seed must be an int >= 0; got {seed!r}")
+    bits = group.get("optim_bits", 32)
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"optim_bits must be an int (32, 8 or 4); got {bits!r}")
+    if bits not in OPTIM_BITS:
+        raise ValueError(f"optim_bits must be 32 (states as state_dtype says), 8 or 4 (block-wise "
+                         f"quantized states); got {bits!r}")
+    small = group.get("min_8bit_size", 4096)
+    if isinstance(small, bool) or not isinstance(small, (int, np.integer)) or small < 0:
+        raise TypeError(f"min_8bit_size must be an int >= 0; got {small!r}")
     return {"state_dtype": sd, "master_weights": master, "bf16_stochastic_round": sr,
-            "stochastic_round_seed": int(seed)}
+            "stochastic_round_seed": int(seed), "optim_bits": int(bits), "min_8bit_size": int(small)}
+
+
+def quantized(o, size, names):
+    """The bits (8 or 4) of the quantized states of a parameter of ``size`` elements with state
+    arrays ``names`` under options ``o``, or 0: its states are not quantized."""
+    bits = o.get("optim_bits", 32)
+    return bits if bits != 32 and names and size >= o.get("min_8bit_size", 4096) else 0
+
+
+def absmax_name(name):
+    """The state holding the block maxima of quantized state ``name``."""
+    return name + "_absmax"
+
+
+class _Roles(dict):
+    """A stand-in of a slot's views that names the array at each kernel role (spec.arrays of
+    it): a needed state by its name, a stand-in by the array it stands for."""
+
+    def __init__(self, names):
+        super().__init__((n, n) for n in names)
+        self["param"] = "param"
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
 
 
 class Storage:
     """How one parameter's arrays are stored: ``state`` the states' dtype, ``master`` whether a
-    float32 master copy is kept (state "master_weight"), ``codes`` the many kernel's format codes
-    of the roles (kernels/CONTRACT.md), ``single`` whether the single kernel can step it (all
-    float32 or all float64)."""
-    __slots__ = ("state", "master", "sr", "codes", "single", "key")
+    float32 master copy is kept (state "master_weight"), ``bits`` 8 or 4 if its states are
+    quantized (else 0), ``codes`` the many kernel's format codes of the roles
+    (kernels/CONTRACT.md), ``single`` whether the single kernel can step it (all float32 or all
+    float64)."""
+    __slots__ = ("state", "master", "sr", "codes", "single", "key", "bits")
 
-    def __init__(self, o, dtype, nstates, where):
+    def __init__(self, o, dtype, nstates, where, bits=0, spec=None):
         pd = np.dtype(dtype)
         half = fmt.code_of(pd) in fmt.HALF
         self.master = bool(o.get("master_weights")) and half
@@ -143,12 +183,22 @@ class Storage:
             raise TypeError(f"{where} is {pd} with state_dtype {sd}: not a supported combination "
                             f"of formats. Supported: {SUPPORTED_FORMATS}")
         pc, sc = fmt.code_of(pd), fmt.code_of(sd)
+        self.bits = bits
+        if bits and pd == np.float64:
+            raise TypeError(f"{where} is float64 with optim_bits={bits}: not a supported "
+                            f"combination of formats. Supported: {SUPPORTED_FORMATS}")
         # all float32 or all float64: the single kernel can step it alone
-        self.single = not self.master and not self.sr and pc == sc and pc in (fmt.F32, fmt.F64)
+        self.single = (not self.master and not self.sr and not bits and pc == sc
+                       and pc in (fmt.F32, fmt.F64))
         first = fmt.F32 if self.master else (fmt.BF16_SR if sr_param else pc)
         state = fmt.BF16_SR if sr_state else sc
-        self.codes = np.array([first, pc, pc, *([state] * nstates), pc if self.master else fmt.NONE],
-                              np.int32)
+        states = [state] * nstates
+        if bits:     # each role the code of the array at it (kernels/CONTRACT.md, stand-ins)
+            by_name = {x.name: x for x in spec.state}
+            states = [fmt.quantized_code(bits, by_name[n].signed8 if bits == 8 else by_name[n].signed4)
+                      if n in by_name else pc
+                      for n in spec.arrays(_Roles(spec.state_names(o)))]
+        self.codes = np.array([first, pc, pc, *states, pc if self.master else fmt.NONE], np.int32)
         self.key = self.codes.tobytes()
 
 
@@ -224,8 +274,11 @@ class Core(Clipping):
 
     - ``_state_get(key)`` -> the state dict of one parameter or None, ``_state_put(key, state)``;
     - ``_new_state(slot, name, init, dtype)`` -> a new state container of ``dtype`` filled with
-      ``init``, and ``_view(container, flat_param, where, dtype)`` -> its flat NumPy view
-      (checked: as many elements as the parameter, of ``dtype``);
+      ``init``, and ``_view(container, flat_param, where, dtype, size=None)`` -> its flat NumPy
+      view (checked: ``size`` elements, default the parameter's, of ``dtype``);
+    - ``_new_raw(slot, name, size, dtype, like_param)`` -> a new zero container of ``size``
+      elements of ``dtype`` (a quantized state's codes or block maxima; ``like_param``: it
+      has one code per element, so the front end may give it the parameter's shape);
     - ``_zero_step()``, ``_new_scalar(value)``: new step count and scalar state;
     - ``_advance(slot)`` -> the step count after adding one; ``_scalars_of(slot)`` /
       ``_store_scalars(slot, values)`` for the spec's scalar state.
@@ -273,12 +326,14 @@ class Core(Clipping):
         prep.many = None
         return prep
 
-    def storage(self, prep, dtype, where):
-        """The Storage of a parameter of ``dtype`` in ``prep``'s group (TypeError if its formats
-        are not a supported combination)."""
-        st = prep.storage.get(dtype)
+    def storage(self, prep, dtype, where, size=0):
+        """The Storage of a parameter of ``dtype`` and ``size`` elements in ``prep``'s group
+        (TypeError if its formats are not a supported combination)."""
+        bits = quantized(prep.o, size, prep.names)
+        st = prep.storage.get((dtype, bits))
         if st is None:
-            st = prep.storage[dtype] = Storage(prep.o, dtype, len(self.spec.arrays(_Names())), where)
+            st = prep.storage[dtype, bits] = Storage(prep.o, dtype, len(self.spec.arrays(_Names())),
+                                                     where, bits, self.spec)
         return st
 
     # --- state ---------------------------------------------------------------------------------
@@ -292,27 +347,36 @@ class Core(Clipping):
         if (slot is None or slot.param is not param or slot.store is not state or state is None
                 or slot.names != prep.names):
             return self._build_slot(key, param, flat, {} if state is None else state, prep, where)
-        for n, c in zip(slot.names + ("master_weight",), slot.containers):
+        st = slot.storage
+        names = slot.names + (("master_weight",) if st is not None and st.master else ())
+        if st is not None and st.bits:
+            names += tuple(absmax_name(n) for n in slot.names)
+        for n, c in zip(names, slot.containers):
             if state.get(n) is not c:       # a state array loaded or assigned since
                 return self._build_slot(key, param, flat, state, prep, where)
         return slot
 
     def _build_slot(self, key, param, flat, state, prep, where):
         slot = Slot(param, flat)
-        st = self.storage(prep, flat.dtype, where)
+        st = self.storage(prep, flat.dtype, where, flat.size)
         new = {}
         for s in self.spec.state:
             if s.needed(prep.o) and s.name not in state:
-                new[s.name] = self._new_state(slot, s.name, s.initial(prep.o), st.state)
+                if st.bits:
+                    code = self._quantized_code(st, s.name)
+                    new[s.name], new[absmax_name(s.name)] = self._new_quantized(
+                        slot, s.name, code, s.initial(prep.o))
+                else:
+                    new[s.name] = self._new_state(slot, s.name, s.initial(prep.o), st.state)
         names = prep.names + (("master_weight",) if st.master else ())
         if st.master and "master_weight" not in state:
             c = new["master_weight"] = self._new_state(slot, "master_weight", 0.0, np.dtype(np.float32))
             self._view(c, flat, f"state 'master_weight' of {where}", np.dtype(np.float32))[...] = flat
         containers = []
-        for name in names:
-            c = new[name] if name in new else state[name]
-            dtype = np.dtype(np.float32) if name == "master_weight" else st.state
-            v = self._view(c, flat, f"state {name!r} of {where}", dtype)
+        for name in names + (tuple(absmax_name(n) for n in prep.names) if st.bits else ()):
+            c = new[name] if name in new else state.get(name)
+            size, dtype = self._state_layout(st, name, flat.size)
+            v = self._view(c, flat, f"state {name!r} of {where}", dtype, size)
             span = check.span(v)
             for other in slot.spans:
                 if span[0] < other[1] and other[0] < span[1]:
@@ -323,12 +387,43 @@ class Core(Clipping):
             containers.append(c)
         slot.names, slot.store, slot.containers = prep.names, state, tuple(containers)
         slot.key, slot.pending = key, new
-        slot.views = tuple(slot.s[n] for n in ("param", *names))
+        # the float views the step's one-call check takes with the grad (not codes, absmax)
+        slot.views = tuple(slot.s[n] for n in ("param", *names) if not (st.bits and n in prep.names))
         slot.where = where
         slot.arrays = self.spec.arrays(slot.s)
         self._many_row(slot, st)
         self._pending = True
         return slot
+
+    def _quantized_code(self, st, name):
+        """The format code of quantized state ``name`` under Storage ``st`` (its map)."""
+        s = next(x for x in self.spec.state if x.name == name)
+        return fmt.quantized_code(st.bits, s.signed8 if st.bits == 8 else s.signed4)
+
+    def _state_layout(self, st, name, size):
+        """(elements, dtype) of state array ``name`` of a parameter of ``size`` elements under
+        Storage ``st``: quantized codes (uint8) and their absmax (float32), or like the param."""
+        if name == "master_weight":
+            return size, np.dtype(np.float32)
+        if st.bits:
+            base = name[:-len("_absmax")] if name.endswith("_absmax") else None
+            if base is not None and base in (x.name for x in self.spec.state):
+                return fmt.n_blocks(self._quantized_code(st, base), size), np.dtype(np.float32)
+            if name in (x.name for x in self.spec.state):
+                return fmt.code_bytes(self._quantized_code(st, name), size), np.dtype(np.uint8)
+        return size, st.state
+
+    def _new_quantized(self, slot, name, code, init):
+        """New (codes, absmax) containers of quantized state ``name`` holding ``init`` everywhere
+        (the front end's ``_new_raw`` makes them)."""
+        n = slot.s["param"].size
+        codes = self._new_raw(slot, name, fmt.code_bytes(code, n), np.dtype(np.uint8), fmt.QUANTIZED[code][0] == 8)
+        absmax = self._new_raw(slot, absmax_name(name), fmt.n_blocks(code, n), np.dtype(np.float32), False)
+        if init != 0.0:      # zeros are codes 0 with absmax 0 (as bitsandbytes starts)
+            c, a = fmt.quantize(np.full(n, init, np.float32), code)
+            self._view(codes, slot.s["param"], name, np.dtype(np.uint8), c.size)[...] = c
+            self._view(absmax, slot.s["param"], name, np.dtype(np.float32), a.size)[...] = a
+        return codes, absmax
 
     def _many_row(self, slot, st):
         """The slot's row of the many kernel's table (kernels/CONTRACT.md): the param role (the
@@ -339,6 +434,10 @@ class Core(Clipping):
         slot.storage = st
         slot.row = [p0, 0, p0, *(check.span(a)[0] for a in slot.arrays),
                     check.span(slot.s["param"])[0] if st.master else 0]
+        if st.bits:      # the absmax of each state role's array (its stand-ins': the same)
+            absmax = {n: slot.s[absmax_name(n)] for n in slot.names}
+            absmax["param"] = slot.s["param"]
+            slot.row += [check.span(a)[0] for a in self.spec.arrays(absmax)]
         slot.ordinal = self._ordinal_of(slot.key)
 
     def _ordinal_of(self, key):
@@ -480,18 +579,24 @@ class Core(Clipping):
         spec = self.spec
         if not isinstance(saved, dict):
             raise ValueError(f"{where}: a parameter's state must be a dict; got {type(saved).__name__}")
-        st = Storage(o, dtype, 0, where)
+        size = int(np.prod(shape))
+        st = Storage(o, dtype, len(spec.arrays(_Names())), where,
+                     quantized(o, size, spec.state_names(o)), spec)
         has_step = spec.torch_step or not self._torch_layout
         names = spec.state_names(o) + (("master_weight",) if st.master else ())
+        if st.bits:
+            names += tuple(absmax_name(n) for n in spec.state_names(o))
         expected = set(names) | {n for n, _, _ in spec.scalar_state}
         if has_step:
             expected.add("step")
         if not saved and self._torch_layout:
             return {}
         if set(saved) != expected:
+            kept = (f" (optim_bits={st.bits}: quantized states with their block maxima)" if st.bits
+                    else "")
             raise ValueError(f"{where} has state keys {sorted(map(str, saved))}; {type(self).__name__} "
-                             f"with these options keeps {sorted(expected)} (a state_dict of another "
-                             "optimizer or other options?)")
+                             f"with these options keeps {sorted(expected)}{kept} (a state_dict of "
+                             "another optimizer or other options?)")
         out = {}
         if has_step:
             out["step"] = step_count(saved["step"], where)
@@ -502,22 +607,32 @@ class Core(Clipping):
                 a = to_array(saved[name])
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise ValueError(f"{where}: state {name!r} is not an array: {exc}") from None
-            size = int(np.prod(shape))
-            want = self.expected_dtype(o, dtype, name)
-            ok = (fmt.code_of(a.dtype) is not None) if self._torch_layout else a.dtype == want
-            if not ok or a.shape not in ((size,), tuple(shape)):
+            n, want = self._state_layout(st, name, size)
+            raw = want == np.uint8 or (st.bits and name.endswith("_absmax"))
+            if raw:      # codes and block maxima: exactly their layout, never cast
+                ok = a.dtype == want and (a.shape == (n,) or (a.shape == tuple(shape) and n == size))
+                if ok and a.dtype == np.float32 and not (np.isfinite(a).all() and (a >= 0).all()):
+                    raise ValueError(f"{where}: state {name!r} (block maxima of a quantized state) "
+                                     "must be finite and >= 0")
+                what = (f"{n} {want} ({'codes' if want == np.uint8 else 'block maxima'} of an "
+                        f"{st.bits}-bit state)")
+            else:
+                ok = (fmt.code_of(a.dtype) is not None) if self._torch_layout else a.dtype == want
+                ok = ok and a.shape in ((size,), tuple(shape))
+                what = f"{size} elements kept in {want} (state_dtype / master_weights)"
+            if not ok:
                 raise ValueError(f"{where}: state {name!r} has shape {a.shape} and dtype {a.dtype}; "
-                                 f"the parameter has {size} elements and this state is kept in "
-                                 f"{want} (state_dtype / master_weights)")
+                                 f"the parameter has {size} elements and this state is {what}")
             out[name] = a
         return out
 
-    @staticmethod
-    def expected_dtype(o, dtype, name):
-        """The dtype state ``name`` of a parameter of ``dtype`` is kept in under options ``o``."""
-        if name == "master_weight":
-            return np.dtype(np.float32)
-        return Storage(o, dtype, 0, "a parameter").state
+    def expected_dtype(self, o, dtype, name, size=0):
+        """The dtype state ``name`` of a parameter of ``dtype`` and ``size`` elements is kept in
+        under options ``o``."""
+        spec = self.spec
+        st = Storage(o, dtype, len(spec.arrays(_Names())), "a parameter",
+                     quantized(o, size, spec.state_names(o)), spec)
+        return self._state_layout(st, name, size)[1]
 
     def _checked_groups(self, saved_groups, current_groups, defaults):
         """The param groups of a state_dict checked against this optimizer's: the same count and

@@ -84,6 +84,14 @@ class ZeroRedundancyOptimizer(Clipping):
         import fastgd
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.optimizer_class = fastgd.AdamW if optimizer_class is None else optimizer_class
+        bits = defaults.get("optim_bits",
+                            getattr(self.optimizer_class, "format_overrides", {}).get("optim_bits", 32))
+        if bits != 32:
+            # a shard's quantization blocks would start at the shard's first element, not the
+            # tensor's: its consolidated checkpoint could not be the unsharded optimizer's
+            raise ValueError(f"ZeroRedundancyOptimizer with quantized states (optim_bits={bits}) "
+                             "is not supported; shard float32 states (optim_bits=32), or use "
+                             "fastgd.distributed's data parallelism with an 8-bit optimizer")
         self._init_clipping(max_grad_norm, norm_type, error_if_nonfinite)
         error = None
         try:

@@ -69,6 +69,7 @@ class Optimizer(Core):
     ``spec``, and may pin options (``fixed``) or change defaults (``overrides``)."""
 
     overrides = {}
+    format_overrides = {}    # defaults of FORMAT_OPTIONS the class changes (AdamW8bit's optim_bits)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -79,7 +80,8 @@ class Optimizer(Core):
                                 "the Optimizer base takes it for every rule")
             cls._signature = constructor_signature(cls.spec, cls.fixed, cls.overrides,
                                                    tuple(CLIPPING_OPTIONS.items())
-                                                   + tuple(FORMAT_OPTIONS.items()))
+                                                   + tuple({**FORMAT_OPTIONS,
+                                                            **cls.format_overrides}.items()))
             cls.__signature__ = cls._signature
 
     def __init__(self, params, *args, **kwargs):
@@ -160,11 +162,18 @@ class Optimizer(Core):
     def _new_state(self, slot, name, init, dtype):
         return np.full(slot.s["param"].size, init, dtype)
 
-    def _view(self, a, flat, where, dtype):
-        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.size != flat.size:
-            raise ValueError(f"{where} must be an array of {flat.size} {dtype} (the parameter's "
+    @staticmethod
+    def _new_raw(slot, name, size, dtype, like_param):
+        return np.zeros(size, dtype)
+
+    def _view(self, a, flat, where, dtype, size=None):
+        size = flat.size if size is None else size
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.size != size:
+            raise ValueError(f"{where} must be an array of {size} {dtype} (the parameter's "
                              f"state format); got {type(a).__name__}"
                              + (f" of {a.size} {a.dtype}" if isinstance(a, np.ndarray) else ""))
+        if dtype not in check.STORAGE_DTYPES:      # a quantized state's codes
+            return check.array(where, a, dtypes=(dtype,))
         return check.array(where, a, dtypes=check.STORAGE_DTYPES)
 
     @staticmethod
@@ -323,8 +332,8 @@ class Optimizer(Core):
                                                f"state of parameter {key}", np.asarray)
             for name, v in loaded.items():
                 if isinstance(v, np.ndarray):
-                    loaded[name] = np.array(v, dtype=self.expected_dtype(options_of[i], p.dtype, name),
-                                            order="C").reshape(-1)
+                    want = self.expected_dtype(options_of[i], p.dtype, name, p.size)
+                    loaded[name] = np.array(v, dtype=want, order="C").reshape(-1)
             new_state[i] = loaded
         new_groups = []
         for group, (saved, o) in zip(self.param_groups, checked):
@@ -408,3 +417,57 @@ class Lion(Optimizer):
     spec = SPECS["lion"]
     __doc__ = spec.docstring('Lion (Chen et al. 2023, "Symbolic Discovery of Optimization '
                              'Algorithms"); torch has none.')
+
+
+# --- quantized states under bitsandbytes' and torchao's names (fastgd.torch has the same) ------
+
+_BITS_NOTE = ("States of parameters of at least min_8bit_size elements are quantized block-wise "
+              "(fastgd/quant.py: bitsandbytes' 8-bit format, blocks of 256 with a float32 absmax; "
+              "4-bit: blocks of 128), dequantized, updated and quantized again in the step's one "
+              "pass; smaller ones keep float32 states (state_dtype).")
+
+
+class AdamW8bit(AdamW):
+    format_overrides = {"optim_bits": 8}
+    __doc__ = Adam.spec.docstring("bitsandbytes' AdamW8bit: AdamW with 8-bit states.", _BITS_NOTE)
+
+
+class Adam8bit(AdamW):
+    format_overrides = {"optim_bits": 8}
+    overrides = {"weight_decay": 0.0}
+    __doc__ = Adam.spec.docstring("bitsandbytes' Adam8bit: its kernel decays weights decoupled, "
+                                  "as AdamW (default weight_decay 0); 8-bit states.", _BITS_NOTE)
+
+
+class SGD8bit(SGD):
+    format_overrides = {"optim_bits": 8}
+    __doc__ = SGD.spec.docstring("bitsandbytes' SGD8bit: an 8-bit momentum buffer.", _BITS_NOTE)
+
+
+class Lion8bit(Lion):
+    format_overrides = {"optim_bits": 8}
+    __doc__ = Lion.spec.docstring("bitsandbytes' Lion8bit: an 8-bit momentum.", _BITS_NOTE)
+
+
+class RMSprop8bit(RMSprop):
+    format_overrides = {"optim_bits": 8}
+    __doc__ = RMSprop.spec.docstring("bitsandbytes' RMSprop8bit: an 8-bit square average.",
+                                     _BITS_NOTE)
+
+
+class Adagrad8bit(Adagrad):
+    format_overrides = {"optim_bits": 8}
+    __doc__ = Adagrad.spec.docstring("bitsandbytes' Adagrad8bit: an 8-bit sum of squares.",
+                                     _BITS_NOTE)
+
+
+class AdamW4bit(AdamW):
+    format_overrides = {"optim_bits": 4}
+    __doc__ = Adam.spec.docstring("torchao's AdamW4bit: AdamW with 4-bit states (the second "
+                                  "moment on a linear map without zero).", _BITS_NOTE)
+
+
+class Adam4bit(Adam):
+    format_overrides = {"optim_bits": 4}
+    __doc__ = Adam.spec.docstring("torchao's Adam4bit: Adam (coupled weight decay) with 4-bit "
+                                  "states.", _BITS_NOTE)

@@ -56,7 +56,8 @@ from ..optim import constructor_signature
 from ..rules import SPECS
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion",
-           "clip_grad_norm_"]
+           "clip_grad_norm_", "Adam8bit", "AdamW8bit", "SGD8bit", "Lion8bit", "RMSprop8bit",
+           "Adagrad8bit", "AdamW4bit", "Adam4bit"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -335,11 +336,11 @@ class _Optimizer(Core, torch.optim.Optimizer):
     def _flatten_group(self, group):
         o = self._check_group(group)
         if any(p.dtype not in (torch.float32, torch.float64) for p in group["params"]) or \
-                o["state_dtype"] is not None:
+                o["state_dtype"] is not None or o["optim_bits"] != 32:
             raise TypeError(f"{type(self).__name__}(flatten=True) packs float32/float64 parameters "
-                            "with states of their dtype; step bfloat16/float16 parameters or "
-                            "another state_dtype without flatten (one kernel call steps a group's "
-                            "tensors in place either way)")
+                            "with states of their dtype; step bfloat16/float16 parameters, "
+                            "another state_dtype or quantized states (optim_bits) without flatten "
+                            "(one kernel call steps a group's tensors in place either way)")
         by_dtype = {}
         for p in group["params"]:
             by_dtype.setdefault(p.dtype, []).append(p)
@@ -364,15 +365,25 @@ class _Optimizer(Core, torch.optim.Optimizer):
         return torch.full_like(slot.param, init, dtype=_TORCH_DTYPE[dtype],
                                memory_format=torch.contiguous_format)
 
-    def _view(self, t, flat, where, dtype):
+    @staticmethod
+    def _new_raw(slot, name, size, dtype, like_param):
+        # 8-bit codes in the parameter's shape, as bitsandbytes keeps its state1/state2
+        if like_param:
+            return torch.zeros_like(slot.param, dtype=_TORCH_DTYPE[dtype],
+                                    memory_format=torch.contiguous_format)
+        return torch.zeros(size, dtype=_TORCH_DTYPE[dtype])
+
+    def _view(self, t, flat, where, dtype, size=None):
         name = type(self).__name__
+        size = flat.size if size is None else size
         if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided \
-                or t.numel() != flat.size or not t.is_contiguous() \
+                or t.numel() != size or not t.is_contiguous() \
                 or t.dtype != _TORCH_DTYPE[dtype]:
             desc = (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor)
                     else type(t).__name__)
+            whose = "the parameter's " if size == flat.size else ""
             raise ValueError(f"{name}: {where} is {desc}; expected a contiguous CPU tensor of "
-                             f"{_TORCH_DTYPE[dtype]} with the parameter's {flat.size} elements")
+                             f"{_TORCH_DTYPE[dtype]} with {whose}{size} elements")
         return _np(t.detach()).reshape(-1)
 
     def _ordinal_of(self, key):
@@ -504,8 +515,12 @@ class _Optimizer(Core, torch.optim.Optimizer):
             out = {}
             for name, v in loaded.items():
                 if isinstance(v, np.ndarray):
-                    want = self.expected_dtype(options_of[index_of[key]], _NP_DTYPE[p.dtype], name)
-                    out[name] = _tensor(v).to(_TORCH_DTYPE[want]).reshape(p.shape).contiguous()
+                    want = self.expected_dtype(options_of[index_of[key]], _NP_DTYPE[p.dtype], name,
+                                               p.numel())
+                    t = _tensor(v).to(_TORCH_DTYPE[want])
+                    # a quantized state's codes and block maxima keep their own shape
+                    out[name] = (t.reshape(p.shape) if v.size == p.numel() and
+                                 not name.endswith("_absmax") else t).contiguous()
                 else:
                     out[name] = torch.tensor(float(v), dtype=torch.float32)
             state[key] = out
@@ -728,6 +743,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
 _TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
                 np.dtype(np.float16): torch.float16, formats.bfloat16: torch.bfloat16}
 _NP_DTYPE = {t: n for n, t in _TORCH_DTYPE.items()}
+_TORCH_DTYPE[np.dtype(np.uint8)] = torch.uint8      # a quantized state's codes
 
 
 def _tensor(a):
@@ -805,3 +821,8 @@ class Lion(_Optimizer):
     spec = SPECS["lion"]
     __doc__ = spec.docstring("Lion (Chen et al. 2023), as lion-pytorch (torch.optim has none); "
                              "state ``exp_avg`` only (no step count).")
+
+
+# the 8-bit and 4-bit classes under bitsandbytes' and torchao's names (built on the classes above)
+from .lowbit import (Adagrad8bit, Adam4bit, Adam8bit, AdamW4bit, AdamW8bit, Lion8bit,  # noqa: E402
+                     RMSprop8bit, SGD8bit)
