@@ -35,7 +35,8 @@ formats; ``bytes_per_element`` counts the absmax, e.g. 16.0625):
 ``run_lowbit`` returns (rows, skipped, targets, memory): ``targets`` issue 15's (LOWBIT_TARGETS,
 the formats preset's entry format; a fastgd row skipped gives entries with value None and the
 reason), ``memory`` the optimizer state bytes per parameter of each optimizer, measured from its
-arrays (``state_memory``), with issue 15's bounds (MEMORY_TARGETS).
+state arrays after a step (fastgd's: fastgd.AdamW / AdamW8bit / AdamW4bit, ``state_memory``),
+with issue 15's bounds (MEMORY_TARGETS).
 """
 import contextlib
 import functools
@@ -441,17 +442,35 @@ def _memory_row(size, optimizer, recipe, state_bytes, shared, counted, float32_b
             "met": None if most is None or ratio is None else ratio <= most}
 
 
-def state_memory(size, tensors_of, peer_memory):
-    """The state memory rows of ``size``: fastgd's (``tensors_of``: recipe -> its tensors; the
-    states' arrays, codes and absmax), then the peers' (``peer_memory``: peer -> Case.memory),
-    each with its bytes per parameter and their ratio to fastgd's float32 states (8 B)."""
-    def nbytes(tensors):
-        return sum(a.nbytes for t in tensors for role, a in t.items() if role.split(".")[0] in STATES)
-    float32 = nbytes(tensors_of["fp32"]) / size.elements if "fp32" in tensors_of else 8.0
-    rows = []
-    for name, tensors in tensors_of.items():
-        counted = "codes + absmax (float32 per block)" if RECIPES[name].bits else "exp_avg, exp_avg_sq (float32)"
-        rows.append(_memory_row(size, "fastgd", name, nbytes(tensors), 0, counted, float32))
+OPTIMIZERS = {None: "AdamW", 8: "AdamW8bit", 4: "AdamW4bit"}   # fastgd's, by the recipe's bits
+
+
+def fastgd_state_bytes(recipe, tensors):
+    """(state bytes, what is counted) of fastgd's optimizer of ``recipe`` (fastgd.AdamW,
+    AdamW8bit, AdamW4bit; min_8bit_size=0: every tensor quantized, as the preset's rows) over
+    copies of ``tensors``' params after one step: the nbytes of its state arrays (codes and
+    absmax of quantized states; the step counter not counted). The step runs on a compiled
+    backend that has the recipe's kernel, else on the NumPy reference (seconds at 16M)."""
+    import fastgd
+    cls = getattr(fastgd, OPTIMIZERS[recipe.bits])
+    extra = {"min_8bit_size": 0} if recipe.bits else {}
+    opt = cls([t["param"].copy() for t in tensors], **_adamw_options(), **extra)
+    usable = [b for b in COMPILED if _backends.backend_status()[b][0]
+              and (not recipe.bits or quantized_support(b, recipe.name) is None)]
+    with fastgd.use_backend(usable[0] if usable else "numpy"):
+        opt.step([t["grad"] for t in tensors])
+    arrays = [(k, v) for state in opt.state.values() for k, v in state.items() if isinstance(v, np.ndarray)]
+    names = ", ".join(dict.fromkeys(k for k, _ in arrays))
+    return sum(v.nbytes for _, v in arrays), f"fastgd.{cls.__name__}{' (min_8bit_size=0)' if extra else ''}: {names}"
+
+
+def state_memory(size, fastgd_bytes, peer_memory):
+    """The state memory rows of ``size``: fastgd's (``fastgd_bytes``: recipe -> (state bytes,
+    counted), fastgd_state_bytes), then the peers' (``peer_memory``: peer -> Case.memory), each
+    with its bytes per parameter and their ratio to fastgd's float32 states' (8 B)."""
+    float32 = fastgd_bytes["fp32"][0] / size.elements if "fp32" in fastgd_bytes else 8.0
+    rows = [_memory_row(size, "fastgd", name, state, 0, counted, float32)
+            for name, (state, counted) in fastgd_bytes.items()]
     for peer, (state, shared, counted) in peer_memory.items():
         rows.append(_memory_row(size, peer, PEERS[peer][1], state, shared, counted, float32))
     return rows
@@ -464,11 +483,11 @@ def _groups(size, backends, skipped, memory):
     compiled backend and the peers of that recipe; the state memory rows appended to ``memory``."""
     compiled = [b for b in backends if b in COMPILED]
     layout = "array" if size.tensors == 1 else "list"
-    groups, tensors_of, peer_memory = [], {}, {}
+    groups, fastgd_bytes, peer_memory = [], {}, {}
     for recipe in LOWBIT_RECIPES:
         label = f"{RULE} {recipe.name}"
         try:
-            tensors = tensors_of[recipe.name] = lowbit_arrays(recipe, _lengths(size))
+            tensors = lowbit_arrays(recipe, _lengths(size))
         except B.Skip as why:
             skipped.extend({"rule": label, "size": size.label, "backend": b, "reason": str(why)}
                            for b in backends if b in compiled or (b in PEERS and PEERS[b][1] == recipe.name))
@@ -486,7 +505,12 @@ def _groups(size, backends, skipped, memory):
         if entries:
             groups.append(B.Group(RULE, recipe.bytes_per_element, 3, entries, pattern=recipe.pattern,
                                   recipe=recipe))
-    memory.extend(state_memory(size, tensors_of, peer_memory))
+        try:
+            fastgd_bytes[recipe.name] = fastgd_state_bytes(recipe, tensors)
+        except Exception as exc:  # an optimizer refusing the recipe: no memory row, the reason
+            skipped.append({"rule": f"state memory {recipe.name}", "size": size.label, "backend": "fastgd",
+                            "reason": f"FAILED: {type(exc).__name__}: {str(exc)[:160]}"})
+    memory.extend(state_memory(size, fastgd_bytes, peer_memory))
     return groups
 
 
