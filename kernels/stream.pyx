@@ -159,6 +159,8 @@ cdef extern from *:
         uint16_t* o16;
     } fgd_sf_t;
 
+    typedef uint16_t fgd_sf_u16 __attribute__((aligned(1), may_alias));
+
     static inline __attribute__((always_inline)) float fgd_sf_load16(uint16_t b) {
         uint32_t u = (uint32_t)b << 16;
         float f;
@@ -197,15 +199,24 @@ cdef extern from *:
             uint16_t* w = s->w16[j] + b;
             for (i = 0; i < m; i++) w[i] = fgd_sf_store16(fgd_sf_load16(w[i]) + x[i]);
         }
-        if (s->n8 || s->n4)
+        if (s->n8 || s->n4) {
             for (i = 0; i < m; i++) xb[i] = (uint8_t)fgd_sf_store16(x[i]);
+            xb[m] = 0;
+        }
         for (j = 0; j < s->n8; j++) {
             uint8_t* w = s->w8[j] + b;
             for (i = 0; i < m; i++) w[i] = (uint8_t)(w[i] + xb[i]);
         }
-        for (j = 0; j < s->n4; j++) {       /* the bytes of the elements 2k in [b, b + m) */
-            uint8_t* w = s->w4[j];
-            for (k = (b + 1) / 2; k < (b + m + 1) / 2; k++) w[k] = (uint8_t)(w[k] + xb[2 * k - b]);
+        if (s->n4) {                        /* the bytes k of the elements 2k in [b, b + m) */
+            ptrdiff_t odd = b & 1, nk = (m - odd + 1) / 2;
+            /* xb[2k] as the low byte of the 16-bit word k (little-endian; big-endian: xb[2k + 1],
+               the same bytes moved): contiguous loads, where a stride-2 byte loop ran at 2/3 of
+               the memory's speed */
+            const fgd_sf_u16* even = (const fgd_sf_u16*)(xb + odd);
+            for (j = 0; j < s->n4; j++) {
+                uint8_t* w = s->w4[j] + (b + 1) / 2;
+                for (k = 0; k < nk; k++) w[k] = (uint8_t)(w[k] + (uint8_t)even[k]);
+            }
         }
         for (j = 0; j < s->ns; j++) {       /* the absmax of the block starting in [b, b + m) */
             ptrdiff_t q = s->sblock[j], first = (b + q - 1) / q * q;
@@ -226,7 +237,7 @@ cdef extern from *:
 
     static double fgd_sf_piece(const fgd_sf_t* s, ptrdiff_t lo, ptrdiff_t hi) {
         float x[FGD_SF_BLOCK] __attribute__((aligned(64)));
-        uint8_t xb[FGD_SF_BLOCK] __attribute__((aligned(64)));
+        uint8_t xb[FGD_SF_BLOCK + 1] __attribute__((aligned(64)));   /* + 1: word k of an odd tail */
         double total = 0;
         ptrdiff_t b = lo;
         for (; b + FGD_SF_BLOCK <= hi; b += FGD_SF_BLOCK) total += fgd_sf_block(s, b, FGD_SF_BLOCK, x, xb);
