@@ -454,11 +454,17 @@ def fastgd_state_bytes(recipe, tensors):
     import fastgd
     cls = getattr(fastgd, OPTIMIZERS[recipe.bits])
     extra = {"min_8bit_size": 0} if recipe.bits else {}
-    opt = cls([t["param"].copy() for t in tensors], **_adamw_options(), **extra)
     usable = [b for b in COMPILED if _backends.backend_status()[b][0]
               and (not recipe.bits or quantized_support(b, recipe.name) is None)]
-    with fastgd.use_backend(usable[0] if usable else "numpy"):
-        opt.step([t["grad"] for t in tensors])
+    for backend in usable + ["numpy"]:
+        opt = cls([t["param"].copy() for t in tensors], **_adamw_options(), **extra)
+        try:
+            with fastgd.use_backend(backend):
+                opt.step([t["grad"] for t in tensors])
+            break
+        except Exception:  # noqa: BLE001 - the optimizer's path failing there: the next backend
+            if backend == "numpy":
+                raise
     arrays = [(k, v) for state in opt.state.values() for k, v in state.items() if isinstance(v, np.ndarray)]
     names = ", ".join(dict.fromkeys(k for k, _ in arrays))
     return sum(v.nbytes for _, v in arrays), f"fastgd.{cls.__name__}{' (min_8bit_size=0)' if extra else ''}: {names}"

@@ -534,3 +534,30 @@ def test_lowbit_preset_steps_what_its_recipe_says(recipe, backend):
             else:
                 np.testing.assert_allclose(F.load(a[role]).astype(np.float32), F.load(b[role]).astype(np.float32),
                                            rtol=1e-5 if recipe.param == F.F32 else 2 ** -7, atol=1e-7, err_msg=role)
+
+
+def test_lowbit_preset_with_quantized_kernels(monkeypatch):
+    """With kernels that have quantized states (the reference standing in for both backends),
+    every recipe has its row on every backend, its speedups and its targets' values."""
+    from fastgd import _reference
+    monkeypatch.setattr(L, "_kernel", lambda backend: _reference.adam_many)
+    L.quantized_support.cache_clear()
+    try:
+        rows, skipped, targets, memory = L.run_lowbit(sizes=B.parse_sizes("2x600"), threads=[1],
+                                                      backends=["cython", "numba", "torch"], rounds=1,
+                                                      min_seconds=0.001, stream_elements=100_000)
+    finally:
+        L.quantized_support.cache_clear()
+    measured = {(r["recipe"], r["backend"]) for r in rows}
+    assert {(recipe, b) for recipe in L.RECIPES for b in ("cython", "numba", "stream")} <= measured
+    assert not [s for s in skipped if s["backend"] in L.COMPILED]
+    torch_present = L.peer_status()["torch"] is None
+    for r in rows:
+        if r["kind"] == "fastgd":
+            assert r["speedup_vs_fp32"] > 0 and (r["speedup_vs_torch_fused"] is not None) is torch_present
+    assert {t["recipe"] for t in targets} == {recipe for recipe, *_ in L.LOWBIT_TARGETS}
+    for t in targets:
+        assert t["why_not_measured"] is None or not t["why_not_measured"].startswith("row skipped")
+        if t["field"] == "speedup_vs_torch_fused" and torch_present:
+            assert t["value"] is not None and t["met"] == (t["value"] >= t["least"])
+    assert {m["recipe"] for m in memory if m["optimizer"] == "fastgd"} == set(L.RECIPES)
