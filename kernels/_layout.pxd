@@ -14,20 +14,103 @@
 # at run time inside the 16-lane loop. A prototype that no longer matches Cython's signature is
 # a compile error ("conflicting types"), never silent.
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uintptr_t
 cimport numpy as cnp
 
 from _parallel cimport PIECE_ALIGN, piece_start, threads_for
+from _formats cimport FGD_F64
+
+cdef extern from "_quant.h" nogil:
+    enum:
+        FGD_Q8_BLOCK
+        FGD_Q4_BLOCK
+    float fgd_q8_quantize(const float* x, int n, int is_signed, uint8_t* codes)
+    void fgd_q8_dequantize(const uint8_t* codes, int n, float absmax, int is_signed, float* out)
+    float fgd_q4_quantize(const float* x, int n, int is_signed, uint8_t* packed)
+    void fgd_q4_dequantize(const uint8_t* packed, int n, float absmax, int is_signed, float* out)
+
+cdef extern from *:
+    """
+    /* the most state roles a quantized call stages (fastgd's rules have at most 3) */
+    #define FGD_QMAX 4
+    #define FGD_MAX_ROLES (4 + FGD_QMAX)
+    #define FGD_Q8_SIGNED 5
+    #define FGD_Q8_UNSIGNED 6
+    #define FGD_Q4_SIGNED 7
+    #define FGD_Q4_UNSIGNED 8
+    /* elements staged per call of the segment function: whole blocks of either width (4 of
+     * 8 bits, 8 of 4). One call a block cost 4-bit AdamW ~20% at 16M (the segment's setup,
+     * its recipe and alias checks per 128 elements); 1024 floats a role stays in L1 */
+    #ifndef FGD_QCHUNK
+    #define FGD_QCHUNK 1024
+    #endif
+    /* the staged elements of one segment: one float32 buffer per distinct quantized address,
+     * cache-line aligned (the rules' vector loops run on them) */
+    typedef struct { float v[FGD_QMAX][FGD_QCHUNK] __attribute__((aligned(64))); } fgd_qstage;
+    """
+    enum:
+        FGD_QMAX
+        FGD_QCHUNK
+        FGD_MAX_ROLES
+        FGD_Q8_SIGNED
+        FGD_Q8_UNSIGNED
+        FGD_Q4_SIGNED
+        FGD_Q4_UNSIGNED
+    ctypedef struct fgd_qstage:
+        float v[4][1024]
+
+
+cdef inline void _stage_in(const uint8_t* codes, const float* absmax, int signed_map, int bits,
+                           Py_ssize_t lo, Py_ssize_t hi, float* buf) noexcept nogil:
+    """The values of elements [lo, hi) (``lo`` on a block) of a quantized state into ``buf``."""
+    cdef Py_ssize_t x, block = FGD_Q8_BLOCK if bits == 8 else FGD_Q4_BLOCK
+    x = lo
+    while x < hi:
+        if bits == 8:
+            fgd_q8_dequantize(codes + x, <int>min(block, hi - x), absmax[x // block], signed_map,
+                              buf + (x - lo))
+        else:
+            fgd_q4_dequantize(codes + x // 2, <int>min(block, hi - x), absmax[x // block],
+                              signed_map, buf + (x - lo))
+        x = x + block
+
+
+cdef inline void _stage_out(const float* buf, int signed_map, int bits, Py_ssize_t lo,
+                            Py_ssize_t hi, uint8_t* codes, float* absmax) noexcept nogil:
+    """Elements [lo, hi) of ``buf`` quantized back: their codes and their blocks' absmax."""
+    cdef Py_ssize_t x, block = FGD_Q8_BLOCK if bits == 8 else FGD_Q4_BLOCK
+    x = lo
+    while x < hi:
+        if bits == 8:
+            absmax[x // block] = fgd_q8_quantize(buf + (x - lo), <int>min(block, hi - x),
+                                                 signed_map, codes + x)
+        else:
+            absmax[x // block] = fgd_q4_quantize(buf + (x - lo), <int>min(block, hi - x),
+                                                 signed_map, codes + x // 2)
+        x = x + block
+
 
 ctypedef void (*segment_fn)(char** a, const int* f, Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
                             const void* k) noexcept nogil
 
 
+cdef inline list _codes(const int* f, int roles):
+    """The format codes, for an error message."""
+    return [f[r] for r in range(roles)]
+
+
 cdef inline Py_ssize_t table_of(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts,
-                                cnp.ndarray keys, int roles) except -1:
-    """The number of tensors of a checked table (a cheap last guard: fastgd._core built it)."""
+                                cnp.ndarray keys, int roles, int* width, int* bits) except -1:
+    """The number of tensors of a checked table (a cheap last guard: fastgd._core built it).
+
+    ``width``: the row length of ``ptrs``, R = ``roles`` or R + S with S = R - 4 absmax columns
+    (kernels/CONTRACT.md, "Quantized states"); ``bits``: 8 or 4 if any role has a quantized code
+    (5-8), else 0. ValueError for a table the contract does not allow."""
+    cdef int states = roles - 4, r, b
+    cdef const int* f
     cdef Py_ssize_t n = cnp.PyArray_DIM(ptrs, 0) if cnp.PyArray_NDIM(ptrs) == 2 else -1
-    if (n < 0 or cnp.PyArray_DIM(ptrs, 1) != roles or cnp.PyArray_TYPE(ptrs) != cnp.NPY_INT64
+    if (n < 0 or (cnp.PyArray_DIM(ptrs, 1) != roles and cnp.PyArray_DIM(ptrs, 1) != roles + states)
+            or cnp.PyArray_TYPE(ptrs) != cnp.NPY_INT64
             or not cnp.PyArray_IS_C_CONTIGUOUS(ptrs)
             or cnp.PyArray_TYPE(offsets) != cnp.NPY_INT64 or cnp.PyArray_SIZE(offsets) != n + 1
             or not cnp.PyArray_IS_C_CONTIGUOUS(offsets)
@@ -35,31 +118,142 @@ cdef inline Py_ssize_t table_of(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarr
             or not cnp.PyArray_IS_C_CONTIGUOUS(fmts)
             or cnp.PyArray_TYPE(keys) != cnp.NPY_UINT32 or cnp.PyArray_SIZE(keys) != n
             or not cnp.PyArray_IS_C_CONTIGUOUS(keys)):
-        raise ValueError(f"a many-tensor table is ptrs int64 (N, {roles}), offsets int64 (N + 1,), "
-                         f"fmts int32 ({roles},), keys uint32 (N,), all C-contiguous")
+        raise ValueError(f"a many-tensor table is ptrs int64 (N, {roles}) (or (N, "
+                         f"{roles + states}) with the absmax columns of quantized states), "
+                         f"offsets int64 (N + 1,), fmts int32 ({roles},), keys uint32 (N,), all "
+                         f"C-contiguous")
+    width[0] = <int>cnp.PyArray_DIM(ptrs, 1)
+    bits[0] = 0
+    f = <const int*>cnp.PyArray_DATA(fmts)
+    for r in range(roles):      # no Python objects unless there is an error to say
+        if f[r] < FGD_Q8_SIGNED or f[r] > FGD_Q4_UNSIGNED:
+            continue
+        if r < 3 or r > roles - 2:
+            raise ValueError(f"quantized format codes (5-8) are for the state roles (columns 3 to "
+                             f"{roles - 2}) only; got codes {_codes(f, roles)}")
+        b = 8 if f[r] <= FGD_Q8_UNSIGNED else 4
+        if bits[0] != 0 and bits[0] != b:
+            raise ValueError(f"the quantized states of one call are all 8-bit (codes 5, 6) or all "
+                             f"4-bit (7, 8); got codes {_codes(f, roles)}")
+        bits[0] = b
+    if bits[0] != 0:
+        for r in range(roles):
+            if f[r] == FGD_F64:
+                raise ValueError(f"quantized states need float32, bfloat16 or float16 params and "
+                                 f"grads, not float64; got codes {_codes(f, roles)}")
+        if width[0] != roles + states:
+            raise ValueError(f"quantized states need the absmax columns: ptrs int64 (N, "
+                             f"{roles + states}); got (N, {width[0]}) with codes "
+                             f"{_codes(f, roles)}")
+        if states > FGD_QMAX:   # never with the rules of fastgd (at most 3 states)
+            raise ValueError(f"at most {FGD_QMAX} quantized state roles; got {states}")
     return n
 
 
-cdef inline Py_ssize_t _cut(Py_ssize_t x, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+cdef inline Py_ssize_t _cut(Py_ssize_t x, Py_ssize_t start, Py_ssize_t end,
+                            Py_ssize_t align) noexcept nogil:
     """A piece boundary x of the concatenation as an index in the tensor [start, end): rounded up
-    to a multiple of PIECE_ALIGN of the tensor itself. So every tensor is cut where its single
+    to a multiple of ``align`` of the tensor itself: PIECE_ALIGN, or a quantized call's block.
+    So every tensor is cut where its single
     kernel would cut it (multiples of 16 from its start), and a piece ends mid-tensor only on a
     full vector: the vectorised *_piece loops compute the elements of their scalar tail with
     other FMA contractions than their vector body, so a cut at, say, 31507 gave 3 of 40001 float32
     results that differed from the single kernel and from one thread (adam_many, measured). Both
-    threads at a boundary round it alike; a piece is at most 15 elements longer."""
+    threads at a boundary round it alike; a piece is at most align - 1 elements longer. With
+    quantized states the cut falls on a block (256 or 128 elements, multiples of 16): a block is
+    never split between threads, its codes and absmax are one thread's."""
     if x <= start:
         return 0
     if x >= end:
         return end - start
-    return min(end - start, (x - start + PIECE_ALIGN - 1) // PIECE_ALIGN * PIECE_ALIGN)
+    return min(end - start, (x - start + align - 1) // align * align)
+
+
+# --- quantized states (kernels/CONTRACT.md, "Quantized states"): staged block by block --------
+#
+# A quantized state role is dequantized block by block into a float32 buffer on the stack (a
+# few blocks per segment call, FGD_QCHUNK elements), the rule's segment function steps them with
+# the role pointing at the buffer (format code 0, float32: the segment functions need not know;
+# with float32 params the single kernel's vector loop runs on it), and the buffer is quantized
+# back, block by block. The buffer stands for the elements at their absolute indices in the
+# tensor (the address of element i is buf + (i - start) * 4), so the segment sees the indices it
+# would see without quantization: stochastic rounding's bits (code 4) depend on them.
+
+
+cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, int bits,
+                            Py_ssize_t lo, Py_ssize_t hi, uint32_t key,
+                            const void* k) noexcept nogil:
+    """Elements [lo, hi) of one tensor with quantized states (``lo`` on a block boundary, ``hi``
+    on one or the tensor's end), FGD_QCHUNK elements (whole blocks) at a time: stage, step,
+    quantize back. Each block depends on its own elements only, so the bits are those of one
+    block at a time."""
+    cdef char* a[FGD_MAX_ROLES]          # the row the segment function sees
+    cdef int fs[FGD_MAX_ROLES]           # its codes: staged roles float32
+    cdef int slot[FGD_MAX_ROLES]         # the staged buffer of each role, or -1
+    cdef uint8_t* codes[FGD_QMAX]
+    cdef float* absmax[FGD_QMAX]
+    cdef int signed_map[FGD_QMAX]
+    cdef fgd_qstage stage
+    cdef int r, q, nq = 0, c
+    cdef Py_ssize_t b0, b1
+    cdef char* at
+    for r in range(roles):
+        a[r] = row[r]
+        fs[r] = f[r]
+        slot[r] = -1
+    # the distinct addresses of the quantized roles, each staged once (a stand-in at a staged
+    # array shares its buffer, as the reference shares one copy); a quantized code at the
+    # address of the param, grad, grad_acc or out is a stand-in of a non-state array (never
+    # touched): not staged
+    for r in range(3, roles - 1):
+        c = f[r]
+        if c < FGD_Q8_SIGNED or c > FGD_Q4_UNSIGNED:
+            continue
+        fs[r] = 0
+        at = row[r]
+        if (at == row[0] or at == row[1] or at == row[2]
+                or (f[roles - 1] >= 0 and at == row[roles - 1])):
+            continue
+        for q in range(nq):
+            if <char*>codes[q] == at:
+                slot[r] = q
+                break
+        if slot[r] < 0:
+            codes[nq] = <uint8_t*>at
+            absmax[nq] = <float*>row[roles + r - 3]
+            signed_map[nq] = c == FGD_Q8_SIGNED or c == FGD_Q4_SIGNED
+            slot[r] = nq
+            nq = nq + 1
+    # any other state role at a staged address (a stand-in whatever its code) reads the buffer
+    for r in range(3, roles - 1):
+        if slot[r] < 0:
+            for q in range(nq):
+                if row[r] == <char*>codes[q]:
+                    slot[r] = q
+                    fs[r] = 0
+                    break
+    b0 = lo
+    while b0 < hi:
+        b1 = min(b0 + FGD_QCHUNK, hi)
+        for q in range(nq):
+            _stage_in(codes[q], absmax[q], signed_map[q], bits, b0, b1, stage.v[q])
+        for r in range(3, roles - 1):
+            if slot[r] >= 0:
+                a[r] = <char*>(<uintptr_t>stage.v[slot[r]] - <uintptr_t>(b0 * 4))
+        fn(a, fs, b0, b1, key, k)
+        for q in range(nq):
+            _stage_out(stage.v[q], signed_map[q], bits, b0, b1, codes[q], absmax[q])
+        b0 = b1
 
 
 cdef inline void _walk(segment_fn fn, const int64_t* ptrs, const int64_t* offsets, Py_ssize_t n,
-                       int roles, const int* f, const uint32_t* keys, const void* k,
-                       Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """The elements [lo, hi) of the concatenation: each tensor's part as one segment."""
+                       int roles, int width, int bits, const int* f, const uint32_t* keys,
+                       const void* k, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """The elements [lo, hi) of the concatenation: each tensor's part as one segment (with
+    quantized states, ``bits`` 8 or 4, cut on its blocks and stepped block by block)."""
     cdef Py_ssize_t a = 0, b = n, mid, j, s, e
+    cdef Py_ssize_t align = PIECE_ALIGN if bits == 0 else (
+        FGD_Q8_BLOCK if bits == 8 else FGD_Q4_BLOCK)
     while b - a > 1:                # the last tensor starting at or before lo
         mid = (a + b) // 2
         if offsets[mid] <= lo:
@@ -69,17 +263,21 @@ cdef inline void _walk(segment_fn fn, const int64_t* ptrs, const int64_t* offset
     j = a
     while j < n and offsets[j] < hi:
         if offsets[j + 1] > lo:
-            s = _cut(lo, offsets[j], offsets[j + 1])
-            e = _cut(hi, offsets[j], offsets[j + 1])
+            s = _cut(lo, offsets[j], offsets[j + 1], align)
+            e = _cut(hi, offsets[j], offsets[j + 1], align)
             if e > s:
-                fn(<char**>(ptrs + j * roles), f, s, e, keys[j], k)
+                if bits == 0:
+                    fn(<char**>(ptrs + j * width), f, s, e, keys[j], k)
+                else:
+                    _q_segment(fn, <char**>(ptrs + j * width), f, roles, bits, s, e, keys[j], k)
         j = j + 1
 
 
 cdef inline void run_many(segment_fn fn, cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts,
                           cnp.ndarray keys, int roles, const void* k) except *:
     """Step every tensor of the table with the rule's segment function ``fn`` and scalars ``k``."""
-    cdef Py_ssize_t n = table_of(ptrs, offsets, fmts, keys, roles)
+    cdef int width, bits
+    cdef Py_ssize_t n = table_of(ptrs, offsets, fmts, keys, roles, &width, &bits)
     cdef const int64_t* p = <const int64_t*>cnp.PyArray_DATA(ptrs)
     cdef const int64_t* o = <const int64_t*>cnp.PyArray_DATA(offsets)
     cdef const int* f = <const int*>cnp.PyArray_DATA(fmts)
@@ -94,13 +292,17 @@ cdef inline void run_many(segment_fn fn, cnp.ndarray ptrs, cnp.ndarray offsets, 
         if nthreads == 1:
             for j in range(n):
                 if o[j + 1] > o[j]:
-                    fn(<char**>(p + j * roles), f, 0, o[j + 1] - o[j], kk[j], k)
+                    if bits == 0:
+                        fn(<char**>(p + j * width), f, 0, o[j + 1] - o[j], kk[j], k)
+                    else:
+                        _q_segment(fn, <char**>(p + j * width), f, roles, bits, 0,
+                                   o[j + 1] - o[j], kk[j], k)
         else:
             for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
                 lo = piece_start(total, nthreads, t)
                 hi = piece_start(total, nthreads, t + 1)
                 if hi > lo:
-                    _walk(fn, p, o, n, roles, f, kk, k, lo, hi)
+                    _walk(fn, p, o, n, roles, width, bits, f, kk, k, lo, hi)
 
 
 cdef inline int compute_kind(const int* f, int roles) noexcept nogil:

@@ -5,7 +5,8 @@ with 255 steps. Cut [0, 65535] into runs where it is linear in i up to the floor
 ``code = c + (int)(a * (i - L) + b)`` for every i of the run, with a margin of at least
 MARGIN between a * (i - L) + b and the nearest integer it must not cross (so float32
 rounding, fused or not, cannot change a code). tests/test_quant.py checks the C code against
-the table for every one of the 65536 indices.
+the table for every one of the 65536 indices. The AVX-512 path evaluates each run's line as
+``(int)fma(a, i - 32768, B2)`` (``centred``: B2 checked here for every index of the run).
 """
 import sys
 
@@ -80,6 +81,40 @@ def c_table(name, qmap):
     return "\n".join(rows)
 
 
+def centred(qmap):
+    """The AVX-512 path's form of the pieces: code = (int)fma(A, i - 32768, B2), one rounding
+    (no L and C to look up). B2 is the float nearest c + b - A (L - 32768), or the nearest one
+    that gives every index of the piece its code, checked here for all 65536 (the exact sum in
+    float64, one rounding to float32: what the fused multiply-add computes)."""
+    table = Q.grid_table(qmap).astype(np.int64)
+    segs = segments(qmap)
+    out = []
+    for j, (L, c, a, b) in enumerate(segs):
+        R = segs[j + 1][0] - 1 if j + 1 < len(segs) else Q.GRID - 1
+        t = np.arange(L, R + 1, dtype=np.float64) - 32768
+        ideal = np.float32(np.float64(c) + np.float64(b) - np.float64(a) * (L - 32768))
+        up, down, tries = ideal, ideal, [ideal]
+        for _ in range(64):      # then 1, 2, ... ulps either side
+            up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+            tries += [up, down]
+        for B2 in tries:
+            y = (np.float64(a) * t + np.float64(B2)).astype(np.float32)
+            if np.array_equal(np.trunc(y).astype(np.int64), table[L:R + 1]):
+                break
+        else:
+            raise AssertionError(f"no offset for the piece at {L}")
+        out.append(B2)
+    return out
+
+
+def c_centred(name, qmap):
+    col = centred(qmap)
+    col += [col[-1]] * (32 - len(col))
+    vals = ", ".join("%.9ef" % v for v in col)
+    return (f"static const float fgd_q8_{name.lower()}_B2[32] __attribute__((aligned(64))) = "
+            f"{{{vals}}};")
+
+
 def buckets(qmap):
     """The AVX-512 path's two-level choice of a piece: bucket key = 16 * (i >= 32768) +
     floor(log2 |2i - 65535|) (32 keys, one two-register permute); S[key] the piece of the
@@ -123,12 +158,22 @@ def c_floats(name, values):
     return f"static const float {name}[{len(values)}] = {{{vals}}};"
 
 
+def c_planes(name, values):
+    """The 4 byte planes of a float32 map, plane j holding byte j (little endian) of every value:
+    the AVX-512 VBMI dequantize looks 64 codes up in each with byte permutes."""
+    b = np.ascontiguousarray(values, dtype=np.float32).view(np.uint8).reshape(-1, 4).T
+    rows = ", ".join("{" + ", ".join(str(int(v)) for v in row) + "}" for row in b)
+    return f"static const uint8_t {name}[4][{b.shape[1]}] __attribute__((aligned(64))) = {{{rows}}};"
+
+
 def generated():
     """The generated part of kernels/_quant.h (between its BEGIN/END GENERATED lines)."""
     return "\n".join([
         c_table("SIGNED", Q.SIGNED8), c_table("UNSIGNED", Q.UNSIGNED8),
         c_buckets("SIGNED", Q.SIGNED8), c_buckets("UNSIGNED", Q.UNSIGNED8),
+        c_centred("SIGNED", Q.SIGNED8), c_centred("UNSIGNED", Q.UNSIGNED8),
         c_floats("fgd_q8_signed_map", Q.SIGNED8), c_floats("fgd_q8_unsigned_map", Q.UNSIGNED8),
+        c_planes("fgd_q8_signed_planes", Q.SIGNED8), c_planes("fgd_q8_unsigned_planes", Q.UNSIGNED8),
         c_floats("fgd_q4_signed_map", Q.SIGNED4), c_floats("fgd_q4_unsigned_map", Q.UNSIGNED4),
         c_floats("fgd_q4_signed_mid", Q.midpoints(Q.SIGNED4)),
         c_floats("fgd_q4_unsigned_mid", Q.midpoints(Q.UNSIGNED4)),

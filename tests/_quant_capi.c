@@ -46,3 +46,34 @@ void values4(int is_signed, float* out) {
     int i;
     for (i = 0; i < 16; i++) out[i] = fgd_q4_value(i, is_signed);
 }
+
+/* The 4-bit codes on the linear map (quant.UNSIGNED4) of the floats whose bits are lo, lo +
+ * step, ... below hi (positive, and negative too with signs = 2), v = x * inv: the computed codes of fgd_q4_quantize's
+ * vector path against its binary search over the midpoints (which test_c_4bit_equals_reference
+ * checks against the reference). The number that differ; -1 without the vector path. */
+long q4_linear_mismatches(uint32_t lo, uint32_t hi, uint32_t step, int signs, float inv) {
+#if defined(__AVX512F__)
+    float x[16] __attribute__((aligned(64)));
+    uint8_t got[8], want[8];
+    long bad = 0;
+    uint64_t u;
+    int sign, k;
+    __m512 vinv = _mm512_set1_ps(inv);
+    for (sign = 0; sign < signs; sign++)
+        for (u = lo; u < hi; u += 16 * (uint64_t)step) {
+            for (k = 0; k < 16; k++) {
+                uint64_t b = u + (uint64_t)k * step;
+                uint32_t w = (uint32_t)(b < hi ? b : lo) | (sign ? 0x80000000u : 0u);
+                memcpy(x + k, &w, 4);
+            }
+            fgd_q4_codes16_linear(x, vinv, got);
+            fgd_q4_codes16(x, vinv, fgd_q4_unsigned_mid16, want);
+            for (k = 0; k < 8; k++)
+                bad += (got[k] >> 4 != want[k] >> 4) + ((got[k] & 15) != (want[k] & 15));
+        }
+    return bad;
+#else
+    (void)lo; (void)hi; (void)step; (void)signs; (void)inv;
+    return -1;
+#endif
+}

@@ -50,6 +50,30 @@ RECIPES = {
     "master-bf16-srstates": (F32, BF16, SR, BF16),
 }
 
+#: quantized states (kernels/CONTRACT.md, "Quantized states"): name -> (param, grad, bits, out);
+#: each state array is on its own map (formats.quantized_code(bits, State.signed8/signed4)).
+#: Kept out of RECIPES: a backend runs them once it has them (QBACKENDS).
+QRECIPES = {
+    "f32-q8": (F32, F32, 8, NONE),
+    "bf16-q8": (BF16, BF16, 8, NONE),
+    "f16-q8": (F16, F16, 8, NONE),
+    "master-bf16-q8": (F32, BF16, 8, BF16),
+    "sr-bf16-q8": (SR, BF16, 8, NONE),
+    "f32-q4": (F32, F32, 4, NONE),
+    "bf16-q4": (BF16, BF16, 4, NONE),
+    "master-f16-q4": (F32, F16, 4, F16),
+    "sr-bf16-q4": (SR, BF16, 4, NONE),
+}
+#: the backends whose ``<rule>_many`` take quantized states (the Numba kernels will join)
+QBACKENDS = ["cython"]
+#: quantized cases' lengths: around the blocks (255, 257), an empty tensor, a long one
+QLENGTHS = (1, 7, 255, 0, 257, 1023, 100_003)
+#: (tensor, start, end) of quantized cases where grad, grad_acc and the states are 0: blocks
+#: whose new state is all zeros where nothing adds to it (absmax 0, codes of 0 / NaN)
+ZERO_AT = (6, 512, 768)
+#: the name of a quantized state's absmax array in a Case's tensors
+ABSMAX = ".absmax"
+
 #: (rule, id, options, call): the variants whose options switch arrays (amsgrad, momentum,
 #: nesterov, centered), with use_acc, maximize, grad_scale and weight decay (coupled and
 #: decoupled) spread over them; call: t (default 3), fresh, use_acc, grad_scale
@@ -123,9 +147,19 @@ class Case:
       unused state roles are what ``arrays`` passes given the param role's array.
     """
 
-    def __init__(self, rule, options, call, recipe, lengths=LENGTHS, seed=0, convention="core"):
+    def __init__(self, rule, options, call, recipe, lengths=None, seed=0, convention="core"):
         spec = SPECS[rule]
-        self.rule, self.recipe_name, self.recipe = rule, recipe, RECIPES[recipe]
+        self.rule, self.recipe_name = rule, recipe
+        self.recipe = RECIPES[recipe] if recipe in RECIPES else QRECIPES[recipe]
+        #: 8 or 4 with quantized states (then a state's entry is its codes, name + ABSMAX its
+        #: absmax), else 0
+        self.bits = self.recipe[2] if recipe in QRECIPES else 0
+        if lengths is None:
+            lengths = QLENGTHS if self.bits else LENGTHS
+        #: each state's quantized format (formats.quantized_code of its spec State)
+        self.qcode = {st.name: formats.quantized_code(
+            self.bits, st.signed8 if self.bits == 8 else st.signed4)
+            for st in spec.state} if self.bits else {}
         o = spec.check_options({**spec.defaults, "lr": 0.03, **options})
         self.t = call.get("t", 3)
         self.use_acc = call.get("use_acc", False)
@@ -144,23 +178,39 @@ class Case:
         def normal(n):
             return rng.standard_normal(n, dtype=dtype)
 
+        def state(a, k, name, values):   # a state array's initial values, stored
+            if not self.bits:
+                a[name] = _stored(values, s_code)
+                return
+            values = np.asarray(values, np.float32)
+            if k == ZERO_AT[0]:
+                values[ZERO_AT[1]:ZERO_AT[2]] = 0.0
+            a[name], a[name + ABSMAX] = formats.quantize(values, self.qcode[name])
+
+        def zeroed(k, g):       # quantized cases: ZERO_AT's gradients are 0
+            if self.bits and k == ZERO_AT[0]:
+                g[ZERO_AT[1]:ZERO_AT[2]] = 0.0
+            return g
+
         self.tensors = []
         for k, n in enumerate(lengths):
             a = {"param": _stored(normal(n), p_code)}
-            g = normal(n)
+            g = zeroed(k, normal(n))
             if k == NAN_AT[0]:
                 g[NAN_AT[1]] = np.nan
             a["grad"] = _stored(g, g_code)
             if self.use_acc:
-                a["grad_acc"] = _stored(normal(n), g_code)
+                a["grad_acc"] = _stored(zeroed(k, normal(n)), g_code)
             for name in self.state:
                 v = normal(n)
                 if name == "square_avg" and "grad_avg" in self.state:
                     continue   # made with grad_avg below
                 if name == "grad_avg":   # centered: square_avg > grad_avg^2, as in a real run
-                    # (by a margin that survives rounding both to bfloat16)
-                    a["square_avg"] = _stored(1.02 * v * v + np.abs(normal(n)) + 0.01, s_code)
-                a[name] = _stored(np.abs(v) + 0.01 if name in POSITIVE else v, s_code)
+                    # (by a margin that survives rounding both to bfloat16; quantized, a wider
+                    # one: 4-bit codes of 1.02 v^2 + ... gave grad_avg^2 > square_avg at 6%)
+                    wide = (2.0, 1.0) if self.bits else (1.02, 0.01)
+                    state(a, k, "square_avg", wide[0] * v * v + np.abs(normal(n)) + wide[1])
+                state(a, k, name, np.abs(v) + 0.01 if name in POSITIVE else v)
             if out_code != NONE:
                 a["out"] = _stored(normal(n), out_code)   # garbage: written, never read
             self.tensors.append(a)
@@ -181,7 +231,15 @@ class Case:
         #: the format each array is stored in (SR for an SR param)
         self.codes = {"param": p_code, "grad": g_code, "grad_acc": g_code, "out": out_code,
                       **{n: s_code for n in self.state}}
-        if convention == "core":
+        if self.bits:
+            # a state role has the code of the array at its address (a stand-in at the param
+            # that of the param as stored, bfloat16 for an SR param), as fastgd._core gives them
+            self.codes.update({n: self.qcode[n] for n in self.state})
+            self.codes.update({n + ABSMAX: F32 for n in self.state})
+            states = [self.codes[nm] if nm in self.state else
+                      BF16 if self.codes[nm] == SR else self.codes[nm] for nm in self.names[3:-1]]
+            self.fmts = np.array([p_code, g_code, g_code, *states, out_code], np.int32)
+        elif convention == "core":
             self.fmts = np.array([p_code, g_code, g_code, *[s_code] * len(states), out_code], np.int32)
         else:   # a stand-in at the SR param's address says what it is stored as (bfloat16)
             self.fmts = np.array([NONE if nm is None else
@@ -195,6 +253,10 @@ class Case:
     def _table(self):
         self.ptrs = np.array([[0 if nm is None else t[nm].ctypes.data for nm in self.names]
                               for t in self.tensors], dtype=np.int64)
+        if self.bits:   # the absmax columns: role r's in column R + r - 3 (0: not quantized)
+            absmax = [[t[nm + ABSMAX].ctypes.data if nm in self.state else 0
+                       for nm in self.names[3:-1]] for t in self.tensors]
+            self.ptrs = np.ascontiguousarray(np.hstack([self.ptrs, np.array(absmax, np.int64)]))
 
     def clone(self):
         """The same case on copies of its arrays (as they are now), with its own table."""
@@ -206,7 +268,8 @@ class Case:
     @property
     def written(self):
         """The arrays the step writes: param, the state it keeps, grad_acc with use_acc, out."""
-        return ("param", *self.state, *(("grad_acc",) if self.use_acc else ()),
+        return ("param", *self.state, *(n + ABSMAX for n in self.state if self.bits),
+                *(("grad_acc",) if self.use_acc else ()),
                 *(("out",) if "out" in self.tensors[0] else ()))
 
     def code(self, name):
@@ -232,10 +295,19 @@ def oracle(case):
     for k, t in enumerate(case.tensors):
         x = {name: formats.load(arr).astype(np.float64 if wide else np.float32)
              for name, arr in t.items()}   # out too: with master weights, a stand-in
+        for name in case.qcode if case.bits else ():   # quantized states: their values
+            if name in t:
+                x[name] = formats.dequantize(t[name], t[name + ABSMAX], case.qcode[name],
+                                             len(t["param"]))
         single(*[x[nm] for nm in case.names[:-1]], case.grad_scale, case.maximize, case.use_acc,
                *case.scalars)
         want = {name: arr.copy() for name, arr in t.items()}
         for name in case.written:
+            if name in case.qcode:
+                want[name], want[name + ABSMAX] = formats.quantize(x[name], case.qcode[name])
+                continue
+            if name.endswith(ABSMAX):
+                continue
             source = x["param" if name == "out" else name]
             role = 0 if name == "out" else case.names.index(name)
             want[name] = formats.store(source, case.code(name),
@@ -250,7 +322,7 @@ def _ordered(a):
     return np.where(b & 0x8000, -(b & 0x7FFF), b & 0x7FFF)
 
 
-def assert_matches(got, want, case, what):
+def assert_matches(got, want, case, what, exact_codes=True):
     """float32/float64 arrays within a tight relative tolerance (FMA contraction may differ);
     16-bit arrays equal or 1 ulp apart (one rounding of float32 can flip the 16-bit rounding)
     or, where a result cancels to near zero, as close as float32 must be (bfloat16 keeps
@@ -261,6 +333,9 @@ def assert_matches(got, want, case, what):
         b = np.concatenate([t[name] for t in want])
         label = f"{what}: {name} ({formats.NAMES[int(case.code(name))]})"
         assert a.dtype == b.dtype, label
+        if a.dtype == np.uint8:     # a quantized state's codes
+            assert_codes_match(a, b, case.bits, label, exact_codes)
+            continue
         uint = {8: np.uint64, 4: np.uint32, 2: np.uint16}[a.dtype.itemsize]
         at = np.flatnonzero(a.view(uint) != b.view(uint))   # only these need a look
         if at.size == 0:
@@ -282,6 +357,42 @@ def assert_matches(got, want, case, what):
             assert not bad.any(), (f"{label}: {ulps[bad].max()} ulps apart, e.g. at {at[bad][0]}: "
                                    f"{x[bad][0]!r} vs {y[bad][0]!r}")
             assert at.size <= max(2, MAX_FLIPS * a.size), f"{label}: {at.size} of {a.size} differ"
+
+
+def _nibbles(packed):
+    """4-bit codes, two a byte (element 2k in the high nibble), one a byte."""
+    return np.stack([packed >> 4, packed & 15], axis=1).reshape(-1)
+
+
+#: the (backend, rule)s whose float32 arithmetic is the reference's, bit for bit: Numba never
+#: contracts a * b + c into an FMA, the Cython kernels compiled with -ffp-contract=off neither
+#: (setup.py NO_FP_CONTRACT). Their quantized results are bitwise the reference's.
+def fma_free(backend, rule):
+    return backend == "numba" or (backend == "cython" and rule in ("adagrad", "rmsprop", "lion"))
+
+
+#: the fraction of a contracted kernel's quantized codes that may be 1 code off the reference.
+#: A state one float32 rounding away from the reference's (an FMA) crosses the rounding boundary
+#: of its code (8 bits: one of the 65536 grid points; 4 bits: a midpoint) only when it sits on
+#: one, or its block's absmax is 1 ulp off (measured, every variant x QRECIPES, cython: absmax 1
+#: ulp apart in up to 27% of the blocks of exp_avg_sq, codes off by 1 in 1 of 101546 elements in
+#: 2 of 216 cases, never more than 1 apart). The float twin of
+#: test_quantized_many_matches_the_reference shows the staging itself is exact.
+QFLIPS = 1e-4
+
+
+def assert_codes_match(a, b, bits, label, exact=True):
+    """Quantized codes (uint8, 4-bit ones packed) against the reference's: equal, or (not
+    ``exact``: FMA contraction) 1 code apart in a tiny fraction (QFLIPS)."""
+    x, y = (a, b) if bits == 8 else (_nibbles(a), _nibbles(b))
+    at = np.flatnonzero(x != y)
+    msg = (f"{label}: {at.size} of {x.size} codes differ, e.g. at {at[:8]}: {x[at[:8]]} vs "
+           f"{y[at[:8]]}")
+    if exact:
+        assert at.size == 0, msg
+    else:
+        assert (np.abs(x[at].astype(np.int32) - y[at]) <= 1).all(), msg
+        assert at.size <= max(2, QFLIPS * x.size), msg
 
 
 def many_kernel(backend, rule):
@@ -573,6 +684,182 @@ def test_many_special_values(backend, recipe):
                 assert np.isnan(got[0][k:k + 1].view(formats.bfloat16).astype(np.float32)[0]), k
             else:
                 assert int(got[0][k]) == bits, f"case {k}: {int(got[0][k]):#06x}, not {bits:#06x}"
+
+
+# --- quantized states (kernels/CONTRACT.md, "Quantized states"; format codes 5-8) -------------
+
+QCASES = [(v, r) for v in VARIANTS for r in QRECIPES]
+QCASE_IDS = [f"{r}-{v}-{recipe}" for (r, v, _, _), recipe in QCASES]
+QMATCH = [(b, v, r) for v, r in QCASES for b in QBACKENDS]
+QMATCH_IDS = [f"{b}-{r}-{v}-{recipe}" for b, (r, v, _, _), recipe in QMATCH]
+
+
+@pytest.mark.parametrize("variant, recipe", QCASES, ids=QCASE_IDS)
+def test_reference_many_quantized_is_the_single_reference_per_tensor(variant, recipe):
+    """The reference's quantized states (whole tensors dequantized, stepped, quantized back)
+    are the oracle's: bitwise, codes and absmax too."""
+    rule, vid, options, call = variant
+    case = Case(rule, options, call, recipe, seed=_seed(rule, vid, recipe, "oracle"))
+    got = case.clone().call(getattr(ref, f"{rule}_many")).snapshot()
+    for k, (g, w) in enumerate(zip(got, oracle(case))):
+        for name in w:
+            assert g[name].tobytes() == w[name].tobytes(), f"tensor {k}, {name}"
+
+
+def float_twin(case):
+    """The case with its quantized states as float32 arrays (their dequantized values) and a
+    table of (N, R) with code 0 in their roles: (twin tensors, ptrs, fmts)."""
+    n_roles = len(case.names)
+    tensors = []
+    for t in case.tensors:
+        n = len(t["param"])
+        twin = {name: arr.copy() for name, arr in t.items() if not name.endswith(ABSMAX)}
+        for name in case.state:
+            twin[name] = formats.dequantize(t[name], t[name + ABSMAX], case.qcode[name], n)
+        tensors.append(twin)
+    ptrs = np.array([[0 if nm is None else t[nm].ctypes.data for nm in case.names]
+                     for t in tensors], dtype=np.int64)
+    fmts = np.array([F32 if f in formats.QUANTIZED else f for f in case.fmts[:n_roles]], np.int32)
+    return tensors, ptrs, fmts
+
+
+@pytest.mark.parametrize("backend, variant, recipe", QMATCH, ids=QMATCH_IDS)
+def test_quantized_many_matches_the_reference(backend, variant, recipe):
+    """Against the reference: bitwise where the kernel's float32 arithmetic is the reference's
+    (fma_free); else codes equal or 1 apart in a tiny fraction (QFLIPS), absmax and params as
+    close as float32 arithmetic with or without FMA contraction (assert_matches). And bitwise
+    the backend's own
+    ``<rule>_many`` with the states as float32 arrays of their dequantized values, quantized
+    after (formats.quantize): the staging block by block changes nothing, whatever the
+    contraction."""
+    rule, vid, _, _ = variant
+    fn = many_kernel(backend, rule)
+    pristine, want = _case_and_reference(variant, recipe)
+    case = pristine.clone()
+    twin, ptrs, fmts = float_twin(case)
+    got = case.call(fn).snapshot()
+    assert [t["grad"].tobytes() for t in got] == [t["grad"].tobytes() for t in pristine.tensors], (
+        "grad was written")
+    if fma_free(backend, rule):
+        for k, (g, w) in enumerate(zip(got, want)):
+            for name in w:
+                assert g[name].tobytes() == w[name].tobytes(), f"tensor {k}, {name}"
+    else:
+        assert_matches(got, want, case, f"{backend} {rule}-{vid} {recipe}", exact_codes=False)
+    fn(ptrs, case.offsets, fmts, case.keys, case.grad_scale, case.maximize, case.use_acc,
+       *case.scalars)
+    for k, (g, t) in enumerate(zip(got, twin)):
+        for name in g:
+            if name in case.qcode and name in case.state:
+                codes, absmax = formats.quantize(t[name], case.qcode[name])
+                assert g[name].tobytes() == codes.tobytes(), f"tensor {k}, {name}"
+                assert g[name + ABSMAX].tobytes() == absmax.tobytes(), f"tensor {k}, {name}"
+            elif not name.endswith(ABSMAX):
+                assert g[name].tobytes() == t[name].tobytes(), f"tensor {k}, {name}"
+
+
+QTHREADS = [(b, v, r) for b in QBACKENDS for v in FULL for r in QRECIPES]
+
+
+@pytest.mark.parametrize("backend, variant, recipe", QTHREADS,
+                         ids=[f"{b}-{v[0]}-{v[1]}-{r}" for b, v, r in QTHREADS])
+def test_quantized_many_same_bits_at_1_and_2_threads(backend, variant, recipe):
+    """Pieces cut on the blocks of the tensor a boundary falls in: codes, absmax and params do
+    not depend on the thread count."""
+    rule, vid, options, call = variant
+    fn = many_kernel(backend, rule)
+    assert sum(QLENGTHS) > 32768   # PARALLEL_MIN: in parallel with 2 threads
+    seed = _seed(rule, vid, recipe, "threads")
+    one, two = run_at_thread_counts(
+        lambda n: Case(rule, options, call, recipe, seed=seed).call(fn).snapshot())
+    for k, (a, b) in enumerate(zip(one, two)):
+        for name in a:
+            assert a[name].tobytes() == b[name].tobytes(), f"tensor {k}, {name}"
+
+
+@pytest.mark.parametrize("recipe", ["f32-q8", "bf16-q4"])
+@pytest.mark.parametrize("backend", QBACKENDS)
+def test_quantized_all_zero_block(backend, recipe):
+    """A block whose new state is all zeros (grad 0, state 0: ZERO_AT) has absmax 0 and codes of
+    0 (8 bits: a NaN's code, 0 * inf; 4 bits: the lowest code), as in the reference; the
+    params there are unchanged. A zero-length tensor is left alone (QLENGTHS has one)."""
+    fn = many_kernel(backend, "adam")
+    case = Case("adam", {}, {}, recipe, seed=_seed("adam", "zero", recipe))
+    want = case.clone().call(ref.adam_many).snapshot()
+    got = case.clone().call(fn).snapshot()
+    k, lo, hi = ZERO_AT
+    block = formats.block_of(case.qcode["exp_avg"])
+    per_byte = 1 if case.bits == 8 else 2
+    for name in ("exp_avg", "exp_avg_sq"):
+        for result in (got, want):
+            absmax = result[k][name + ABSMAX]
+            assert (absmax[lo // block:hi // block] == 0).all(), name
+            assert (absmax[:lo // block] > 0).all(), name
+        zero = slice(lo // per_byte, hi // per_byte)
+        assert got[k][name][zero].tobytes() == want[k][name][zero].tobytes(), name
+        assert not got[k][name][zero].any(), name
+    assert got[k]["param"][lo:hi].tobytes() == case.tensors[k]["param"][lo:hi].tobytes()
+    assert len(got[3]["param"]) == 0 and len(got[3]["exp_avg" + ABSMAX]) == 0
+
+
+@pytest.mark.parametrize("backend", QBACKENDS)
+@pytest.mark.parametrize("what, fmts, width, match", [
+    ("narrow table", [0, 0, 0, 5, 6, 6, -1], 7, "absmax columns"),
+    ("quantized param", [5, 0, 0, 5, 6, 6, -1], 10, "state roles"),
+    ("quantized grad", [0, 6, 6, 5, 6, 6, -1], 10, "state roles"),
+    ("quantized out", [0, 0, 0, 5, 6, 6, 5], 10, "state roles"),
+    ("8 and 4 bits", [0, 0, 0, 5, 8, 8, -1], 10, "8-bit"),
+    ("float64", [3, 3, 3, 5, 6, 6, -1], 10, "float64"),
+    ("a width of neither", [0, 0, 0, 5, 6, 6, -1], 9, "absmax columns"),
+])
+def test_quantized_table_errors(backend, what, fmts, width, match):
+    """ValueError, naming what was expected, for what kernels/CONTRACT.md refuses; nothing is
+    written."""
+    fn = many_kernel(backend, "adam")
+    case = Case("adam", {}, {}, "f32-q8", lengths=(300, 40), seed=1)
+    before = case.snapshot()
+    ptrs = np.ascontiguousarray(case.ptrs[:, :width])
+    with pytest.raises(ValueError, match=match):
+        fn(ptrs, case.offsets, np.array(fmts, np.int32), case.keys, case.grad_scale,
+           case.maximize, case.use_acc, *case.scalars)
+    for a, b in zip(before, case.snapshot()):
+        for name in a:
+            assert a[name].tobytes() == b[name].tobytes(), (what, name)
+
+
+@pytest.mark.parametrize("backend", QBACKENDS)
+@pytest.mark.parametrize("rule, role, code", [
+    ("sgd", 3, formats.Q8_SIGNED),   # momentum_buffer's stand-in (the param) says quantized
+    ("adam", 5, F32),                # max_exp_avg_sq's stand-in (exp_avg_sq's codes) says f32
+    ("rmsprop", 4, formats.Q8_UNSIGNED),   # momentum_buffer's (square_avg's codes), other map
+])
+def test_quantized_stand_ins_whatever_their_codes(backend, rule, role, code):
+    """A stand-in's code is never used (kernels/CONTRACT.md): one at the param with a quantized
+    code is not staged (the param is stepped, never quantized), one at a quantized state with
+    another code shares that state's staging; as in the reference."""
+    fn = many_kernel(backend, rule)
+    case = Case(rule, {}, {}, "bf16-q8", lengths=(7, 300, 40_000), seed=_seed(rule, "stand-in"))
+    case.fmts = case.fmts.copy()
+    case.fmts[role] = code
+    want = case.clone().call(getattr(ref, f"{rule}_many")).snapshot()
+    got = case.clone().call(fn).snapshot()
+    assert_matches(got, want, case, f"{backend} {rule} stand-in code {code}",
+                   exact_codes=fma_free(backend, rule))
+
+
+@pytest.mark.parametrize("backend", QBACKENDS)
+def test_wide_table_without_quantized_codes(backend):
+    """A table of (N, R + S) without quantized codes is the (N, R) table: the absmax columns are
+    skipped (each row is R + S long)."""
+    fn = many_kernel(backend, "adam")
+    case = Case("adam", {}, {}, "bf16-f32states", lengths=(1, 7, 1023, 40_003), seed=3)
+    wide = case.clone()
+    wide.ptrs = np.ascontiguousarray(np.hstack([wide.ptrs, np.zeros((len(wide.ptrs), 3), np.int64)]))
+    a = case.call(fn).snapshot()
+    b = wide.call(fn).snapshot()
+    for k, (x, y) in enumerate(zip(a, b)):
+        for name in x:
+            assert x[name].tobytes() == y[name].tobytes(), f"tensor {k}, {name}"
 
 
 # --- fastgd/formats.py ------------------------------------------------------------------------

@@ -363,6 +363,25 @@ def test_c_4bit_equals_reference(capi, rng, n, signed):
     assert np.array_equal(bits(y), bits(Q.dequantize4(rp, ra, qmap, x.size)))
 
 
+def test_c_4bit_linear_codes_of_every_float(capi):
+    """The computed codes of the linear map (ceil(16 v - 1.5), kernels/_quant.h
+    fgd_q4_codes16_linear) are the binary search's for every float in [0, 1 + 256 ulp] (v =
+    x * (1 / absmax) is within an ulp or two of [-1, 1]; negative v are code 0 either way), every
+    257th float of either sign, and near inf, the NaNs, zeros and subnormals with an inv of inf
+    (a subnormal absmax), 0 and huge. ~1 s in C."""
+    capi.q4_linear_mismatches.restype = ctypes.c_long
+    capi.q4_linear_mismatches.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
+                                          ctypes.c_int, ctypes.c_float]
+    if capi.q4_linear_mismatches(0, 16, 1, 1, 1.0) < 0:
+        pytest.skip("built without the AVX-512 path")
+    assert capi.q4_linear_mismatches(0, 0x3F800100, 1, 1, 1.0) == 0
+    assert capi.q4_linear_mismatches(0, 0x7FC00100, 257, 2, 1.0) == 0
+    for inv in (np.inf, 0.0, 3.0e38):
+        assert capi.q4_linear_mismatches(0x7F7FFF00, 0x7FC00100, 1, 2, inv) == 0   # inf, NaNs
+        assert capi.q4_linear_mismatches(0, 0x10000, 1, 2, inv) == 0              # 0, subnormals
+        assert capi.q4_linear_mismatches(0, 0x7F800000, 4099, 2, inv) == 0        # a sample
+
+
 def test_header_tables_are_generated_from_the_reference():
     import importlib.util
     spec = importlib.util.spec_from_file_location("_quant_segments",

@@ -1,9 +1,10 @@
 """The ``<rule>_many`` kernels: many tensors, each role in its own storage format, one call.
 
-kernels/CONTRACT.md ("Many tensors, any storage format") is the spec. Two bodies serve every
-rule: ``_driver`` cuts the concatenation of the N tensors into one piece per thread (boundaries
-on multiples of PIECE_ALIGN elements of it; serial below PARALLEL_MIN elements in all: one
-piece) and walks the tensors each piece covers; ``_segment<n>`` (n state arrays) makes typed
+kernels/CONTRACT.md ("Many tensors, any storage format" and "Quantized states") is the spec.
+Two bodies serve every rule: ``_driver`` cuts the concatenation of the N tensors into one
+piece per thread (each boundary moved up to a multiple of ALIGN elements of the tensor it
+falls in; serial below PARALLEL_MIN elements in all: one piece) and walks the tensors each
+piece covers; ``_segment<n>`` (n state arrays) makes typed
 views of one tensor's addresses (_views.View: loads to float32, stores with formats.py's
 rounding) and runs the rule's element update ``STEP`` over the piece's part of it. ``STEP``
 and ``CONSTS`` (the scalars, cast once) are the functions the rule's single kernel runs, so
@@ -20,6 +21,18 @@ closure and signature, not by globals: each copy's qualified name spells its con
 serial/parallel, as _compile._renamed does), and the cache goes stale with any module of this
 package (_compile._stale_with_package).
 
+Quantized states (codes 5-8) are the same layer's business, no rule's: with any, the segment
+is ``_qsegment<n>``, which walks its part of the tensor a block at a time (256 elements for
+8 bits, 128 for 4; pieces then cut on block multiples, ALIGN = the block, so a block is never
+split between threads): each staged role's block is dequantized into a float32 buffer on the
+stack (_quant.py, bit for bit fastgd/quant.py), ``_block_views`` gives the STEP a plain
+float32 View of it at the tensor's own element indices (so stochastic rounding of the other
+roles sees the same i), the STEP runs unchanged, then each staged block's absmax and codes
+are stored. A stand-in in a quantized role (AMSGrad's vmax at exp_avg_sq) is a role the call
+does not use, NONE, so it is never staged: each staged address is a distinct array, and the
+array the reference shares between the two roles is staged once. The format checks
+(ValueError) run in Python, on a call table miss, before any compiled code.
+
 The rule's scalars reach the bodies as one tuple (floats and bools, normalised per call so
 the signature, and the compiled entry point the call table keeps, never changes).
 """
@@ -31,45 +44,104 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from . import _quant
 from ._compile import _OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_with_package
 from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32, _mix32
 
 PIECE_ALIGN = 16
-# The constants of a compiled copy (ManyKernel.specialise puts them in the copy's globals):
-CODES = FLAGS = STEP = CONSTS = REAL = SEGMENT = None
-_NAMES = {F32: "f32", BF16: "bf16", F16: "f16", F64: "f64", BF16_SR: "bf16sr", NONE: "none"}
+# The constants of a compiled copy (ManyKernel.specialise puts them in the copy's globals);
+# with quantized states also BLOCK (elements of a block), BUFFER (the staging buffer's
+# floats: BLOCK per staged role), C<j> and A<j> (the columns of the j-th staged role's codes
+# and absmax), STAGE and UNSTAGE (copies of _stage: dequantize and quantize each staged role,
+# Q<j> the j-th's function)
+CODES = FLAGS = STEP = CONSTS = REAL = SEGMENT = ALIGN = BLOCK = STAGE = UNSTAGE = None
+Q0 = Q1 = Q2 = C0 = C1 = C2 = A0 = A1 = A2 = BUFFER = None
+_NAMES = {F32: "f32", BF16: "bf16", F16: "f16", F64: "f64", BF16_SR: "bf16sr", NONE: "none",
+          5: "q8s", 6: "q8u", 7: "q4s", 8: "q4u"}
+_MAX_SLOTS = 3
+_INLINE = dict(_OPTIONS, inline="always")
+
+
+def _literal_codes(codes):
+    if not all(isinstance(c, types.IntegerLiteral) for c in codes):
+        return None     # Numba tries without literals first, then with
+    return [c.literal_value for c in codes]
+
+
+def _views_codegen(context, builder, vts, values_of, table_t, table, kk, keys_t, keyarr):
+    """The tuple of views ``vts`` of row kk of the address table: view j's data is
+    ``values_of(j, address)`` (its pointer) or, by default, the address in column j."""
+    arr = context.make_array(table_t)(context, builder, table)
+    width = cgutils.unpack_tuple(builder, arr.shape)[1]      # the table's own width: R or R + S
+    row = builder.mul(kk, width)
+    karr = context.make_array(keys_t)(context, builder, keyarr)
+    key = builder.load(builder.gep(karr.data, [kk]))
+    values = []
+    for j, vt in enumerate(vts):
+        v = cgutils.create_struct_proxy(vt)(context, builder)
+        pt = context.get_value_type(types.CPointer(_STORAGE[vt.code]))
+        data = values_of(j)
+        if data is None:
+            addr = builder.load(builder.gep(arr.data, [builder.add(row, kk.type(j))]))
+            data = builder.inttoptr(addr, pt)
+        v.data = builder.bitcast(data, pt)
+        # each role its own random bits: formats.role_key (role 0, the param: the key)
+        v.key = key if j == 0 or vt.code != BF16_SR else \
+            _mix32(builder, builder.add(key, _c32((j * 0x85EBCA6B) & 0xFFFFFFFF)))
+        values.append(v._getvalue())
+    return context.make_tuple(builder, types.Tuple(vts), values)
+
+
+def _check_table(typingctx, ptrs, keys):
+    if keys.dtype != types.uint32 or ptrs.dtype != types.int64 or ptrs.ndim != 2:
+        raise TypeError("_many kernels take int64 (N, R) addresses and uint32 keys")
 
 
 @intrinsic
 def _row_views(typingctx, codes, ptrs, k, keys):
-    """(View(codes[0]), View(codes[1]), ...) of row k of the (N, R) address table ``ptrs``:
-    role j of tensor k is at ptrs[k, j] (codes a tuple of literal ints, one per role)."""
-    if not all(isinstance(c, types.IntegerLiteral) for c in codes):
-        return None     # Numba tries without literals first, then with
-    if keys.dtype != types.uint32 or ptrs.dtype != types.int64 or ptrs.ndim != 2:
-        raise TypeError("_many kernels take int64 (N, R) addresses and uint32 keys")
-    vts = [View(c.literal_value) for c in codes]
-    tt = types.Tuple(vts)
+    """(View(codes[0]), View(codes[1]), ...) of row k of the (N, R) (or (N, R + S)) address
+    table ``ptrs``: role j of tensor k is at ptrs[k, j] (codes a tuple of literal ints, one per
+    role)."""
+    cs = _literal_codes(codes)
+    if cs is None:
+        return None
+    _check_table(typingctx, ptrs, keys)
+    vts = [View(c) for c in cs]
 
     def codegen(context, builder, sig, args):
-        _, table, kk, keyarr = args
-        arr = context.make_array(sig.args[1])(context, builder, table)
-        width = cgutils.unpack_tuple(builder, arr.shape)[1]
-        row = builder.mul(kk, width)
-        karr = context.make_array(sig.args[3])(context, builder, keyarr)
-        key = builder.load(builder.gep(karr.data, [kk]))
-        values = []
-        for j, vt in enumerate(vts):
-            addr = builder.load(builder.gep(arr.data, [builder.add(row, kk.type(j))]))
-            v = cgutils.create_struct_proxy(vt)(context, builder)
-            v.data = builder.inttoptr(addr, context.get_value_type(types.CPointer(_STORAGE[vt.code])))
-            # each role its own random bits: formats.role_key (role 0, the param: the key)
-            v.key = key if j == 0 or vt.code != BF16_SR else \
-                _mix32(builder, builder.add(key, _c32((j * 0x85EBCA6B) & 0xFFFFFFFF)))
-            values.append(v._getvalue())
-        return context.make_tuple(builder, tt, values)
+        return _views_codegen(context, builder, vts, lambda j: None, sig.args[1], args[1],
+                              args[2], sig.args[3], args[3])
 
-    return tt(codes, ptrs, types.intp, keys), codegen
+    return types.Tuple(vts)(codes, ptrs, types.intp, keys), codegen
+
+
+@intrinsic
+def _block_views(typingctx, codes, ptrs, k, keys, stage, base):
+    """_row_views, but each quantized role (codes 5-8) a float32 view of its staged block: the
+    n-th quantized role's element i (an index in the tensor, i >= base) is
+    stage[n * block + i - base], so the rule's element code, and the stochastic rounding of the
+    other roles, see the tensor's own indices."""
+    cs = _literal_codes(codes)
+    if cs is None:
+        return None
+    _check_table(typingctx, ptrs, keys)
+    quantized = [j for j, c in enumerate(cs) if c in _quant.QUANTIZED]
+    block = _quant.BLOCK[cs[quantized[0]]] if quantized else 0
+    vts = [View(F32 if c in _quant.QUANTIZED else c) for c in cs]
+
+    def codegen(context, builder, sig, args):
+        intp = context.get_value_type(types.intp)
+
+        def staged(j):
+            if j not in quantized:
+                return None
+            shift = builder.sub(intp(quantized.index(j) * block), args[5])
+            return builder.gep(args[4], [shift])        # not inbounds: only i >= base is read
+
+        return _views_codegen(context, builder, vts, staged, sig.args[1], args[1], args[2],
+                              sig.args[3], args[3])
+
+    return types.Tuple(vts)(codes, ptrs, types.intp, keys, stage, types.intp), codegen
 
 
 def _segment1(ptrs, k, keys, a, b, c):
@@ -96,17 +168,83 @@ def _segment3(ptrs, k, keys, a, b, c):
 _SEGMENTS = {1: _segment1, 2: _segment2, 3: _segment3}
 
 
+def _stage(q, stage, s, e):
+    """Block s..e-1 of each staged role to its part of ``stage`` (BLOCK floats a role), as
+    float32: Q<j> is the j-th slot's dequantize (_quant.nothing for an empty slot), q[2j] and
+    q[2j + 1] the addresses of its codes and absmax."""
+    Q0(q[0], q[1], stage, s, e)
+    Q1(q[2], q[3], _quant.offset(stage, BLOCK), s, e)
+    Q2(q[4], q[5], _quant.offset(stage, 2 * BLOCK), s, e)
+
+
+# (_unstage: a copy of _stage whose Q<j> are the slots' quantize)
+def _qsegment1(ptrs, k, keys, a, b, c):
+    """Elements a..b-1 of tensor k (a a multiple of BLOCK) block by block, its quantized
+    states staged as float32 (a rule with one state array)."""
+    stage = _quant.stack_buffer(BUFFER, np.float32)
+    q = (ptrs[k, C0], ptrs[k, A0], ptrs[k, C1], ptrs[k, A1], ptrs[k, C2], ptrs[k, A2])
+    for s in range(a, b, BLOCK):
+        e = min(s + BLOCK, b)
+        STAGE(q, stage, s, e)
+        v = _block_views(CODES, ptrs, k, keys, stage, s)
+        for i in range(s, e):
+            v[4][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3])
+        UNSTAGE(q, stage, s, e)
+
+
+def _qsegment2(ptrs, k, keys, a, b, c):
+    """Elements a..b-1 of tensor k block by block (a rule with two state arrays)."""
+    stage = _quant.stack_buffer(BUFFER, np.float32)
+    q = (ptrs[k, C0], ptrs[k, A0], ptrs[k, C1], ptrs[k, A1], ptrs[k, C2], ptrs[k, A2])
+    for s in range(a, b, BLOCK):
+        e = min(s + BLOCK, b)
+        STAGE(q, stage, s, e)
+        v = _block_views(CODES, ptrs, k, keys, stage, s)
+        for i in range(s, e):
+            v[5][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3], v[4])
+        UNSTAGE(q, stage, s, e)
+
+
+def _qsegment3(ptrs, k, keys, a, b, c):
+    """Elements a..b-1 of tensor k block by block (a rule with three state arrays)."""
+    stage = _quant.stack_buffer(BUFFER, np.float32)
+    q = (ptrs[k, C0], ptrs[k, A0], ptrs[k, C1], ptrs[k, A1], ptrs[k, C2], ptrs[k, A2])
+    for s in range(a, b, BLOCK):
+        e = min(s + BLOCK, b)
+        STAGE(q, stage, s, e)
+        v = _block_views(CODES, ptrs, k, keys, stage, s)
+        for i in range(s, e):
+            v[6][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3], v[4], v[5])
+        UNSTAGE(q, stage, s, e)
+
+
+_QSEGMENTS = {1: _qsegment1, 2: _qsegment2, 3: _qsegment3}
+
+
+@njit(inline="always", **_OPTIONS)
+def _cut(offsets, x, align):
+    """Position x of the concatenation moved up to the next multiple of ``align`` elements of
+    the tensor it falls in (at most that tensor's end): a piece boundary."""
+    n = offsets.shape[0] - 1
+    k = np.searchsorted(offsets, x, side="right") - 1
+    if k >= n:
+        return offsets[n]
+    start = offsets[k]
+    return min(offsets[k + 1], start + (x - start + align - 1) // align * align)
+
+
 def _driver(ptrs, offsets, keys, nthreads, grad_scale, maximize, scalars):
     """The N tensors' elements in ``nthreads`` pieces of their concatenation, one per prange
-    iteration (the serial variant: one piece), each walked tensor by tensor."""
+    iteration (the serial variant: one piece), each walked tensor by tensor. A boundary falls
+    on a multiple of ALIGN elements of its tensor (PIECE_ALIGN, or the block with quantized
+    states: a block is never split between threads)."""
     c = CONSTS(REAL, grad_scale, maximize, scalars)
     n = offsets.shape[0] - 1
     total = offsets[n]
     per = (total + nthreads - 1) // nthreads
-    per = (per + PIECE_ALIGN - 1) // PIECE_ALIGN * PIECE_ALIGN
     for t in prange(nthreads):
-        lo = min(total, t * per)
-        hi = min(total, lo + per)
+        lo = _cut(offsets, min(total, t * per), ALIGN)
+        hi = _cut(offsets, min(total, (t + 1) * per), ALIGN)
         k = np.searchsorted(offsets, lo, side="right") - 1
         while k < n and offsets[k] < hi:
             start = offsets[k]
@@ -121,7 +259,9 @@ class ManyKernel:
     STEP; step(i, c, flags, param, grad, grad_acc, *states) -> the updated param value (step
     stores it in param[i]; the driver copies it to out[i]); n_states: the rule's state arrays;
     flags(use_acc, rule_scalars) -> (the flags tuple for step, the roles the call does not
-    use). The call table maps (formats, flags, serial/parallel) to a compiled entry point.
+    use). The call table maps (the call's format codes, the table's width, flags,
+    serial/parallel) to a compiled entry point; a key is checked (check_formats) before it
+    enters it, so a call the kernel refuses raises every time.
     """
 
     def __init__(self, name, consts, step, n_states, flags):
@@ -132,25 +272,78 @@ class ManyKernel:
         self.roles = 4 + n_states
         self.flags = flags
         self.table = {}
-        self.dispatchers = {}       # the same keys: the driver's dispatcher (inspection, tests)
+        self.dispatchers = {}       # (codes, flags, parallel): the driver's dispatcher
         self.segments = {}
 
+    def check_formats(self, codes, width):
+        """ValueError unless the format codes (one per role, as the call gives them) and the
+        address table's width make a call this kernel runs (kernels/CONTRACT.md: quantized
+        codes 5-8 only in state roles 3..R-2, all 8-bit or all 4-bit, never with float64, and
+        then a table of width R + S with the absmax columns)."""
+        r, s = self.roles, self.roles - 4
+        where = f"{self.name}_many"
+        if len(codes) != r:
+            raise ValueError(f"{where}: expected {r} format codes (one per role); got {codes}")
+        if width not in (r, r + s):
+            raise ValueError(f"{where}: expected an address table of {r} columns (or {r + s} "
+                             f"with the absmax columns of quantized states); got {width}")
+        if any(c not in _NAMES for c in codes):
+            raise ValueError(f"{where}: expected format codes -1..8; got {codes}")
+        q = [j for j, c in enumerate(codes) if c in _quant.QUANTIZED]
+        if not q:
+            return
+        if any(j < 3 or j > r - 2 for j in q):
+            raise ValueError(f"{where}: expected quantized codes (5-8) only in the state roles "
+                             f"(columns 3..{r - 2}); got format codes {codes}")
+        if len({_quant.BITS[codes[j]] for j in q}) != 1:
+            raise ValueError(f"{where}: expected the quantized states of one call all 8-bit "
+                             f"(codes 5, 6) or all 4-bit (7, 8); got format codes {codes}")
+        if F64 in codes:
+            raise ValueError(f"{where}: expected float32 or 16-bit arrays with quantized "
+                             f"states, not float64; got format codes {codes}")
+        if width != r + s:
+            raise ValueError(f"{where}: expected an address table of {r + s} columns with "
+                             f"quantized states (column R + r - 3: the absmax of role r); got "
+                             f"{width}")
+
     def specialise(self, codes, flags, parallel):
-        """The compiled copies of _segment<n> and _driver for the role formats ``codes`` (out
-        last), the STEP flags and the variant: the driver's dispatcher. The segment loop is its
-        own (serial, non-inlined) function called from the prange body: Numba's parfor pass
-        removes a store to an array it cannot trace to an argument (a view made inside the
-        loop) as dead; outside a parfor no such pass runs."""
+        """The compiled copies of _segment<n> (_qsegment<n> with quantized states) and _driver
+        for the role formats ``codes`` (out last), the STEP flags and the variant: the
+        driver's dispatcher. The segment loop is its own (serial, non-inlined) function called
+        from the prange body: Numba's parfor pass removes a store to an array it cannot trace
+        to an argument (a view made inside the loop) as dead; outside a parfor no such pass
+        runs."""
         spelled = "_".join(_NAMES[c] for c in codes) + "_" + "".join("01"[bool(f)] for f in flags)
+        staged = [j for j, c in enumerate(codes) if c in _quant.QUANTIZED]
+        align = _quant.BLOCK[codes[staged[0]]] if staged else PIECE_ALIGN
         segment = self.segments.get((tuple(codes), flags))
         if segment is None:
+            constants = dict(STEP=self.step, CODES=tuple(codes),
+                             FLAGS=tuple(bool(f) for f in flags))
+            body = _SEGMENTS[self.roles - 4]
+            if staged:
+                body = _QSEGMENTS[self.roles - 4]
+                # the addresses of each slot's codes and absmax: read once per tensor (the
+                # stage functions get no array: Numba would incref and decref it per call, two
+                # atomic operations on one counter per block, from every thread)
+                for n in range(_MAX_SLOTS):
+                    j = staged[n] if n < len(staged) else None
+                    constants.update({f"C{n}": j or 0,
+                                      f"A{n}": 0 if j is None else self.roles + j - 3})
+                inout = {}
+                for what, table in (("stage", _quant.DEQUANTIZE), ("unstage", _quant.QUANTIZE)):
+                    slots = {f"Q{n}": table[codes[staged[n]]] if n < len(staged) else
+                             _quant.nothing for n in range(_MAX_SLOTS)}
+                    inout[what.upper()] = self._copy(
+                        _stage, f"{self.name}_many_{what}_{spelled}", _INLINE, BLOCK=align,
+                        **slots)
+                constants.update(inout, BLOCK=align, BUFFER=align * len(staged))
             segment = self.segments[tuple(codes), flags] = self._copy(
-                _SEGMENTS[self.roles - 4], f"{self.name}_many_segment_{spelled}", _OPTIONS,
-                STEP=self.step, CODES=tuple(codes), FLAGS=tuple(bool(f) for f in flags))
+                body, f"{self.name}_many_segment_{spelled}", _OPTIONS, **constants)
         variant = "parallel" if parallel else "serial"
         return self._copy(_driver, f"{self.name}_many_{variant}_{spelled}",
                           dict(_OPTIONS, parallel=True) if parallel else _OPTIONS,
-                          CONSTS=self.consts, SEGMENT=segment,
+                          CONSTS=self.consts, SEGMENT=segment, ALIGN=align,
                           REAL=np.float64 if codes[0] == F64 else np.float32)
 
     @staticmethod
@@ -165,24 +358,33 @@ class ManyKernel:
 
     def __call__(self, ptrs, offsets, fmts, keys, grad_scale, maximize, use_acc, *scalars):
         flags, unused = self.flags(use_acc, scalars)
-        codes = fmts.tolist()
-        for r in unused:
-            codes[r] = NONE
         parallel = offsets[-1] >= PARALLEL_MIN and not _Runtime.serial_only
-        key = (tuple(codes), flags, parallel)
+        key = (tuple(fmts.tolist()), ptrs.shape[1], flags, parallel)
         entry = self.table.get(key)
         if entry is None:
-            # Compiled for floats and bools (the scalars' types normalised), then called through
-            # the one overload's entry point, which skips the dispatcher's type resolution and
-            # converts each later call's numbers itself (an int to float64, anything to bool).
-            scalars = tuple(bool(s) if isinstance(s, (bool, np.bool_)) else float(s)
-                            for s in scalars)
-            fn = self.dispatchers[key] = self.specialise(codes, flags, parallel)
-            self._run(fn, parallel, ptrs, offsets, keys, float(grad_scale), bool(maximize),
-                      scalars)
-            self.table[key] = next(iter(fn.overloads.values())).entry_point
+            self._first_call(key, unused, ptrs, offsets, keys, grad_scale, maximize, scalars)
             return
         self._run(entry, parallel, ptrs, offsets, keys, grad_scale, maximize, scalars)
+
+    def _first_call(self, key, unused, ptrs, offsets, keys, grad_scale, maximize, scalars):
+        """A key not in the call table: checked, compiled (or found compiled under the codes
+        it runs with: a role the call does not use gets NONE), run, entered."""
+        fmts, width, flags, parallel = key
+        self.check_formats(list(fmts), width)
+        codes = list(fmts)
+        for r in unused:
+            codes[r] = NONE
+        # Compiled for floats and bools (the scalars' types normalised), then called through
+        # the one overload's entry point, which skips the dispatcher's type resolution and
+        # converts each later call's numbers itself (an int to float64, anything to bool).
+        scalars = tuple(bool(s) if isinstance(s, (bool, np.bool_)) else float(s)
+                        for s in scalars)
+        compiled = (tuple(codes), flags, parallel)
+        fn = self.dispatchers.get(compiled)
+        if fn is None:
+            fn = self.dispatchers[compiled] = self.specialise(codes, flags, parallel)
+        self._run(fn, parallel, ptrs, offsets, keys, float(grad_scale), bool(maximize), scalars)
+        self.table[key] = next(iter(fn.overloads.values())).entry_point
 
     @staticmethod
     def _run(fn, parallel, ptrs, offsets, keys, gs, mx, scalars):
