@@ -364,9 +364,10 @@ def _lowbit_tables(data):
         for m in memory:
             status = "" if m["met"] is None else ("met" if m["met"] else "MISSED")
             bound = "" if m["most"] is None else f"<= {m['most']:g}"
+            shared = f"; {m['shared_bytes']:,} B shared, not counted" if m["shared_bytes"] else ""
             rows.append([m["size"], m["optimizer"], m["recipe"], f"{m['state_bytes']:,}",
                          f"{m['bytes_per_param']:.4f}", _fmt(m["vs_float32"], ".4f"), bound, status,
-                         m["counted"] + (f"; {m['shared_bytes']:,} B shared, not counted" if m["shared_bytes"] else "")])
+                         m["counted"] + shared])
         _show_table("Optimizer state memory, measured from the state arrays (step counters not counted)",
                     [("size", "right"), ("optimizer", "left"), ("recipe", "left"), ("state bytes", "right"),
                      ("B/param", "right"), ("x float32", "right"), ("target", "left"), ("", "left"),

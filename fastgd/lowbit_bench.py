@@ -567,7 +567,9 @@ def run_lowbit(*, sizes, threads, backends, rounds=7, min_seconds=0.05, stream_e
     skipped, memory = [], []
 
     def units(size):
-        yield "adamw lowbit", _groups(size, rows_backends, skipped, memory)
+        groups = _groups(size, rows_backends, skipped, memory)
+        B.release_pool()      # the random data the groups were made from (1 GiB at 64M): copied
+        yield "adamw lowbit", groups
     rows = B.run_groups(units, sizes=sizes, dtype=np.float32, threads=threads, rounds=rounds,
                         min_seconds=min_seconds, stream_elements=stream_elements, progress=progress)
     rows = lowbit_ratios(rows)

@@ -395,8 +395,9 @@ def test_lowbit_ratios_and_targets_from_rows():
     def row(recipe, backend, seconds, kind="fastgd", fraction=0.9):
         return {"recipe": recipe, "backend": backend, "kind": kind, "seconds": seconds, "size": "16",
                 "threads": 1, "in_cache": False, "fraction_of_bandwidth": fraction}
-    rows = [row("fp32", "stream", 1.0, "stream", 1.0), row("fp32", "cython", 2.0), row("fp32", "torch-fused", 3.0, "peer"),
-            row("8bit", "cython", 1.0), row("8bit", "bnb-8bit", 40.0, "peer"), row("8bit", "torchao-8bit", 20.0, "peer"),
+    rows = [row("fp32", "stream", 1.0, "stream", 1.0), row("fp32", "cython", 2.0),
+            row("fp32", "torch-fused", 3.0, "peer"), row("8bit", "cython", 1.0),
+            row("8bit", "bnb-8bit", 40.0, "peer"), row("8bit", "torchao-8bit", 20.0, "peer"),
             row("4bit", "cython", 2.5)]
     L.lowbit_ratios(rows)
     by = {(r["recipe"], r["backend"]): r for r in rows}
