@@ -31,7 +31,8 @@ report sizes far from what they get. Presets (``fastgd bench --preset``) are oth
 groups in the same row format (``clip``: the norm pass, Adam and clip+Adam of every backend in
 the same rounds; ``formats``: AdamW through ``adam_many`` in each storage-format recipe of
 FORMAT_RECIPES, each against a ``stream_formats`` stream of its bytes, widths and roles,
-``run_formats``) or, ``callpath``, their own rows (``callpath_rows``).
+``run_formats``; ``lowbit``: the same with quantized states, fastgd/lowbit_bench.py) or,
+``callpath``, their own rows (``callpath_rows``).
 
 JSON schema (``fastgd bench --json FILE``), ``"schema": "fastgd-bench/2"`` (/1 decided "in
 cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads both)::
@@ -82,6 +83,11 @@ cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads 
       #  "deepspeed_recipe"             the recipe of the DeepSpeed row compared with (or null)
       #  "speedup_vs_deepspeed"         that DeepSpeedCPUAdam row's seconds / seconds
       #  "speedup_vs_before"            fastgd rows: the backend's single fp32 kernel / seconds
+      # preset lowbit: the same (recipes lowbit_bench.LOWBIT_RECIPES, backends also bnb-8bit,
+      # bnb-32bit, torchao-8bit, torchao-4bit; bytes_per_element counts the absmax: 16.0625),
+      # no speedup_vs_torch_fused_bf16 / deepspeed / before; and
+      #  "speedup_vs_bnb8", "speedup_vs_torchao8"   bitsandbytes / torchao AdamW8bit / seconds
+      #  "speedup_vs_fp32"              fastgd rows: the backend's fp32 adam_many / seconds
     ],
     # preset callpath instead: one row per call path (callpath_rows)
     #  {"case", "backend", "threads", "elements", "tensors", "seconds" (per call),
@@ -89,8 +95,12 @@ cache" from the reported L3 size and had no cache_* fields; ``--compare`` reads 
     #   "vs_torch_fused" (seconds / torch.optim.AdamW(fused=True)'s; torch rows only)}
     "skipped": [{"rule", "size", "backend", "reason"}],
     # preset formats only: issue 14's targets (FORMAT_TARGETS), one per fastgd adam_many row
+    # (preset lowbit: issue 15's, lowbit_bench.LOWBIT_TARGETS)
     "targets": [{"target", "recipe", "field", "size", "threads", "backend", "value", "least",
-                 "met" (null: not measured), "why_not_measured"}]
+                 "met" (null: not measured), "why_not_measured"}],
+    # preset lowbit only: state bytes per parameter of each optimizer (lowbit_bench.state_memory)
+    "memory": [{"size", "elements", "optimizer", "recipe", "state_bytes", "bytes_per_param",
+                "vs_float32", "shared_bytes", "counted", "most", "met"}]
   }
 """
 import functools
@@ -147,6 +157,11 @@ PRESETS = {
                          "stochastic rounding) vs the single fp32 kernel, torch fused and DeepSpeed in "
                          "their formats, and a stream of each recipe's bytes; the targets of the issue",
                 "rules": "adamw", "sizes": "16e6", "quick_sizes": "4e6"},
+    "lowbit": {"about": "issue 15: AdamW with 8-bit and 4-bit states through adam_many (f32 or bf16 params) vs "
+                        "torch fused fp32, bitsandbytes AdamW8bit/AdamW and torchao AdamW8bit/AdamW4bit, a stream "
+                        "of each recipe's bytes, the state memory per parameter; the targets of the issue "
+                        "(fastgd/lowbit_bench.py)",
+               "rules": "adamw", "sizes": "16e6,64e6", "quick_sizes": "4e6"},
 }
 
 
@@ -569,12 +584,24 @@ class Stream:
     def case_formats(self, pattern, elements=None):
         """(callable, elements per array, bytes per element) of stream_formats over ``pattern``
         ((read-write widths), (read widths), (write-only widths)), in bytes of each array's
-        elements (4: float32, 2: 16-bit), arrays of ``elements``: the bytes of a row whose
-        arrays have those formats and roles (Group.pattern)."""
+        elements (4: float32, 2: 16-bit; read-write only, the quantized states' arrays: 1 8-bit
+        codes, 0.5 packed 4-bit codes, below 0.5 an absmax, a float32 per 4 / width elements),
+        arrays of ``elements``: the bytes of a row whose arrays have those formats and roles
+        (Group.pattern)."""
         rw, read, out = pattern
         n = elements or self.elements
         kernel = _backends.kernel("stream_formats", "cython")
         taken = {}
+
+        def make(width):
+            # 1e-7 in every element (16-bit: its bfloat16 bits), never zeros nor subnormals
+            if width == 4:
+                return np.full(n, 1e-7, dtype=np.float32)
+            if width == 2:
+                return np.full(n, np.float32(1e-7).view(np.uint32) >> 16, dtype=np.uint16)
+            if width in (1, 0.5):      # codes: a byte per element, or per two
+                return np.full(n if width == 1 else (n + 1) // 2, 0x33, dtype=np.uint8)
+            return np.full(-(-n // round(4 / width)), 1e-7, dtype=np.float32)   # an absmax per block
 
         def take(width):
             # distinct arrays per role: the pool of this length and width grows as needed
@@ -582,9 +609,7 @@ class Stream:
             i = taken.get(width, 0)
             taken[width] = i + 1
             while len(pool) <= i:
-                # 1e-7 in every element (16-bit: its bfloat16 bits), never zeros nor subnormals
-                value = np.full(n, 1e-7, dtype=np.float32)
-                pool.append(value if width == 4 else (value.view(np.uint32) >> 16).astype(np.uint16))
+                pool.append(make(width))
             return pool[i]
         rws, reads, outs = [take(w) for w in rw], [take(w) for w in read], [take(w) for w in out]
         return (lambda: kernel(rws, reads, outs)), n, 2 * sum(rw) + sum(read) + sum(out)
@@ -727,8 +752,11 @@ def _entry_seconds(entry, times, key):
 
 def _pattern_note(pattern):
     rw, read, out = pattern
-    bits = lambda widths: "+".join(f"{8 * w}" for w in widths)  # noqa: E731
-    text = f"{len(rw)} arrays read+written ({bits(rw)}-bit), {len(read)} read ({bits(read)}-bit)"
+    bits = lambda widths: "+".join(f"{round(8 * w)}" for w in widths if w >= 0.5)  # noqa: E731
+    scales = [w for w in rw if w < 0.5]       # absmax arrays (Stream.case_formats)
+    blocks = "/".join(dict.fromkeys(f"{round(4 / w)}" for w in scales))
+    absmax = f", {len(scales)} absmax, a float32 per {blocks}" if scales else ""
+    text = f"{len(rw)} arrays read+written ({bits(rw)}-bit{absmax}), {len(read)} read ({bits(read)}-bit)"
     return text + (f", {len(out)} written ({bits(out)}-bit)" if out else "")
 
 
@@ -1182,13 +1210,14 @@ def _formats_ratios(rows):
     return rows
 
 
-def formats_targets(rows):
-    """Issue 14's targets (FORMAT_TARGETS) against the rows of a formats run: one entry per
-    target, fastgd adam_many row (size, threads, backend): its value, the least, met (None when
-    the value is missing: a peer absent, a row in cache)."""
+def formats_targets(rows, targets=FORMAT_TARGETS):
+    """Issue 14's targets (FORMAT_TARGETS; or ``targets``, the same shape: preset lowbit's)
+    against the rows of a formats run: one entry per target, fastgd adam_many row (size,
+    threads, backend): its value, the least, met (None when the value is missing: a peer
+    absent, a row in cache)."""
     out = []
     many = [r for r in rows if r["kind"] == "fastgd" and not r["backend"].endswith(BEFORE)]
-    for recipe, field, least, text in FORMAT_TARGETS:
+    for recipe, field, least, text in targets:
         for row in many:
             if recipe is not None and row["recipe"] != recipe:
                 continue

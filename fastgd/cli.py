@@ -1,6 +1,6 @@
 """The ``fastgd`` command (also ``python -m fastgd``): bench, verify, info, demo.
 
-    fastgd bench [--preset rules|adam|family|clip|callpath|formats] [--rules adam,sgd,...]
+    fastgd bench [--preset rules|adam|family|clip|callpath|formats|lowbit] [--rules adam,sgd,...]
                  [--sizes 1e3,16e6,many] [--dtype float32|float64] [--threads 1,2]
                  [--backends cython,numba,numpy,torch,deepspeed] [--repeat N]
                  [--quick] [--json FILE] [--plot FILE.png] [--stream-size N]
@@ -15,7 +15,9 @@ the fraction of that bandwidth (or "cache" when a stream at the row's size is me
 faster than the big one), and the speedups over the NumPy reference and over the fastest peer
 present (torch fused/foreach, DeepSpeed). ``--preset`` picks other measurements (clip,
 callpath, formats: AdamW in every storage format against its stream, torch fused and DeepSpeed,
-and issue 14's targets; benchmarks.PRESETS). The JSON schema is in fastgd/benchmarks.py.
+and issue 14's targets; lowbit: AdamW with 8-bit and 4-bit states against its stream, torch fused,
+bitsandbytes and torchao, the state memory and issue 15's targets; benchmarks.PRESETS). The JSON
+schema is in fastgd/benchmarks.py.
 Bad arguments print a message and exit with status 2; ``verify`` exits 1 when a backend
 disagrees with the reference.
 """
@@ -28,6 +30,7 @@ import numpy as np
 
 import fastgd
 from . import benchmarks as B
+from . import lowbit_bench as L
 from .rules import RULES
 
 try:  # rich is optional (pip install fastgd[bench]); without it the tables are plain text
@@ -171,6 +174,10 @@ def _check_requested_backends(names):
             why = B.peer_status()[name]
             if why:
                 raise B.UsageError(why)
+        elif name in ("bitsandbytes", "torchao"):
+            why = L.peer_status()[name]
+            if why:
+                raise B.UsageError(why)
 
 
 # --- bench ---------------------------------------------------------------------------------------
@@ -197,6 +204,8 @@ def _header(env, settings):
     for peer, why in (env.get("peers") or {}).items():
         if why:
             lines.append(f"No {peer} rows: {why}")
+    if "bitsandbytes" in env or "torchao" in env:
+        lines.append(f"bitsandbytes {env.get('bitsandbytes') or 'absent'}  torchao {env.get('torchao') or 'absent'}")
     if settings is not None and "deepspeed" in settings["backends"]:
         lines.append("DeepSpeed rows: its CPU optimizers JIT-build C++ on first use (a few minutes, "
                      "then cached in ~/.cache/torch_extensions)")
@@ -296,16 +305,75 @@ def _formats_tables(data):
                             ("GB/s", "right"), ("of bw", "right"), ("cache", "right"), ("x bef", "right"),
                             ("x tf32", "right"), ("x tbf16", "right"), ("x DS", "right")],
                     rows, sections=sections, caption=caption)
-    targets = data.get("targets") or []
-    if targets:
+    if data.get("targets"):
+        _targets_table(data["targets"], "Issue 14 targets")
+    _skipped(data)
+
+
+def _targets_table(targets, title):
+    rows = []
+    for t in targets:
+        why = t["why_not_measured"] or ""
+        why = "row skipped" if why.startswith("row skipped") else why   # the reason: under Rows not measured
+        status = ("met" if t["met"] else "MISSED") if t["met"] is not None else f"- ({why})"
+        rows.append([t["target"], t["size"], str(t["threads"]), t["backend"], _fmt(t["value"], ".2f"),
+                     f"{t['least']:g}", status])
+    _show_table(f"{title} (one run on this machine; ratios only mean anything within it)",
+                [("target", "left"), ("size", "right"), ("thr", "right"), ("backend", "left"),
+                 ("value", "right"), ("least", "right"), ("", "left")], rows, fold=6)
+
+
+def _lowbit_tables(data):
+    """Preset lowbit: per size and thread count one table (a section per recipe), then issue
+    15's targets, the state memory per parameter, the rows not measured."""
+    results = data["results"]
+    for size, threads in dict.fromkeys((r["size"], r["threads"]) for r in results):
+        sub = [r for r in results if r["size"] == size and r["threads"] == threads]
+        rows, sections, last = [], [], None
+        for r in sub:
+            if r["recipe"] != last:
+                sections.append(len(rows))
+                last = r["recipe"]
+            stream = r["kind"] == "stream"
+            rows.append([
+                r["recipe"] if stream else "", f"{r['bytes_per_element']:g}" if stream else "",
+                "stream (bw)" if stream else r["backend"],
+                ("floor " if stream else "") + _fmt_time(r["seconds"]), _fmt(r["gbps"], ".1f"),
+                _fmt(r["fraction_of_bandwidth"], ".2f", "cache"),
+                (("in " if r["in_cache"] else "out ") + f"{r['cache_ratio']:.2f}x") if stream else "",
+            ] + ["" if stream else _fmt(r.get(key), spec) for key, spec in (
+                ("speedup_vs_fp32", ".2f"), ("speedup_vs_torch_fused", ".2f"), ("speedup_vs_bnb8", ".1f"),
+                ("speedup_vs_torchao8", ".1f"))])
+        sub0 = sub[0]
+        title = (f"AdamW with 8-bit and 4-bit states, {size} elements"
+                 + (f" ({sub0['tensors']:,} tensors)" if sub0["tensors"] > 1 else "") + f", threads={threads}")
+        caption = ("B/el: bytes per element of the recipe, absmax included (its stream moves the same bytes: p "
+                   "read+written, g read, each state's codes and absmax read+written); of bw: GB/s / that "
+                   "stream's GB/s, same rounds (peers: of the nominal bytes of their group's recipe); x fp32: the "
+                   "backend's float32 adam_many / this row's time; x tf32: torch.optim.AdamW(fused=True) float32; "
+                   "x bnb8, x ao8: bitsandbytes / torchao AdamW8bit")
+        _show_table(title, [("recipe", "left"), ("B/el", "right"), ("backend", "left"), ("time", "right"),
+                            ("GB/s", "right"), ("of bw", "right"), ("cache", "right"), ("x fp32", "right"),
+                            ("x tf32", "right"), ("x bnb8", "right"), ("x ao8", "right")],
+                    rows, sections=sections, caption=caption)
+    if data.get("targets"):
+        _targets_table(data["targets"], "Issue 15 targets")
+    memory = data.get("memory") or []
+    if memory:
         rows = []
-        for t in targets:
-            status = ("met" if t["met"] else "MISSED") if t["met"] is not None else f"- ({t['why_not_measured']})"
-            rows.append([t["target"], t["size"], str(t["threads"]), t["backend"], _fmt(t["value"], ".2f"),
-                         f"{t['least']:g}", status])
-        _show_table("Issue 14 targets (one run on this machine; ratios only mean anything within it)",
-                    [("target", "left"), ("size", "right"), ("thr", "right"), ("backend", "left"),
-                     ("value", "right"), ("least", "right"), ("", "left")], rows)
+        for m in memory:
+            status = "" if m["met"] is None else ("met" if m["met"] else "MISSED")
+            bound = "" if m["most"] is None else f"<= {m['most']:g}"
+            shared = f"; {m['shared_bytes']:,} B shared, not counted" if m["shared_bytes"] else ""
+            rows.append([m["size"], m["optimizer"], m["recipe"], f"{m['state_bytes']:,}",
+                         f"{m['bytes_per_param']:.4f}", _fmt(m["vs_float32"], ".4f"), bound, status,
+                         m["counted"] + shared])
+        _show_table("Optimizer state memory, measured from the state arrays (step counters not counted)",
+                    [("size", "right"), ("optimizer", "left"), ("recipe", "left"), ("state bytes", "right"),
+                     ("B/param", "right"), ("x float32", "right"), ("target", "left"), ("", "left"),
+                     ("counted", "left")], rows, fold=8,
+                    caption="x float32: B/param / fastgd's float32 states' (8 B/param); issue 15: 8-bit <= 0.26, "
+                            "4-bit <= 0.14 (fastgd)")
     _skipped(data)
 
 
@@ -410,11 +478,12 @@ def _bench_settings(args):
     sizes = B.parse_sizes(args.sizes or preset[("quick_sizes" if args.quick else "sizes")]) \
         if "sizes" in preset else []
     threads = B.parse_threads(args.threads) if args.threads else B.default_threads()
+    lowbit = args.preset == "lowbit"
     if args.backends:
-        backends = _backend_list(args.backends, B.BACKEND_CHOICES)
+        backends = _backend_list(args.backends, L.BACKEND_CHOICES if lowbit else B.BACKEND_CHOICES)
         _check_requested_backends(backends)
     else:
-        backends = B.default_backends()
+        backends = L.default_backends() if lowbit else B.default_backends()
     if args.repeat is not None and args.repeat < 1:
         raise B.UsageError(f"--repeat must be >= 1; got {args.repeat}")
     stream_elements = B._count(args.stream_size, "--stream-size") if args.stream_size else B.STREAM_ELEMENTS
@@ -422,10 +491,12 @@ def _bench_settings(args):
     if not cython_ok and args.preset != "callpath":
         raise B.UsageError("the bandwidth is measured with the Cython stream kernel, and the Cython "
                            f"extension is unusable: {cython_why}")
-    if args.preset == "formats" and args.dtype != "float32":
-        raise B.UsageError("--dtype does not apply to --preset formats (its recipes give each array's format)")
+    if args.preset in ("formats", "lowbit") and args.dtype != "float32":
+        raise B.UsageError(f"--dtype does not apply to --preset {args.preset} (its recipes give each array's "
+                           "format)")
     rounds = args.repeat or (3 if args.quick else preset.get("rounds", 7))
-    return {"preset": args.preset, "rules": rules if args.preset in ("rules", "adam", "family", "formats") else [],
+    return {"preset": args.preset,
+            "rules": rules if args.preset in ("rules", "adam", "family", "formats", "lowbit") else [],
             "sizes": [{"label": s.label, "elements": s.elements, "tensors": s.tensors} for s in sizes],
             "dtype": args.dtype, "threads": threads, "backends": backends, "rounds": rounds,
             "min_seconds": 0.005 if args.quick else 0.05, "quick": bool(args.quick),
@@ -443,12 +514,15 @@ def _run_preset(settings, sizes, progress):
     if settings["preset"] == "formats":
         del common["dtype"]
         return B.run_formats(**common)
+    if settings["preset"] == "lowbit":
+        del common["dtype"]
+        return L.run_lowbit(**common)
     return B.run_bench(rules=settings["rules"], quick=settings["quick"], **common)
 
 
 def _groups(settings, sizes):
     """Round-robin groups the run has (for the progress bar)."""
-    per_size = {"callpath": 0, "clip": 1, "formats": 1}.get(settings["preset"], len(settings["rules"]))
+    per_size = {"callpath": 0, "clip": 1, "formats": 1, "lowbit": 1}.get(settings["preset"], len(settings["rules"]))
     return max(1, len(sizes) * per_size) * len(settings["threads"])
 
 
@@ -464,23 +538,28 @@ def cmd_bench(args, argv):
         except ImportError:
             raise B.UsageError(f"--plot needs matplotlib, which is not installed ({BENCH_EXTRA})") from None
     env = B.environment()
+    if settings["preset"] == "lowbit":
+        extra = L.environment_extra()
+        env.update(extra, peers={**env["peers"], **extra["peers"]})
     for line in _header(env, settings):
         _print(line)
     if _rich is None:
         _print(f"(plain-text tables: {BENCH_EXTRA} for rich tables and a progress bar)")
     _print()
     with _Progress(_groups(settings, sizes), quiet=args.no_progress) as progress:
-        results, skipped, *targets = _run_preset(settings, sizes, progress)
+        results, skipped, *more = _run_preset(settings, sizes, progress)
     data = {"schema": B.SCHEMA,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "argv": list(argv), "environment": env, "settings": settings,
             "results": results, "skipped": skipped}
-    if targets:
-        data["targets"] = targets[0]
+    for key, value in zip(("targets", "memory"), more):
+        data[key] = value
     if settings["preset"] == "callpath":
         _callpath_table(data)
     elif settings["preset"] == "formats":
         _formats_tables(data)
+    elif settings["preset"] == "lowbit":
+        _lowbit_tables(data)
     else:
         _bench_tables(data)
     if json_path:
@@ -625,7 +704,8 @@ def build_parser():
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     b.add_argument("--threads", help="comma-separated thread counts (default 1,<cores>)")
     b.add_argument("--backends", help="comma-separated, from cython, numba, numpy, torch (fused and "
-                   "foreach rows), deepspeed (default: every one usable here)")
+                   "foreach rows), deepspeed (default: every one usable here); --preset lowbit: from cython, "
+                   "numba, torch, bitsandbytes, torchao (default: all, the absent ones skipped with the reason)")
     b.add_argument("--repeat", type=int, help="round-robin rounds; medians are reported (default 7, quick 3)")
     b.add_argument("--quick", action="store_true", help="fewer rounds, smaller default sizes, NumPy reference "
                    "timed on a 1M-element subsample and scaled (marked ~)")

@@ -19,10 +19,19 @@ one of each width). Bytes per element: 2 x the widths of ``rw`` + the widths of 
 One pass walks every array side by side in blocks of FGD_SF_BLOCK elements (the reads summed
 into a block buffer in L1, then each written array's block): each array streams once, in order,
 interleaved with the others, as in a fused update loop.
+
+The quantized states of codes 5-8 (CONTRACT.md, issue 15) are ``rw`` arrays too, told apart by
+their length (n: the length of ``read[0]``): a uint8 array of n elements is an 8-bit state's
+codes (a byte per element, ``+=`` the block's values cut to a byte); of ``(n + 1) // 2`` bytes
+a 4-bit state's packed codes (byte k belongs to element 2k, as two codes a byte are stored); a
+float32 array of ``ceil(n / 256)`` or ``ceil(n / 128)`` elements a state's absmax (element j
+read and written by the block holding element 256 j or 128 j). (For n = 1 every reading
+moves the same bytes.) 8-bit AdamW with float32 p and g: 16 bytes per element plus 2 x 2 x 4 /
+256 of absmax.
 """
 from cython.parallel cimport prange
 cimport numpy as cnp
-from libc.stdint cimport uint16_t
+from libc.stdint cimport uint8_t, uint16_t
 
 from _arrays cimport data_of
 from _parallel cimport piece_start, threads_for
@@ -137,14 +146,20 @@ cdef extern from *:
     #define FGD_SF_BLOCK 128
     #define FGD_SF_MAX 5
     typedef struct {
-        int n32, n16;                       /* read-write arrays of each width */
+        int n32, n16, n8, n4, ns;           /* read-write arrays of each width */
         float* w32[FGD_SF_MAX];
         uint16_t* w16[FGD_SF_MAX];
+        uint8_t* w8[FGD_SF_MAX];            /* 8-bit codes, a byte per element */
+        uint8_t* w4[FGD_SF_MAX];            /* 4-bit codes, byte k for elements 2k, 2k + 1 */
+        float* ws[FGD_SF_MAX];              /* absmax: one float per ``sblock`` elements */
+        ptrdiff_t sblock[FGD_SF_MAX];
         const float* r32;                   /* read-only arrays (NULL: none of that width) */
         const uint16_t* r16;
         float* o32;                         /* write-only arrays (NULL: none) */
         uint16_t* o16;
     } fgd_sf_t;
+
+    typedef uint16_t fgd_sf_u16 __attribute__((aligned(1), may_alias));
 
     static inline __attribute__((always_inline)) float fgd_sf_load16(uint16_t b) {
         uint32_t u = (uint32_t)b << 16;
@@ -160,8 +175,9 @@ cdef extern from *:
 
     /* One block [b, b + m) of every array; m a constant where inlined with FGD_SF_BLOCK. */
     static inline __attribute__((always_inline)) float fgd_sf_block(const fgd_sf_t* s, ptrdiff_t b,
-                                                                     ptrdiff_t m, float* x) {
-        ptrdiff_t i;
+                                                                     ptrdiff_t m, float* x,
+                                                                     uint8_t* xb) {
+        ptrdiff_t i, k;
         int j;
         float total = 0;
         if (s->r32 && s->r16) {
@@ -183,6 +199,29 @@ cdef extern from *:
             uint16_t* w = s->w16[j] + b;
             for (i = 0; i < m; i++) w[i] = fgd_sf_store16(fgd_sf_load16(w[i]) + x[i]);
         }
+        if (s->n8 || s->n4) {
+            for (i = 0; i < m; i++) xb[i] = (uint8_t)fgd_sf_store16(x[i]);
+            xb[m] = 0;
+        }
+        for (j = 0; j < s->n8; j++) {
+            uint8_t* w = s->w8[j] + b;
+            for (i = 0; i < m; i++) w[i] = (uint8_t)(w[i] + xb[i]);
+        }
+        if (s->n4) {                        /* the bytes k of the elements 2k in [b, b + m) */
+            ptrdiff_t odd = b & 1, nk = (m - odd + 1) / 2;
+            /* xb[2k] as the low byte of the 16-bit word k (little-endian; big-endian: xb[2k + 1],
+               the same bytes moved): contiguous loads, where a stride-2 byte loop ran at 2/3 of
+               the memory's speed */
+            const fgd_sf_u16* even = (const fgd_sf_u16*)(xb + odd);
+            for (j = 0; j < s->n4; j++) {
+                uint8_t* w = s->w4[j] + (b + 1) / 2;
+                for (k = 0; k < nk; k++) w[k] = (uint8_t)(w[k] + (uint8_t)even[k]);
+            }
+        }
+        for (j = 0; j < s->ns; j++) {       /* the absmax of the block starting in [b, b + m) */
+            ptrdiff_t q = s->sblock[j], first = (b + q - 1) / q * q;
+            if (first < b + m) s->ws[j][first / q] += x[first - b];
+        }
         if (s->o32) {
             float* o = s->o32 + b;
             for (i = 0; i < m; i++) o[i] = x[i];
@@ -191,24 +230,29 @@ cdef extern from *:
             uint16_t* o = s->o16 + b;
             for (i = 0; i < m; i++) o[i] = fgd_sf_store16(x[i]);
         }
-        if (!(s->n32 || s->n16 || s->o32 || s->o16))
+        if (!(s->n32 || s->n16 || s->n8 || s->n4 || s->ns || s->o32 || s->o16))
             for (i = 0; i < m; i++) total += x[i];
         return total;
     }
 
     static double fgd_sf_piece(const fgd_sf_t* s, ptrdiff_t lo, ptrdiff_t hi) {
         float x[FGD_SF_BLOCK] __attribute__((aligned(64)));
+        uint8_t xb[FGD_SF_BLOCK + 1] __attribute__((aligned(64)));   /* + 1: word k of an odd tail */
         double total = 0;
         ptrdiff_t b = lo;
-        for (; b + FGD_SF_BLOCK <= hi; b += FGD_SF_BLOCK) total += fgd_sf_block(s, b, FGD_SF_BLOCK, x);
-        if (b < hi) total += fgd_sf_block(s, b, hi - b, x);
+        for (; b + FGD_SF_BLOCK <= hi; b += FGD_SF_BLOCK) total += fgd_sf_block(s, b, FGD_SF_BLOCK, x, xb);
+        if (b < hi) total += fgd_sf_block(s, b, hi - b, x, xb);
         return total;
     }
     """
     ctypedef struct fgd_sf_t:
-        int n32, n16
+        int n32, n16, n8, n4, ns
         float* w32[5]
         uint16_t* w16[5]
+        uint8_t* w8[5]
+        uint8_t* w4[5]
+        float* ws[5]
+        Py_ssize_t sblock[5]
         const float* r32
         const uint16_t* r16
         float* o32
@@ -217,17 +261,51 @@ cdef extern from *:
 
 
 cdef void* _raw(cnp.ndarray a, Py_ssize_t n, bint writable) except NULL:
-    """The data of a C-contiguous array of n elements of 2 or 4 bytes (any dtype), else raise."""
+    """The data of a C-contiguous array of n elements of 1, 2 or 4 bytes (any dtype), else raise."""
     if (cnp.PyArray_SIZE(a) != n or not cnp.PyArray_IS_C_CONTIGUOUS(a)
-            or (writable and not cnp.PyArray_ISWRITEABLE(a)) or cnp.PyArray_ITEMSIZE(a) not in (2, 4)):
-        raise ValueError("stream_formats arrays must be C-contiguous, of 2 or 4 bytes per element, of one "
-                         "length, the written ones writable")
+            or (writable and not cnp.PyArray_ISWRITEABLE(a)) or cnp.PyArray_ITEMSIZE(a) not in (1, 2, 4)):
+        raise ValueError("stream_formats arrays must be C-contiguous, of 1, 2 or 4 bytes per element, of "
+                         "one length (or, read-write, a quantized state's codes or absmax of it), the "
+                         "written ones writable")
     return cnp.PyArray_DATA(a)
+
+
+cdef int _room(int count) except -1:
+    if count == MAX_WRITTEN:
+        raise ValueError(f"at most {MAX_WRITTEN} read-write arrays of each width")
+    return count
+
+
+cdef int _add_rw(fgd_sf_t* s, cnp.ndarray a, Py_ssize_t n) except -1:
+    """File the read-write array ``a`` by its width and length (module docstring)."""
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(a)
+    cdef int item = cnp.PyArray_ITEMSIZE(a)
+    if size == n and item == 4:
+        s.w32[_room(s.n32)] = <float*>_raw(a, size, True)
+        s.n32 += 1
+    elif size == n and item == 2:
+        s.w16[_room(s.n16)] = <uint16_t*>_raw(a, size, True)
+        s.n16 += 1
+    elif size == n and item == 1:
+        s.w8[_room(s.n8)] = <uint8_t*>_raw(a, size, True)
+        s.n8 += 1
+    elif item == 1 and size == (n + 1) // 2:
+        s.w4[_room(s.n4)] = <uint8_t*>_raw(a, size, True)
+        s.n4 += 1
+    elif item == 4 and (size == (n + 255) // 256 or size == (n + 127) // 128):
+        s.ws[_room(s.ns)] = <float*>_raw(a, size, True)
+        s.sblock[s.ns] = 256 if size == (n + 255) // 256 else 128
+        s.ns += 1
+    else:
+        _raw(a, n, True)        # raises with the reason
+        raise ValueError("stream_formats: a read-write array of another length")
+    return 0
 
 
 def stream_formats(list rw, list read, list out=None):
     """Read ``read`` (one array per width at most) and add it into every array of ``rw``; store
-    it into every array of ``out`` (one per width at most). 16-bit arrays are bfloat16 bits.
+    it into every array of ``out`` (one per width at most). 16-bit arrays are bfloat16 bits;
+    ``rw`` may hold quantized states' codes and absmax (module docstring: told by length).
     Returns the sum of what was read when nothing is written."""
     cdef fgd_sf_t s
     cdef cnp.ndarray a
@@ -238,22 +316,13 @@ def stream_formats(list rw, list read, list out=None):
     if not read:
         raise ValueError("stream_formats reads at least one array")
     n = cnp.PyArray_SIZE(read[0])
-    s.n32 = s.n16 = 0
+    s.n32 = s.n16 = s.n8 = s.n4 = s.ns = 0
     s.r32 = NULL
     s.r16 = NULL
     s.o32 = NULL
     s.o16 = NULL
     for a in rw:
-        if cnp.PyArray_ITEMSIZE(a) == 4:
-            if s.n32 == MAX_WRITTEN:
-                raise ValueError(f"at most {MAX_WRITTEN} read-write arrays of each width")
-            s.w32[s.n32] = <float*>_raw(a, n, True)
-            s.n32 += 1
-        else:
-            if s.n16 == MAX_WRITTEN:
-                raise ValueError(f"at most {MAX_WRITTEN} read-write arrays of each width")
-            s.w16[s.n16] = <uint16_t*>_raw(a, n, True)
-            s.n16 += 1
+        _add_rw(&s, a, n)
     for a in read:
         if cnp.PyArray_ITEMSIZE(a) == 4 and s.r32 == NULL:
             s.r32 = <const float*>_raw(a, n, False)

@@ -195,11 +195,37 @@ def test_stream_formats_moves_every_array_once(n):
     assert stream_formats([], [r32]) == pytest.approx(float(r32.astype(np.float64).sum()), rel=1e-4, abs=1e-3)
 
 
+@pytest.mark.parametrize("n", [1, 2, 127, 129, 256, 257, 40_001, 100_003])
+def test_stream_formats_moves_quantized_states_once(n):
+    """Quantized states' arrays, told by their length: 8-bit codes (a byte per element) and
+    packed 4-bit codes (byte k with element 2k) += the value cut to a byte, absmax (a float per
+    256 or 128 elements) += the value of its block's first element; each touched once."""
+    stream_formats = registry.kernel("stream_formats", "cython")
+    rng = np.random.default_rng(n)
+    r32, w32 = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    c8 = rng.integers(0, 256, n, dtype=np.uint8)
+    c4 = rng.integers(0, 256, (n + 1) // 2, dtype=np.uint8)
+    a256 = rng.standard_normal(-(-n // 256)).astype(np.float32)
+    a128 = rng.standard_normal(-(-n // 128)).astype(np.float32)
+    byte = (_bf16_bits(r32) & 0xFF).astype(np.uint8)       # the stream cuts its bfloat16 bits
+    want = [w32 + r32, c8 + byte, c4 + byte[0::2], a256 + r32[::256], a128 + r32[::128]]
+    arrays = [w32, c8, c4, a256, a128]
+    if n <= 128:    # one absmax either way (and n = 1: a byte of codes either way)
+        arrays, want = arrays[:4], want[:4]
+    if n == 1:
+        arrays, want = [w32, c8, a256], [want[0], want[1], want[3]]
+    assert stream_formats(arrays, [r32]) == 0
+    for got, expected in zip(arrays, want):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_stream_formats_refuses_bad_arrays():
     stream_formats = registry.kernel("stream_formats", "cython")
     a, b = np.ones(10, np.float32), np.ones(10, np.float32)
     for args in (([a], []), ([a], [b, np.ones(10, np.float32)]), ([a], [np.ones(9, np.float32)]),
-                 ([np.ones(10)], [b]), ([a], [b], [np.ones(10, np.float32), np.ones(10, np.float32)])):
+                 ([np.ones(10)], [b]), ([a], [b], [np.ones(10, np.float32), np.ones(10, np.float32)]),
+                 ([np.ones(4, np.uint8)], [b]), ([np.ones(2, np.float32)], [b]),
+                 ([np.ones(10, np.uint8)], [np.ones(10, np.uint8)])):
         with pytest.raises(ValueError):
             stream_formats(*args)
 
@@ -286,3 +312,251 @@ def test_formats_preset_steps_what_its_recipe_says(recipe, backend):
             np.testing.assert_allclose(F.load(t[role]).astype(np.float32), value, rtol=rtol[code], atol=1e-6,
                                        err_msg=f"{recipe.name} {backend} {role}")
         np.testing.assert_array_equal(F.load(t["grad"]).astype(np.float32), b["grad"])
+
+
+# --- preset lowbit (issue 15: quantized states; fastgd/lowbit_bench.py) ---------------------------
+
+from fastgd import lowbit_bench as L    # noqa: E402
+from fastgd import quant                # noqa: E402
+
+
+def test_lowbit_recipes_bytes_and_their_streams():
+    """Each recipe's bytes per element (absmax included) and a stream over its pattern moving
+    exactly those bytes: p, the states' codes (a byte per element at 8 bits, per two at 4) and
+    their absmax (a float32 per 256 / 128) read and written, g read."""
+    want = {"fp32": 28, "8bit": 16 + 4 * 4 / 256, "bf16+8bit": 10 + 4 * 4 / 256, "4bit": 14 + 4 * 4 / 128}
+    assert {r.name: r.bytes_per_element for r in L.LOWBIT_RECIPES} == want
+    n = 1_000
+    stream = B.Stream(n)
+    for recipe in L.LOWBIT_RECIPES:
+        fn, elements, bpe = stream.case_formats(recipe.pattern)
+        assert elements == n and bpe == recipe.bytes_per_element
+        before = {key: [a.copy() for a in pool] for key, pool in stream._pools.items()}
+        fn()
+        rw, read, _ = recipe.pattern
+        for width in set(rw):       # every read-write array of the pattern was written
+            changed = [not np.array_equal(a, b) for a, b in zip(stream._pools[(n, width)], before[(n, width)])]
+            assert sum(changed) == rw.count(width), (recipe.name, width)
+    # the quantized recipes' arrays, in the lengths the kernel tells apart
+    lengths = {(w, a.dtype.itemsize, a.size) for (size, w), pool in stream._pools.items() for a in pool}
+    assert {(1, 1, n), (0.5, 1, n // 2), (4 / 256, 4, 4), (4 / 128, 4, 8)} <= lengths
+    assert B._pattern_note(L.RECIPES["8bit"].pattern).startswith(
+        "5 arrays read+written (32+8+8-bit, 2 absmax, a float32 per 256), 1 read (32-bit)")
+
+
+def test_lowbit_arrays_and_table():
+    """The preset's quantized states are formats.quantize's codes and absmax, per tensor; its
+    adam_many table is (N, R + S) with the absmax addresses, max_exp_avg_sq's stand-in at
+    exp_avg_sq with its code and absmax."""
+    from fastgd import formats as F
+    recipe = L.RECIPES["4bit"]
+    tensors = L.lowbit_arrays(recipe, [300, 0, 77])
+    for t, n in zip(tensors, (300, 0, 77)):
+        assert t["param"].dtype == np.float32 and t["param"].size == n
+        assert t["exp_avg"].dtype == np.uint8 and t["exp_avg"].size == (n + 1) // 2
+        assert t["exp_avg_sq.absmax"].dtype == np.float32 and t["exp_avg_sq.absmax"].size == -(-n // 128)
+    values = F.dequantize(tensors[2]["exp_avg_sq"], tensors[2]["exp_avg_sq.absmax"], F.Q4_UNSIGNED, 77)
+    assert np.all(values > 0)
+    ptrs, offsets, fmts, keys = L.many_table(recipe, tensors)
+    assert ptrs.shape == (3, 10) and list(offsets) == [0, 300, 300, 377] and keys.shape == (3,)
+    assert list(fmts) == [F.F32, F.F32, F.F32, F.Q4_SIGNED, F.Q4_UNSIGNED, F.Q4_UNSIGNED, F.NONE]
+    t = tensors[0]
+    assert list(ptrs[0]) == [t["param"].ctypes.data, t["grad"].ctypes.data, t["grad"].ctypes.data,
+                             t["exp_avg"].ctypes.data, t["exp_avg_sq"].ctypes.data, t["exp_avg_sq"].ctypes.data, 0,
+                             t["exp_avg.absmax"].ctypes.data, t["exp_avg_sq.absmax"].ctypes.data,
+                             t["exp_avg_sq.absmax"].ctypes.data]
+    assert L.many_table(L.RECIPES["fp32"], L.lowbit_arrays(L.RECIPES["fp32"], [10]))[0].shape == (1, 7)
+
+
+def test_lowbit_probe_tells_missing_broken_and_working_kernels(monkeypatch):
+    """quantized_support, the feature flag of the quantized rows: a kernel that raises has none
+    yet, one that leaves the arrays alone disagrees with the reference (a failure), the
+    reference itself agrees."""
+    from fastgd import _reference
+
+    def probe(kernel):
+        L.quantized_support.cache_clear()
+        monkeypatch.setattr(L, "_kernel", lambda backend: kernel)
+        try:
+            return L.quantized_support("cython", "8bit")
+        finally:
+            L.quantized_support.cache_clear()
+
+    def refuses(*args):
+        raise ValueError("unknown format code 5")
+    assert "no quantized adam_many yet (ValueError: unknown format code 5)" in probe(refuses)
+    assert probe(lambda *args: None).startswith("FAILED: backend cython's adam_many disagrees")
+    assert probe(_reference.adam_many) is None
+
+
+def test_lowbit_ratios_and_targets_from_rows():
+    """The speedups are ratios of the same run's rows across recipes; the targets are read from
+    the rows (met = value >= least), and a skipped fastgd row gives its targets with the reason."""
+    def row(recipe, backend, seconds, kind="fastgd", fraction=0.9):
+        return {"recipe": recipe, "backend": backend, "kind": kind, "seconds": seconds, "size": "16",
+                "threads": 1, "in_cache": False, "fraction_of_bandwidth": fraction}
+    rows = [row("fp32", "stream", 1.0, "stream", 1.0), row("fp32", "cython", 2.0),
+            row("fp32", "torch-fused", 3.0, "peer"), row("8bit", "cython", 1.0),
+            row("8bit", "bnb-8bit", 40.0, "peer"), row("8bit", "torchao-8bit", 20.0, "peer"),
+            row("4bit", "cython", 2.5)]
+    L.lowbit_ratios(rows)
+    by = {(r["recipe"], r["backend"]): r for r in rows}
+    assert by[("8bit", "cython")]["speedup_vs_torch_fused"] == 3.0
+    assert by[("8bit", "cython")]["speedup_vs_bnb8"] == 40.0 and by[("8bit", "cython")]["speedup_vs_torchao8"] == 20.0
+    assert by[("8bit", "cython")]["speedup_vs_fp32"] == 2.0 and by[("fp32", "cython")]["speedup_vs_fp32"] == 1.0
+    assert by[("8bit", "bnb-8bit")]["speedup_vs_fp32"] is None and by[("fp32", "stream")]["speedup_vs_bnb8"] is None
+    assert by[("4bit", "cython")]["speedup_vs_torch_fused"] == pytest.approx(1.2)
+    skipped = [{"rule": "adamw bf16+8bit", "size": "16", "backend": "cython", "reason": "no kernel"}]
+    targets = L.lowbit_targets(rows, skipped, [B.Size("16", 16)], [1], ["cython"])
+    got = {(t["target"], t["backend"]): t for t in targets}
+    assert len(got) == len(L.LOWBIT_TARGETS)
+    assert got[("8bit >= 30x bitsandbytes AdamW8bit", "cython")]["met"] is True
+    assert got[("8bit >= 30x torchao AdamW8bit", "cython")]["met"] is False
+    assert got[("8bit (f32 params, 16 B) >= 0.8 of its stream", "cython")]["value"] == 0.9
+    assert got[("4bit (f32 params) >= 1.4x torch fused fp32", "cython")]["met"] is False
+    bf16 = got[("bf16+8bit (10 B) >= 1.8x torch fused fp32", "cython")]
+    assert bf16["value"] is None and bf16["met"] is None and bf16["why_not_measured"] == "row skipped: no kernel"
+
+
+def _check_lowbit_run(data, backends):
+    """Preset lowbit's JSON: every row with its recipe's bytes and formats, one stream per
+    recipe, each (recipe, compiled backend) measured (both backends have quantized adam_many:
+    a skipped row is a missing kernel), each peer in its recipe measured or skipped with the
+    reason, the targets read from the rows, the state memory from the arrays."""
+    rows = data["results"]
+    assert data["settings"]["preset"] == "lowbit"
+    sizes = {r["size"]: r for r in rows}
+    for row in rows:
+        recipe = L.RECIPES[row["recipe"]]
+        assert row["rule"] == "adamw" and row["bytes_per_element"] == recipe.bytes_per_element
+        assert row["formats"] == recipe.formats and row["seconds"] > 0
+        for key in ("speedup_vs_torch_fused", "speedup_vs_bnb8", "speedup_vs_torchao8", "speedup_vs_fp32",
+                    "fraction_of_bandwidth"):
+            assert row[key] is None or isinstance(row[key], float), key
+        if row["backend"] in L.PEERS:
+            assert L.PEERS[row["backend"]][1] == row["recipe"] and row["kind"] == "peer"
+    measured = {(r["size"], r["recipe"], r["backend"]) for r in rows}
+    skipped = {(s["size"], s["rule"], s["backend"]): s["reason"] for s in data["skipped"]}
+    for size in sizes:
+        for recipe in L.RECIPES:
+            for backend in [b for b in backends if b in L.COMPILED]:
+                assert (size, recipe, backend) in measured, skipped.get((size, f"adamw {recipe}", backend))
+            if any(r["recipe"] == recipe and r["size"] == size for r in rows):
+                assert (size, recipe, "stream") in measured
+        for peer, (name, recipe, _) in L.PEERS.items():
+            if name in backends:
+                assert (size, recipe, peer) in measured or skipped[(size, f"adamw {recipe}", peer)]
+    index = {(r["size"], r["threads"], r["recipe"], r["backend"]): r for r in rows}
+    for t in data["targets"]:
+        assert t["met"] is None or t["met"] == (t["value"] >= t["least"])
+        row = index[(t["size"], t["threads"], t["recipe"], t["backend"])]
+        assert t["value"] == row[t["field"]]
+    for recipe, field, *_ in L.LOWBIT_TARGETS:    # every fastgd row of the recipe has its targets
+        for r in rows:
+            if r["recipe"] == recipe and r["kind"] == "fastgd":
+                assert any(t["field"] == field and (t["size"], t["threads"], t["backend"]) ==
+                           (r["size"], r["threads"], r["backend"]) for t in data["targets"])
+    for m in data["memory"]:
+        size = next(s for s in B.parse_sizes(",".join(x.replace(",", "") for x in sizes)) if s.label == m["size"])
+        bits = L.RECIPES[m["recipe"]].bits
+        if m["optimizer"] == "fastgd":
+            want = 8 * size.elements if bits is None else 2 * size.tensors * quant.nbytes(size.per_tensor, bits)
+            assert m["state_bytes"] == want
+            assert m["met"] == (None if bits is None else m["vs_float32"] <= L.MEMORY_TARGETS[bits])
+        assert m["bytes_per_param"] == pytest.approx(m["state_bytes"] / m["elements"])
+
+
+def test_lowbit_preset(capsys, tmp_path):
+    backends = ["cython", "numba", "torch", "bitsandbytes", "torchao"]
+    present = [b for b in backends if b in L.COMPILED or L.peer_status()[b] is None]
+    out, data = _run(capsys, ["--preset", "lowbit", "--sizes", "1e4,3x700", "--backends", ",".join(present)],
+                     tmp_path)
+    _check_lowbit_run(data, present)
+    assert {r["size"] for r in data["results"]} == {"10,000", "3x700"}
+    for word in ("AdamW with 8-bit and 4-bit states", "x bnb8", "Issue 15 targets", "Optimizer state memory",
+                 "bf16+8bit", "B/param"):
+        assert word in out
+    reasons = {(s["size"], s["backend"]): s["reason"] for s in data["skipped"]}
+    if "torchao" in present:    # 10,000 is no multiple of 256: torchao would keep float32 states
+        assert "keeps float32 states" in reasons[("10,000", "torchao-8bit")]
+    if "bitsandbytes" in present:
+        assert {("10,000", "8bit", "bnb-8bit"), ("10,000", "fp32", "bnb-32bit")} <= {
+            (r["size"], r["recipe"], r["backend"]) for r in data["results"]}
+        bnb = next(m for m in data["memory"] if m["optimizer"] == "bnb-8bit" and m["size"] == "10,000")
+        assert bnb["state_bytes"] == 2 * quant.nbytes(10_000, 8) and bnb["shared_bytes"] == 2 * 256 * 4
+
+
+def test_lowbit_preset_without_peers(monkeypatch):
+    """torch, bitsandbytes and torchao absent: their rows are skipped with the reason, the rest
+    is measured, the targets against them unmeasured."""
+    for name in ("torch", "bitsandbytes", "torchao", "torchao.optim"):
+        monkeypatch.setitem(sys.modules, name, None)        # importing it raises ImportError
+    rows, skipped, targets, memory = L.run_lowbit(sizes=B.parse_sizes("1e4"), threads=[1],
+                                                  backends=["cython", "torch", "bitsandbytes", "torchao"],
+                                                  rounds=1, min_seconds=0.001, stream_elements=100_000)
+    reasons = {(s["rule"], s["backend"]): s["reason"] for s in skipped}
+    assert "not installed" in reasons[("adamw fp32", "torch-fused")]
+    assert "bitsandbytes is not installed" in reasons[("adamw 8bit", "bnb-8bit")]
+    assert "bitsandbytes is not installed" in reasons[("adamw fp32", "bnb-32bit")]
+    assert "torchao is not installed" in reasons[("adamw 4bit", "torchao-4bit")]
+    assert not any(r["kind"] == "peer" for r in rows)
+    assert {m["optimizer"] for m in memory} == {"fastgd"}
+    _check_lowbit_run({"results": rows, "skipped": skipped, "targets": targets, "memory": memory,
+                       "settings": {"preset": "lowbit"}}, ["cython", "torch", "bitsandbytes", "torchao"])
+    assert all(t["value"] is None for t in targets if "torch" in t["target"] or "bitsandbytes" in t["target"])
+
+
+def test_lowbit_cli_refuses_what_does_not_apply(capsys):
+    assert cli.main(["bench", "--preset", "lowbit", "--dtype", "float64"]) == 2
+    assert cli.main(["bench", "--preset", "lowbit", "--backends", "deepspeed"]) == 2
+    assert "unknown backend" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+@pytest.mark.parametrize("recipe", L.LOWBIT_RECIPES, ids=lambda r: r.name)
+def test_lowbit_preset_steps_what_its_recipe_says(recipe, backend):
+    """The preset's adam_many table on each backend against the reference on the same table:
+    the same codes (all but 1% of them) and absmax, params within their format's rounding."""
+    from fastgd import _reference
+    from fastgd import formats as F
+    if recipe.bits:     # both backends have quantized adam_many: a reason here is a missing kernel
+        why = L.quantized_support(backend, recipe.name)
+        assert why is None, why
+    lengths = [1_000, 300]
+    mine, ref = (L.lowbit_arrays(recipe, lengths) for _ in range(2))
+    L._step(L._kernel(backend), recipe, mine)()
+    L._step(_reference.adam_many, recipe, ref)()
+    for a, b in zip(mine, ref):
+        for role in a:
+            if role in L.STATES and recipe.codes[role] in F.QUANTIZED:
+                assert np.mean(a[role] == b[role]) >= 0.99, role
+            else:
+                np.testing.assert_allclose(F.load(a[role]).astype(np.float32), F.load(b[role]).astype(np.float32),
+                                           rtol=1e-5 if recipe.param == F.F32 else 2 ** -7, atol=1e-7, err_msg=role)
+
+
+def test_lowbit_preset_with_quantized_kernels(monkeypatch):
+    """With kernels that have quantized states (the reference standing in for both backends),
+    every recipe has its row on every backend, its speedups and its targets' values."""
+    from fastgd import _reference
+    monkeypatch.setattr(L, "_kernel", lambda backend: _reference.adam_many)
+    L.quantized_support.cache_clear()
+    try:
+        rows, skipped, targets, memory = L.run_lowbit(sizes=B.parse_sizes("2x600"), threads=[1],
+                                                      backends=["cython", "numba", "torch"], rounds=1,
+                                                      min_seconds=0.001, stream_elements=100_000)
+    finally:
+        L.quantized_support.cache_clear()
+    measured = {(r["recipe"], r["backend"]) for r in rows}
+    assert {(recipe, b) for recipe in L.RECIPES for b in ("cython", "numba", "stream")} <= measured
+    assert not [s for s in skipped if s["backend"] in L.COMPILED]
+    torch_present = L.peer_status()["torch"] is None
+    for r in rows:
+        if r["kind"] == "fastgd":
+            assert r["speedup_vs_fp32"] > 0 and (r["speedup_vs_torch_fused"] is not None) is torch_present
+    assert {t["recipe"] for t in targets} == {recipe for recipe, *_ in L.LOWBIT_TARGETS}
+    for t in targets:
+        assert t["why_not_measured"] is None or not t["why_not_measured"].startswith("row skipped")
+        if t["field"] == "speedup_vs_torch_fused" and torch_present:
+            assert t["value"] is not None and t["met"] == (t["value"] >= t["least"])
+    assert {m["recipe"] for m in memory if m["optimizer"] == "fastgd"} == set(L.RECIPES)
