@@ -191,16 +191,7 @@ def test_16bit_states_reach_the_float32_loss_on_the_digits(backend):
     # float32 does. float16 has the precision but not the range: v = g^2 underflows below
     # g ~ 2e-4, so it needs a larger eps (compared with float32 at the same eps).
     pytest.importorskip("sklearn", reason="the digits need scikit-learn (CI installs it)")
-    from fastgd.demo import load_digits_split
-    from fastgd.train import fit
-    from fastgd.train.models import MLP
-    Xtr, Xte, ytr, yte = load_digits_split(0)
-
-    def final(**kw):
-        model = MLP([64, 64, 10], seed=0, dtype=np.float32)
-        hist = fit(model, fastgd.AdamW([model.params], lr=3e-3, **kw), Xtr, ytr, epochs=25,
-                   batch_size=32, seed=0, val_data=(Xte, yte))
-        return hist.loss[-1], hist.val_loss[-1]
+    from _train_helpers import digits_final_losses as final
 
     base = final()
     sr = final(state_dtype="bfloat16", bf16_stochastic_round=True)

@@ -312,16 +312,7 @@ def test_quantized_states_with_master_weights_clipping_and_multisteps(backend):
 
 def test_8bit_and_4bit_adamw_reach_the_float32_loss_on_the_digits(backend):
     pytest.importorskip("sklearn", reason="the digits need scikit-learn (CI installs it)")
-    from fastgd.demo import load_digits_split
-    from fastgd.train import fit
-    from fastgd.train.models import MLP
-    Xtr, Xte, ytr, yte = load_digits_split(0)
-
-    def final(**kw):
-        model = MLP([64, 64, 10], seed=0, dtype=np.float32)
-        hist = fit(model, fastgd.AdamW([model.params], lr=3e-3, **kw), Xtr, ytr, epochs=25,
-                   batch_size=32, seed=0, val_data=(Xte, yte))
-        return hist.loss[-1], hist.val_loss[-1]
+    from _train_helpers import digits_final_losses as final
 
     base = final()
     eight = final(optim_bits=8)
