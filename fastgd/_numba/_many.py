@@ -303,8 +303,8 @@ class ManyKernel:
                              f"states, not float64; got format codes {codes}")
         if width != r + s:
             raise ValueError(f"{where}: expected an address table of {r + s} columns with "
-                             f"quantized states (column R + r - 3: the absmax of role r); got "
-                             f"{width}")
+                             f"quantized states (the absmax columns: column R + r - 3 the "
+                             f"absmax of role r); got {width}")
 
     def specialise(self, codes, flags, parallel):
         """The compiled copies of _segment<n> (_qsegment<n> with quantized states) and _driver
