@@ -69,8 +69,8 @@ def _literal_codes(codes):
 
 
 def _views_codegen(context, builder, vts, values_of, table_t, table, kk, keys_t, keyarr):
-    """The tuple of views ``vts`` of row kk of the address table: view j's data is
-    ``values_of(j, address)`` (its pointer) or, by default, the address in column j."""
+    """The tuple of views ``vts`` of row kk of the address table: view j's data is the pointer
+    ``values_of(j)``, or where that is None the address in column j."""
     arr = context.make_array(table_t)(context, builder, table)
     width = cgutils.unpack_tuple(builder, arr.shape)[1]      # the table's own width: R or R + S
     row = builder.mul(kk, width)
@@ -92,7 +92,7 @@ def _views_codegen(context, builder, vts, values_of, table_t, table, kk, keys_t,
     return context.make_tuple(builder, types.Tuple(vts), values)
 
 
-def _check_table(typingctx, ptrs, keys):
+def _check_table(ptrs, keys):
     if keys.dtype != types.uint32 or ptrs.dtype != types.int64 or ptrs.ndim != 2:
         raise TypeError("_many kernels take int64 (N, R) addresses and uint32 keys")
 
@@ -105,7 +105,7 @@ def _row_views(typingctx, codes, ptrs, k, keys):
     cs = _literal_codes(codes)
     if cs is None:
         return None
-    _check_table(typingctx, ptrs, keys)
+    _check_table(ptrs, keys)
     vts = [View(c) for c in cs]
 
     def codegen(context, builder, sig, args):
@@ -124,7 +124,7 @@ def _block_views(typingctx, codes, ptrs, k, keys, stage, base):
     cs = _literal_codes(codes)
     if cs is None:
         return None
-    _check_table(typingctx, ptrs, keys)
+    _check_table(ptrs, keys)
     quantized = [j for j, c in enumerate(cs) if c in _quant.QUANTIZED]
     block = _quant.BLOCK[cs[quantized[0]]] if quantized else 0
     vts = [View(F32 if c in _quant.QUANTIZED else c) for c in cs]
@@ -171,13 +171,13 @@ _SEGMENTS = {1: _segment1, 2: _segment2, 3: _segment3}
 def _stage(q, stage, s, e):
     """Block s..e-1 of each staged role to its part of ``stage`` (BLOCK floats a role), as
     float32: Q<j> is the j-th slot's dequantize (_quant.nothing for an empty slot), q[2j] and
-    q[2j + 1] the addresses of its codes and absmax."""
+    q[2j + 1] the addresses of its codes and absmax. UNSTAGE is a copy whose Q<j> are the
+    slots' quantize: each block back to its absmax and codes."""
     Q0(q[0], q[1], stage, s, e)
     Q1(q[2], q[3], _quant.offset(stage, BLOCK), s, e)
     Q2(q[4], q[5], _quant.offset(stage, 2 * BLOCK), s, e)
 
 
-# (_unstage: a copy of _stage whose Q<j> are the slots' quantize)
 def _qsegment1(ptrs, k, keys, a, b, c):
     """Elements a..b-1 of tensor k (a a multiple of BLOCK) block by block, its quantized
     states staged as float32 (a rule with one state array)."""
