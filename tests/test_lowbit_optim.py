@@ -371,3 +371,19 @@ def test_zero1_refuses_quantized_states():
         with pytest.raises(ValueError, match="quantized states"):
             ZeroRedundancyOptimizer([p], cls, **kw)
     assert np.all(p == 1)
+
+
+def test_flatparams_with_8bit_states_is_one_quantized_buffer(backend):
+    # A FlatParams is one parameter: its blocks run over the whole buffer, and the step
+    # without grads reads its gradient buffer; the same as stepping the buffer as an array
+    rng = np.random.default_rng(9)
+    flat = fastgd.FlatParams([rng.standard_normal(s).astype(np.float32) for s in ((70, 90), (3001,))])
+    plain = flat.data.copy()
+    a, b = fastgd.AdamW8bit(flat), fastgd.AdamW8bit([plain])
+    for _ in range(5):
+        flat.grad[...] = rng.standard_normal(flat.size).astype(np.float32)
+        a.step()
+        b.step([flat.grad.copy()])
+    assert np.array_equal(flat.data, plain)
+    assert a.state[0]["exp_avg"].shape == (flat.size,)
+    assert np.array_equal(a.state[0]["exp_avg_sq"], b.state[0]["exp_avg_sq"])
