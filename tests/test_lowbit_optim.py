@@ -387,3 +387,13 @@ def test_flatparams_with_8bit_states_is_one_quantized_buffer(backend):
     assert np.array_equal(flat.data, plain)
     assert a.state[0]["exp_avg"].shape == (flat.size,)
     assert np.array_equal(a.state[0]["exp_avg_sq"], b.state[0]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("cls,kw", PAIRS, ids=[c for c, _ in PAIRS])
+def test_a_state_dict_saved_before_any_step_loads(cls, kw):
+    # no state yet (Adagrad's, made in its constructor, is all zeros: its layout is told by
+    # its names): the param groups, with bitsandbytes' keys, say whose layout it is
+    opt = getattr(ft, cls)(_params(), **kw)
+    other = getattr(ft, cls)(_params(), **{**kw, "lr": 0.5})
+    other.load_state_dict(opt.state_dict())
+    assert other.param_groups[0]["lr"] == kw["lr"] and len(other.state) == len(opt.state)

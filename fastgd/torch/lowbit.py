@@ -95,11 +95,16 @@ class _Bnb:
             state_dict = self._from_bnb(state_dict)
         super().load_state_dict(state_dict)
 
-    @staticmethod
-    def _is_bnb(sd):
-        states = sd.get("state")
-        return isinstance(states, dict) and any(
-            isinstance(s, dict) and (BNB_WRAPPED in s or "state1" in s) for s in states.values())
+    def _is_bnb(self, sd):
+        """Whether ``sd`` is in bitsandbytes' layout: its states' names, or (no state yet) its
+        param groups' keys."""
+        states, groups = sd.get("state"), sd.get("param_groups")
+        if isinstance(states, dict) and any(isinstance(s, dict) and (BNB_WRAPPED in s or "state1" in s)
+                                            for s in states.values()):
+            return True
+        theirs = set(self.to_bnb_group(self.param_groups[0])) - set(self.defaults)
+        return bool(theirs) and isinstance(groups, (list, tuple)) and any(
+            isinstance(g, dict) and theirs & set(g) for g in groups)
 
     def _from_bnb(self, sd):
         name = type(self).__name__
