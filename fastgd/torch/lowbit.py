@@ -314,10 +314,17 @@ class Adam4bit(Adam):
                          amsgrad=amsgrad, **kwargs)
 
 
+_NOTE = ("States of parameters of at least min_8bit_size elements are quantized block-wise "
+         "(fastgd/quant.py), dequantized, updated and quantized again in the step's one pass; "
+         "smaller ones keep float32 states (state_dtype). See the module docstring.")
+
+
 def _own_signature(cls):
-    """The class's constructor signature (its namesake's), not its rule class's."""
+    """The class's constructor signature (its namesake's), not its rule class's, and its
+    docstring with the rule's update."""
     sig = inspect.signature(cls.__init__)
     cls.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
+    cls.__doc__ = cls.spec.docstring(" ".join(cls.__doc__.split()), _NOTE)
 
 
 for _cls in (AdamW8bit, Adam8bit, SGD8bit, Lion8bit, RMSprop8bit, Adagrad8bit, AdamW4bit, Adam4bit):
