@@ -270,10 +270,14 @@ def _skipped(data):
             _print(f"  {backend}: {reason} ({', '.join(dict.fromkeys(rules))})")
 
 
-def _formats_tables(data):
-    """Preset formats: per size and thread count one table (a section per recipe), then the
-    targets of issue 14."""
-    results = data["results"]
+_RECIPE_COLUMNS = [("recipe", "left"), ("B/el", "right"), ("backend", "left"), ("time", "right"),
+                   ("GB/s", "right"), ("of bw", "right"), ("cache", "right")]
+
+
+def _recipe_tables(results, title, speedups, caption):
+    """Per size and thread count one table of recipe rows (a section per recipe: its stream,
+    then each backend), the preset's ``speedups`` [(result key, header, format)] last;
+    ``title(size, tensors, threads)`` names it, ``caption(sub)`` says what its columns are."""
     for size, threads in dict.fromkeys((r["size"], r["threads"]) for r in results):
         sub = [r for r in results if r["size"] == size and r["threads"] == threads]
         rows, sections, last = [], [], None
@@ -283,28 +287,39 @@ def _formats_tables(data):
                 last = r["recipe"]
             stream = r["kind"] == "stream"
             rows.append([
-                r["recipe"] if stream else "", f"{r['bytes_per_element']}" if stream else "",
+                r["recipe"] if stream else "", f"{r['bytes_per_element']:g}" if stream else "",
                 "stream (bw)" if stream else r["backend"],
                 ("floor " if stream else "") + _fmt_time(r["seconds"]), _fmt(r["gbps"], ".1f"),
                 _fmt(r["fraction_of_bandwidth"], ".2f", "cache"),
                 (("in " if r["in_cache"] else "out ") + f"{r['cache_ratio']:.2f}x") if stream else "",
-            ] + ["" if stream else _fmt(r.get(key), ".2f") for key in (
-                "speedup_vs_before", "speedup_vs_torch_fused", "speedup_vs_torch_fused_bf16",
-                "speedup_vs_deepspeed")])
-        sub0 = sub[0]
-        title = (f"AdamW storage formats, {size} elements"
-                 + (f" ({sub0['tensors']:,} tensors)" if sub0["tensors"] > 1 else "") + f", threads={threads}")
+            ] + ["" if stream else _fmt(r.get(key), spec) for key, _, spec in speedups])
+        _show_table(title(size, sub[0]["tensors"], threads),
+                    _RECIPE_COLUMNS + [(header, "right") for _, header, _ in speedups],
+                    rows, sections=sections, caption=caption(sub))
+
+
+def _tensors(tensors):
+    return f" ({tensors:,} tensors)" if tensors > 1 else ""
+
+
+def _formats_tables(data):
+    """Preset formats: per size and thread count one table (a section per recipe), then the
+    targets of issue 14."""
+    def caption(sub):
         other_ds = sorted({(r["recipe"], r["deepspeed_recipe"]) for r in sub
                            if r.get("deepspeed_recipe") not in (None, r["recipe"])})
-        caption = ("B/el: bytes per element of the recipe (its stream moves the same bytes, same roles and "
-                   "widths); of bw: GB/s / that stream's GB/s, same rounds; x bef: the backend's single float32 "
-                   "adam kernel (the before row) / this row's time; x tf32, x tbf16: torch.optim.AdamW(fused="
-                   "True) on float32 / bfloat16; x DS: DeepSpeedCPUAdam in the same formats"
-                   + "".join(f"; {a}: vs DeepSpeed {b}" for a, b in other_ds))
-        _show_table(title, [("recipe", "left"), ("B/el", "right"), ("backend", "left"), ("time", "right"),
-                            ("GB/s", "right"), ("of bw", "right"), ("cache", "right"), ("x bef", "right"),
-                            ("x tf32", "right"), ("x tbf16", "right"), ("x DS", "right")],
-                    rows, sections=sections, caption=caption)
+        return ("B/el: bytes per element of the recipe (its stream moves the same bytes, same roles and "
+                "widths); of bw: GB/s / that stream's GB/s, same rounds; x bef: the backend's single float32 "
+                "adam kernel (the before row) / this row's time; x tf32, x tbf16: torch.optim.AdamW(fused="
+                "True) on float32 / bfloat16; x DS: DeepSpeedCPUAdam in the same formats"
+                + "".join(f"; {a}: vs DeepSpeed {b}" for a, b in other_ds))
+
+    _recipe_tables(data["results"],
+                   lambda size, n, threads: f"AdamW storage formats, {size} elements{_tensors(n)}, "
+                                            f"threads={threads}",
+                   [("speedup_vs_before", "x bef", ".2f"), ("speedup_vs_torch_fused", "x tf32", ".2f"),
+                    ("speedup_vs_torch_fused_bf16", "x tbf16", ".2f"), ("speedup_vs_deepspeed", "x DS", ".2f")],
+                   caption)
     if data.get("targets"):
         _targets_table(data["targets"], "Issue 14 targets")
     _skipped(data)
@@ -326,36 +341,18 @@ def _targets_table(targets, title):
 def _lowbit_tables(data):
     """Preset lowbit: per size and thread count one table (a section per recipe), then issue
     15's targets, the state memory per parameter, the rows not measured."""
-    results = data["results"]
-    for size, threads in dict.fromkeys((r["size"], r["threads"]) for r in results):
-        sub = [r for r in results if r["size"] == size and r["threads"] == threads]
-        rows, sections, last = [], [], None
-        for r in sub:
-            if r["recipe"] != last:
-                sections.append(len(rows))
-                last = r["recipe"]
-            stream = r["kind"] == "stream"
-            rows.append([
-                r["recipe"] if stream else "", f"{r['bytes_per_element']:g}" if stream else "",
-                "stream (bw)" if stream else r["backend"],
-                ("floor " if stream else "") + _fmt_time(r["seconds"]), _fmt(r["gbps"], ".1f"),
-                _fmt(r["fraction_of_bandwidth"], ".2f", "cache"),
-                (("in " if r["in_cache"] else "out ") + f"{r['cache_ratio']:.2f}x") if stream else "",
-            ] + ["" if stream else _fmt(r.get(key), spec) for key, spec in (
-                ("speedup_vs_fp32", ".2f"), ("speedup_vs_torch_fused", ".2f"), ("speedup_vs_bnb8", ".1f"),
-                ("speedup_vs_torchao8", ".1f"))])
-        sub0 = sub[0]
-        title = (f"AdamW with 8-bit and 4-bit states, {size} elements"
-                 + (f" ({sub0['tensors']:,} tensors)" if sub0["tensors"] > 1 else "") + f", threads={threads}")
-        caption = ("B/el: bytes per element of the recipe, absmax included (its stream moves the same bytes: p "
-                   "read+written, g read, each state's codes and absmax read+written); of bw: GB/s / that "
-                   "stream's GB/s, same rounds (peers: of the nominal bytes of their group's recipe); x fp32: the "
-                   "backend's float32 adam_many / this row's time; x tf32: torch.optim.AdamW(fused=True) float32; "
-                   "x bnb8, x ao8: bitsandbytes / torchao AdamW8bit")
-        _show_table(title, [("recipe", "left"), ("B/el", "right"), ("backend", "left"), ("time", "right"),
-                            ("GB/s", "right"), ("of bw", "right"), ("cache", "right"), ("x fp32", "right"),
-                            ("x tf32", "right"), ("x bnb8", "right"), ("x ao8", "right")],
-                    rows, sections=sections, caption=caption)
+    _recipe_tables(
+        data["results"],
+        lambda size, n, threads: f"AdamW with 8-bit and 4-bit states, {size} elements{_tensors(n)}, "
+                                 f"threads={threads}",
+        [("speedup_vs_fp32", "x fp32", ".2f"), ("speedup_vs_torch_fused", "x tf32", ".2f"),
+         ("speedup_vs_bnb8", "x bnb8", ".1f"), ("speedup_vs_torchao8", "x ao8", ".1f")],
+        lambda sub: ("B/el: bytes per element of the recipe, absmax included (its stream moves the same "
+                     "bytes: p read+written, g read, each state's codes and absmax read+written); of bw: "
+                     "GB/s / that stream's GB/s, same rounds (peers: of the nominal bytes of their group's "
+                     "recipe); x fp32: the backend's float32 adam_many / this row's time; x tf32: "
+                     "torch.optim.AdamW(fused=True) float32; x bnb8, x ao8: bitsandbytes / torchao "
+                     "AdamW8bit"))
     if data.get("targets"):
         _targets_table(data["targets"], "Issue 15 targets")
     memory = data.get("memory") or []
