@@ -83,9 +83,16 @@ static inline uint16_t fgd_to_f16(float x) {
 /* --- 16 lanes ------------------------------------------------------------------------------- */
 
 static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* s, float* L) {
+#if defined(__AVX512F__)
+    /* one vpmovzxwd from memory: gcc lowers the vector-extension widening below to two
+     * half-width ones, an extract and an insert */
+    _mm512_storeu_si512(L, _mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                               _mm256_loadu_si256((const __m256i*)s)), 16));
+#else
     fgd_u16x16 h; memcpy(&h, s, 32);
     fgd_u32x16 u = __builtin_convertvector(h, fgd_u32x16) << 16;
     memcpy(L, &u, 64);
+#endif
 }
 static inline __attribute__((always_inline)) void fgd_ld16_f16(const uint16_t* s, float* L) {
 #if defined(__AVX512F__)

@@ -12,7 +12,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
+from _layout cimport apply_recipe, compute_kind, lane_roles, local_row, recipe_of, run_many
 from _math cimport _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
@@ -108,7 +108,7 @@ cdef inline void _adagrad_lanes(char** row, const int* codes, Py_ssize_t lo, Py_
     cdef int c
     cdef float gs = <float>k.gs, clr = <float>k.clr, wd = <float>k.wd, eps = <float>k.eps
     while b < hi:
-        c = <int>min(<Py_ssize_t>FGD_LANES, hi - b)
+        c = FGD_LANES      # whole vectors only: the layout stages a tail (kernels/_layout.pxd)
         fgd_ld(f[0], a[0], b, P, c)
         fgd_ld(f[1], a[1], b, G, c)
         if use_acc:
@@ -171,7 +171,7 @@ def adagrad_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.nd
                  double eps):
     """Adagrad over a table of tensors in any storage formats (kernels/CONTRACT.md, <rule>_many)."""
     cdef AdagradK k = _adagrad_k(grad_scale, maximize, use_acc, clr, weight_decay, eps)
-    run_many(_adagrad_segment, ptrs, offsets, fmts, keys, 5, &k)
+    run_many(_adagrad_segment, ptrs, offsets, fmts, keys, 5, &k, lane_roles(5, k.use_acc))
 
 
 def adagrad(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray state_sum,

@@ -12,7 +12,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
+from _layout cimport apply_recipe, compute_kind, lane_roles, local_row, recipe_of, run_many
 from _math cimport _grad
 from _parallel cimport piece_start, threads_for
 
@@ -128,7 +128,7 @@ cdef inline void _adamax_lanes(char** row, const int* codes, Py_ssize_t lo, Py_s
     cdef float gs = <float>k.gs, wd = <float>k.wd, omb1 = <float>k.omb1, b2 = <float>k.b2
     cdef float eps = <float>k.eps, step = <float>k.step_size
     while b < hi:
-        c = <int>min(<Py_ssize_t>FGD_LANES, hi - b)
+        c = FGD_LANES      # whole vectors only: the layout stages a tail (kernels/_layout.pxd)
         fgd_ld(f[0], a[0], b, P, c)
         fgd_ld(f[1], a[1], b, G, c)
         if use_acc:
@@ -194,7 +194,7 @@ def adamax_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.nda
     """Adamax over a table of tensors in any storage formats (kernels/CONTRACT.md, <rule>_many)."""
     cdef AdamaxK k = _adamax_k(grad_scale, maximize, use_acc, lr, beta1, beta2, eps, weight_decay,
                                bias_correction1)
-    run_many(_adamax_segment, ptrs, offsets, fmts, keys, 6, &k)
+    run_many(_adamax_segment, ptrs, offsets, fmts, keys, 6, &k, lane_roles(6, k.use_acc))
 
 
 def adamax(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray exp_avg,

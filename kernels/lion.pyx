@@ -13,7 +13,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
+from _layout cimport apply_recipe, compute_kind, lane_roles, local_row, recipe_of, run_many
 from _math cimport _grad
 from _parallel cimport piece_start, threads_for
 
@@ -115,7 +115,7 @@ cdef inline void _lion_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssi
     cdef float gs = <float>k.gs, lr = <float>k.lr, decay = <float>k.decay, b1 = <float>k.b1
     cdef float omb1 = <float>k.omb1, b2 = <float>k.b2, omb2 = <float>k.omb2
     while b < hi:
-        c = <int>min(<Py_ssize_t>FGD_LANES, hi - b)
+        c = FGD_LANES      # whole vectors only: the layout stages a tail (kernels/_layout.pxd)
         fgd_ld(f[0], a[0], b, P, c)
         fgd_ld(f[1], a[1], b, G, c)
         if use_acc:
@@ -178,7 +178,7 @@ def lion_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndarr
               double beta2, double weight_decay):
     """Lion over a table of tensors in any storage formats (kernels/CONTRACT.md, <rule>_many)."""
     cdef LionK k = _lion_k(grad_scale, maximize, use_acc, lr, beta1, beta2, weight_decay)
-    run_many(_lion_segment, ptrs, offsets, fmts, keys, 5, &k)
+    run_many(_lion_segment, ptrs, offsets, fmts, keys, 5, &k, lane_roles(5, k.use_acc))
 
 
 def lion(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray exp_avg,

@@ -13,7 +13,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
+from _layout cimport apply_recipe, compute_kind, lane_roles, local_row, recipe_of, run_many
 from _math cimport _adam_moments, _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
@@ -125,7 +125,7 @@ cdef inline void _nadam_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ss
     cdef float b2 = <float>k.b2, omb2 = <float>k.omb2, rbc2 = <float>k.rbc2, eps = <float>k.eps
     cdef float grad_coef = <float>k.grad_coef, avg_coef = <float>k.avg_coef
     while b < hi:
-        c = <int>min(<Py_ssize_t>FGD_LANES, hi - b)
+        c = FGD_LANES      # whole vectors only: the layout stages a tail (kernels/_layout.pxd)
         fgd_ld(f[0], a[0], b, P, c)
         fgd_ld(f[1], a[1], b, G, c)
         if use_acc:
@@ -193,7 +193,7 @@ def nadam_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndar
     """NAdam over a table of tensors in any storage formats (kernels/CONTRACT.md, <rule>_many)."""
     cdef NadamK k = _nadam_k(grad_scale, maximize, use_acc, lr, beta1, beta2, eps, weight_decay,
                              decoupled, grad_coef, avg_coef, bias_correction2)
-    run_many(_nadam_segment, ptrs, offsets, fmts, keys, 6, &k)
+    run_many(_nadam_segment, ptrs, offsets, fmts, keys, 6, &k, lane_roles(6, k.use_acc))
 
 
 def nadam(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray exp_avg,

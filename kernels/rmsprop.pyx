@@ -14,7 +14,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
+from _layout cimport apply_recipe, compute_kind, lane_roles, local_row, recipe_of, run_many
 from _math cimport _grad, _sqrt
 from _parallel cimport piece_start, threads_for
 
@@ -151,7 +151,7 @@ cdef inline void _rmsprop_lanes(char** row, const int* codes, Py_ssize_t lo, Py_
     cdef float gs = <float>k.gs, lr = <float>k.lr, alpha = <float>k.alpha, oma = <float>k.oma
     cdef float eps = <float>k.eps, wd = <float>k.wd, mu = <float>k.mu
     while b < hi:
-        c = <int>min(<Py_ssize_t>FGD_LANES, hi - b)
+        c = FGD_LANES      # whole vectors only: the layout stages a tail (kernels/_layout.pxd)
         fgd_ld(f[0], a[0], b, P, c)
         fgd_ld(f[1], a[1], b, G, c)
         if use_acc:
@@ -308,7 +308,7 @@ def rmsprop_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.nd
     """RMSprop over a table of tensors in any storage formats (kernels/CONTRACT.md, <rule>_many)."""
     cdef RmspropK k = _rmsprop_k(grad_scale, maximize, use_acc, lr, alpha, eps, weight_decay,
                                  momentum, centered)
-    run_many(_rmsprop_segment, ptrs, offsets, fmts, keys, 7, &k)
+    run_many(_rmsprop_segment, ptrs, offsets, fmts, keys, 7, &k, lane_roles(7, k.use_acc, -1 if k.use_momentum else 4, -1 if k.centered else 5))
 
 
 def rmsprop(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray square_avg,

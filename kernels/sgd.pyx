@@ -14,7 +14,7 @@ from libc.stdint cimport uint32_t
 
 from _arrays cimport data_of, float_typenum
 from _formats cimport FGD_LANES, fgd_ld, fgd_st
-from _layout cimport apply_recipe, compute_kind, local_row, recipe_of, run_many
+from _layout cimport apply_recipe, compute_kind, lane_roles, local_row, recipe_of, run_many
 from _math cimport _grad
 from _parallel cimport piece_start, threads_for
 
@@ -127,7 +127,7 @@ cdef inline void _sgd_lanes(char** row, const int* codes, Py_ssize_t lo, Py_ssiz
     cdef float gs = <float>k.gs, lr = <float>k.lr, mu = <float>k.mu, omd = <float>k.omd
     cdef float wd = <float>k.wd
     while b < hi:
-        c = <int>min(<Py_ssize_t>FGD_LANES, hi - b)
+        c = FGD_LANES      # whole vectors only: the layout stages a tail (kernels/_layout.pxd)
         fgd_ld(f[0], a[0], b, P, c)
         fgd_ld(f[1], a[1], b, G, c)
         if use_acc:
@@ -222,7 +222,7 @@ def sgd_many(cnp.ndarray ptrs, cnp.ndarray offsets, cnp.ndarray fmts, cnp.ndarra
     """SGD over a table of tensors in any storage formats (kernels/CONTRACT.md, <rule>_many)."""
     cdef SgdK k = _sgd_k(grad_scale, maximize, use_acc, lr, momentum, dampening, weight_decay,
                          nesterov, first)
-    run_many(_sgd_segment, ptrs, offsets, fmts, keys, 5, &k)
+    run_many(_sgd_segment, ptrs, offsets, fmts, keys, 5, &k, lane_roles(5, k.use_acc, -1 if k.use_momentum else 3))
 
 
 def sgd(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray grad_acc, cnp.ndarray momentum_buffer,
