@@ -244,6 +244,24 @@ def test_many_is_exported_for_every_rule():
     assert numba.config.NUMBA_NUM_THREADS >= 1
 
 
+
+def test_stochastic_rounding_bits_as_the_views_compute_them():
+    """_views._sr_bits computes mix32(k ^ g) >> 16 as mix32's first step split into a key half
+    and an index half (xor and shifts are linear) and without its last step (which leaves the
+    high 16 bits): the same bits as formats.sr_bits for any key and index (NumPy, no compile)."""
+    rng = np.random.default_rng(5)
+    i = np.concatenate([np.arange(4096), rng.integers(0, 2**40, 4096)]).astype(np.uint64)
+    g = (i * np.uint64(formats.GOLDEN) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    for k in map(np.uint32, [0, 1, 0xFFFFFFFF, *rng.integers(0, 2**32, 6)]):
+        x = (k ^ (k >> np.uint32(16))) ^ (g ^ (g >> np.uint32(16)))
+        with np.errstate(over="ignore"):
+            x = x * np.uint32(0x7FEB352D)
+            x ^= x >> np.uint32(15)
+            x = x * np.uint32(0x846CA68B)
+        want = formats.mix32(k ^ g) >> np.uint32(16)
+        assert np.array_equal(x >> np.uint32(16), want), hex(int(k))
+        assert np.array_equal(want[:4096], formats.sr_bits(k, 4096))
+
 CACHE_RUN = """
 import json, numpy as np, fastgd._numba as nb
 out = {}
