@@ -581,6 +581,16 @@ def _format_paths():
     return fastgd.backends.kernel("format_paths", "cython")()
 
 
+def _numba_format_paths():
+    """How the Numba target of this process stores bfloat16 (fastgd/_numba/_views.py: the CPU's
+    instruction where the target has it) and float16."""
+    ok, why = fastgd.backend_status()["numba"]
+    if not ok:
+        return f"- (numba unusable: {why})"
+    from fastgd._numba import _views
+    return f"{_views.format_paths()}; float16: LLVM half conversions"
+
+
 def cmd_info(args, argv):
     env = B.environment()
     status = fastgd.backend_status()
@@ -599,7 +609,7 @@ def cmd_info(args, argv):
         ["SIMD", " ".join(env["simd"]) or "-"],
         ["L3 cache", _mib(env.get("l3_bytes"))],
         ["16-bit formats (Cython)", _format_paths()],
-        ["16-bit formats (Numba)", "bfloat16: integer rounding; float16: LLVM half conversions"],
+        ["16-bit formats (Numba)", _numba_format_paths()],
     ]
     for name in fastgd.backends.ORDER:
         ok, why = status[name]

@@ -171,6 +171,8 @@ def test_info(capsys):
     for word in ("backend cython", "backend numba", "backend numpy", "OpenMP", "Numba", "threads",
                  "CPU", "SIMD", "L3", "compile flags", "peer torch", "peer deepspeed"):
         assert word in out
+    # each compiled backend says how it stores bfloat16 (the CPU's instruction or integer ops)
+    assert out.count("bfloat16: ") >= 2, out
 
 
 def test_verify_passes(capsys):
