@@ -45,9 +45,6 @@ static inline float fgd_float(uint32_t u) { float x; memcpy(&x, &u, 4); return x
 static inline uint32_t fgd_mix32(uint32_t x) {
     x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16; return x;
 }
-static inline __attribute__((always_inline)) fgd_u32x16 fgd_mix32v(fgd_u32x16 x) {
-    x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16; return x;
-}
 
 /* --- one element (tails and the reference of the vector paths) ------------------------------ */
 
@@ -106,11 +103,24 @@ static inline __attribute__((always_inline)) void fgd_ld16_f16(const uint16_t* s
 }
 /* bf16 rounding of 16 lanes: `add` the bits added before truncation (RNE or random) */
 static inline __attribute__((always_inline)) fgd_u16x16 fgd_bf16x16(fgd_u32x16 u, fgd_u32x16 add) {
+#if defined(__AVX512F__)
+    /* NaN and tiny as mask registers applied by masked and/or: 9 instructions where gcc made
+     * 14 of the selects below (stochastic rounding's stores are most of its cost) */
+    __m512i v = (__m512i)u, hi = _mm512_srli_epi32(v, 16);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(v, (__m512i)add), 16);
+    __mmask16 tiny = _mm512_testn_epi32_mask(v, _mm512_set1_epi32(0x7F800000));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(v, _mm512_set1_epi32(0x7FFFFFFF)),
+                                            _mm512_set1_epi32(0x7F800000));
+    r = _mm512_mask_and_epi32(r, tiny, hi, _mm512_set1_epi32(0x8000));
+    r = _mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40));
+    return (fgd_u16x16)_mm512_cvtepi32_epi16(r);
+#else
     fgd_u32x16 nan = (fgd_u32x16)((u & 0x7FFFFFFFu) > 0x7F800000u);
     fgd_u32x16 tiny = (fgd_u32x16)((u & 0x7F800000u) == 0);
     fgd_u32x16 r = (u + add) >> 16;
     r = (nan & ((u >> 16) | 0x40u)) | (~nan & ((tiny & ((u >> 16) & 0x8000u)) | (~tiny & r)));
     return __builtin_convertvector(r, fgd_u16x16);
+#endif
 }
 static inline __attribute__((always_inline)) void fgd_st16_bf16(const float* L, uint16_t* d) {
 #if defined(__AVX512BF16__)
@@ -122,11 +132,21 @@ static inline __attribute__((always_inline)) void fgd_st16_bf16(const float* L, 
     memcpy(d, &r, 32);
 #endif
 }
-static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* L, uint16_t* d, uint32_t key, uint32_t i0) {
+/* mix32(key ^ (i * FGD_GOLDEN)) >> 16 for the 16 elements from i0, with fewer operations and
+ * the same bits: mix32's first step x ^= x >> 16 distributes over the xor, so the index's half
+ * is the same for every role of an element (gcc computes it once per vector) and the key's is
+ * loop-invariant; its last step x ^= x >> 16 changes only the low 16 bits, which >> 16 drops.
+ * (The Numba twin, fastgd/_numba/_views.py, splits it the same way.) */
+static inline __attribute__((always_inline)) fgd_u32x16 fgd_sr_bits16(uint32_t key, uint32_t i0) {
     static const fgd_u32x16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    fgd_u32x16 u; memcpy(&u, L, 64);
     fgd_u32x16 idx = (lane + i0) * FGD_GOLDEN;
-    fgd_u16x16 r = fgd_bf16x16(u, fgd_mix32v(idx ^ key) >> 16);
+    fgd_u32x16 x = (idx ^ (idx >> 16)) ^ (key ^ (key >> 16));
+    x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu;
+    return x >> 16;
+}
+static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* L, uint16_t* d, uint32_t key, uint32_t i0) {
+    fgd_u32x16 u; memcpy(&u, L, 64);
+    fgd_u16x16 r = fgd_bf16x16(u, fgd_sr_bits16(key, i0));
     memcpy(d, &r, 32);
 }
 static inline __attribute__((always_inline)) void fgd_st16_f16(const float* L, uint16_t* d) {
