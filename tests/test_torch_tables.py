@@ -74,9 +74,11 @@ def _event(step, params, opt, extra):
         params.append(extra[1])
     elif step == 16:                               # the gradient tensors kept, rewritten
         return "in place"
+    elif step == 17:                               # a parameter's state deleted: made anew
+        del opt.state[params[0]]
 
 
-def _run(opt, params, extra, steps=19):
+def _run(opt, params, extra, steps=20):
     out = []
     for step in range(steps):
         how = _event(step, params, opt, extra)
@@ -214,4 +216,21 @@ def test_an_option_changing_the_state_arrays_makes_a_new_table():
             opt.step()
         runs.append(params)
         assert "max_exp_avg_sq" in opt.state[params[0]]
+    assert _same(*runs)
+
+
+@pytest.mark.parametrize("make", [lambda ps: ft.SGD(ps, lr=0.1), lambda ps: ft.SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: ft.Lion(ps, lr=1e-3)], ids=["SGD", "SGD-momentum", "Lion"])
+def test_tabled_rules_without_step_counts_equal_untabled(make):
+    runs = []
+    for tabled in (True, False):
+        params = _params()
+        opt = make(params)
+        if not tabled:
+            _untabled(opt)
+        for step in range(4):
+            _set_grads(params, step, skip={2} if step == 2 else ())
+            opt.step()
+        assert bool(opt._tables) == tabled
+        runs.append(params)
     assert _same(*runs)

@@ -224,7 +224,7 @@ class _TableCheck:
     shapes (their parameters'), and the step counts (a float32 NumPy view, or None: the rule
     keeps none)."""
     __slots__ = ("group", "all", "params", "ptrs", "containers", "others", "dtypes", "shapes",
-                 "steps")
+                 "steps")    # group: held so that its id (the table's key) is not reused
 
     def __init__(self, group, all_params, params, ptrs, containers, others, dtypes, shapes, steps):
         self.group, self.all, self.params, self.ptrs = group, all_params, params, ptrs
@@ -760,7 +760,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
                 sub = stores if idx is None else [stores[i] for i in idx]
                 if not all(map(is_, map(operator.itemgetter(name), sub), expected)):
                     return None
-        except KeyError:
+        except (KeyError, TypeError):     # an entry, or a parameter's whole state, deleted
             return None
         if ch.others and any(g is not None for g in map(_GRAD, ch.others)):
             return None
@@ -812,9 +812,8 @@ class _Optimizer(Core, torch.optim.Optimizer):
 
     def _table_advance(self, table):
         steps = table.aux.steps
-        if steps is None:
-            return 0
-        steps += 1                      # float32, as torch's step tensors
+        if steps is not None:
+            steps += 1                      # float32, as torch's step tensors
         return steps
 
     @staticmethod
