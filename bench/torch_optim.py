@@ -1,11 +1,13 @@
 """fastgd.torch against torch.optim: optimizer step time, same run, same threads.
 
-    python bench/torch_optim.py [--threads 2] [--rounds 5] [--only big,many,mlp,clip]
+    python bench/torch_optim.py [--threads 2] [--rounds 5] [--only big,many,mlp,clip,transformer]
 
 Scenarios (step time only: the gradients are made once and left in place):
   big   one tensor of 16M float32                  ft.AdamW            vs torch AdamW(fused=True)
   many  1,000 tensors of 1,000                     ft.AdamW(flatten)   vs torch AdamW(fused=True)
   mlp   an MLP of ~10M parameters (4 Linear)       ft.AdamW(flatten)   vs torch AdamW(fused=True)
+  transformer  147 tensors, 27.6M parameters (12 blocks of 384/1536, a 16,384-token embedding)
+                                                   ft.AdamW and ft.AdamW(flatten) vs torch AdamW(fused=True)
   clip  the MLP, clip to norm 1 then step          ft.AdamW(max_grad_norm=1, flatten)
                                                    vs torch clip_grad_norm_ + AdamW(fused=True)
 Each row is the median over round-robin rounds (fastgd.timing.round_robin), so drift on a shared
@@ -46,6 +48,15 @@ def _mlp_with_grads():
     return model
 
 
+def _transformer_shapes(d=384, ff=1536, blocks=12, vocab=16_384):
+    """The parameter shapes of a GPT-like model: embedding, per block fused qkv and output
+    projections, two LayerNorms, the MLP (weights and biases), a final LayerNorm."""
+    shapes = [(vocab, d)]
+    for _ in range(blocks):
+        shapes += [(3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (ff, d), (ff,), (d, ff), (d,), (d,), (d,)]
+    return shapes + [(d,), (d,)]
+
+
 def scenario(name):
     """{label: step callable} for one scenario; every candidate has its own parameters."""
     if name == "big":
@@ -54,6 +65,10 @@ def scenario(name):
         flat = False
     elif name == "many":
         shapes = [(1000,)] * 1000
+        mk = lambda: _params(shapes)  # noqa: E731
+        flat = True
+    elif name == "transformer":
+        shapes = _transformer_shapes()
         mk = lambda: _params(shapes)  # noqa: E731
         flat = True
     else:

@@ -13,7 +13,9 @@ What lives here, once:
   front end stores (arrays, tensors, flat buffers);
 - **the step**: the gradient checked against the parameter and its state (dtype, shape,
   layout, no shared memory) before anything is written, then clipping and the non-finite policy
-  (fastgd.clipping), then one kernel call per array with the spec's scalars;
+  (fastgd.clipping), then the kernel calls with the spec's scalars (one many-kernel call per
+  group and storage); a front end may keep a group's kernel tables between steps (``Table``)
+  and check, in a few vectorised passes, that they still hold;
 - **checkpoints**: a state_dict checked whole (keys, sizes, steps, scalar state, options,
   another optimizer's state_dict refused in both directions) before anything changes;
 - **the thread guard**: one optimizer used from two threads at once is refused.
@@ -258,6 +260,50 @@ class Slot:
 _DEFAULT_FORMATS = check_format_options({})
 
 
+class Table:
+    """A param group's parameters as the many kernel's tables, kept between steps (issue 14).
+
+    The slow path of a step costs microseconds of Python per tensor (the slot's checks, its
+    row of addresses, its step count); with a Table a front end checks in a few vectorised
+    passes that nothing the table was made from changed (the front end's own ``aux``: e.g.
+    the parameters' addresses, their state objects, their step counts) and passes only the
+    gradients' addresses, which change every step (``zero_grad(set_to_none=True)``). Made by
+    ``Core._table`` from the slots of a completed step; anything it cannot vouch for sends
+    the front end back to the slow path, which checks everything and names what is wrong.
+
+    ``segments``: the parameters grouped by storage, one many-kernel call each (as ``_run``
+    batches them), each a ``Segment``; ``lo``/``hi``: the sorted, disjoint spans of every
+    parameter and state array of the table (a gradient must overlap none of them);
+    ``nbytes``: each gradient's size in bytes (its parameter's)."""
+    __slots__ = ("slots", "segments", "lo", "hi", "nbytes", "names", "formats", "aux", "pending")
+
+    def __init__(self, slots, segments, lo, hi, nbytes, names, formats):
+        self.slots, self.segments = slots, segments
+        self.lo, self.hi, self.nbytes = lo, hi, nbytes
+        self.names, self.formats = names, formats
+        self.aux = None         # the front end's own (fastgd.torch: what it checks each step)
+        self.pending = None     # as a Slot's: a table never has new state to store
+
+
+class Segment:
+    """Parameters ``index`` (positions in the Table) of one Storage ``st``: the many kernel's
+    ``ptrs`` (the grad column filled at each step), ``offsets`` and, with stochastic rounding,
+    ``mixed``, the per-tensor half of formats.sr_key; ``sizes``: the tensors' lengths;
+    ``whole``: every tensor of the table, in order."""
+    __slots__ = ("st", "index", "ptrs", "sizes", "offsets", "keys", "mixed", "whole")
+
+    def __init__(self, st, index, slots, whole):
+        self.st, self.index, self.whole = st, np.array(index, np.intp), whole
+        self.ptrs = np.array([slots[i].row for i in index], np.int64)
+        self.sizes = np.array([slots[i].s["param"].size for i in index], np.int64)
+        self.offsets = np.concatenate(([0], np.cumsum(self.sizes))).astype(np.int64)
+        self.keys = np.zeros(len(index), np.uint32)
+        self.mixed = (fmt.mix32(np.array([(slots[i].ordinal * fmt.GOLDEN + 1) & 0xFFFFFFFF
+                                          for i in index], np.uint32)) if st.sr else None)
+
+
+
+
 class _Names(dict):
     """A stand-in of a slot's views for counting a spec's kernel arrays (every name present)."""
 
@@ -281,7 +327,10 @@ class Core(Clipping):
       has one code per element, so the front end may give it the parameter's shape);
     - ``_zero_step()``, ``_new_scalar(value)``: new step count and scalar state;
     - ``_advance(slot)`` -> the step count after adding one; ``_scalars_of(slot)`` /
-      ``_store_scalars(slot, values)`` for the spec's scalar state.
+      ``_store_scalars(slot, values)`` for the spec's scalar state;
+    - with Tables (a front end that keeps them, fastgd.torch): ``_table_advance(table)`` -> the
+      step counts of the table's parameters after adding one (an array, None if the rule keeps
+      none), ``_flat_grad(grad)`` -> a checked gradient as a flat NumPy array.
     """
 
     spec = None
@@ -347,14 +396,19 @@ class Core(Clipping):
         if (slot is None or slot.param is not param or slot.store is not state or state is None
                 or slot.names != prep.names):
             return self._build_slot(key, param, flat, {} if state is None else state, prep, where)
+        for n, c in zip(self._container_names(slot), slot.containers):
+            if state.get(n) is not c:       # a state array loaded or assigned since
+                return self._build_slot(key, param, flat, state, prep, where)
+        return slot
+
+    @staticmethod
+    def _container_names(slot):
+        """The names of the state entries a slot's views were made from (slot.containers)."""
         st = slot.storage
         names = slot.names + (("master_weight",) if st is not None and st.master else ())
         if st is not None and st.bits:
             names += tuple(absmax_name(n) for n in slot.names)
-        for n, c in zip(names, slot.containers):
-            if state.get(n) is not c:       # a state array loaded or assigned since
-                return self._build_slot(key, param, flat, state, prep, where)
-        return slot
+        return names
 
     def _build_slot(self, key, param, flat, state, prep, where):
         slot = Slot(param, flat)
@@ -482,13 +536,18 @@ class Core(Clipping):
 
     def _run(self, work, grad_scale, accs=None):
         """Clip (fastgd.clipping's policy), then the kernel calls of checked ``work`` ([(prep,
-        slot, flat grad)]); ``accs[i]``: a flat accumulated gradient the kernel adds to item i's
-        gradient and zeroes in the same pass, or None. False if the step was skipped.
+        slot, flat grad)], or (prep, Table, its gradients' (addresses, front end's grads)));
+        ``accs[i]``: a flat accumulated gradient the kernel adds to item i's gradient and
+        zeroes in the same pass, or None. False if the step was skipped.
 
         A parameter all float32 or all float64 is one call of the rule's single kernel; any
-        other storage goes to its many kernel, consecutive parameters of one group with the same
-        formats and step scalars in one call (kernels/CONTRACT.md)."""
+        other storage goes to its many kernel, the parameters of one group with the same
+        formats and step scalars in one call (kernels/CONTRACT.md). Each tensor's update is its
+        own, whatever it is batched with, so batching by storage (not only consecutive runs)
+        changes no result and makes one call of a group interleaving storages (8-bit weights
+        between 32-bit biases); a Table batches its parameters the same way."""
         if self._max_grad_norm is not None:
+            assert not any(type(w[1]) is Table for w in work), "a Table is never clipped"
             grad_scale = self._clipped_scale([w[2] for w in work], accs, grad_scale)
             if grad_scale is None:
                 return False
@@ -498,13 +557,16 @@ class Core(Clipping):
         has_scalar_state = bool(spec.scalar_state)
         advance = self._advance
         current = None
-        batch = []          # parameters waiting for one call (_run_batch)
-        batch_key = None
+        batches = {}        # key -> parameters waiting for one call (_run_batch), this group's
         for i, (prep, slot, g) in enumerate(work):
             if prep is not current:     # per group: its kernel, constants, and a memo of the
-                current = prep          # step scalars by (t, fresh): equal steps compute them once
+                self._flush(batches, grad_scale)    # step scalars by (t, fresh): equal steps
+                current = prep                      # compute them once
                 kernel, o, maximize, constants, memo = (prep.kernel, prep.o, prep.maximize,
                                                         prep.constants, {})
+            if type(slot) is Table:
+                self._run_table(prep, slot, g, grad_scale)
+                continue
             t = advance(slot)
             fresh = slot.fresh
             if scalars is None:
@@ -521,12 +583,7 @@ class Core(Clipping):
             acc = None if accs is None else accs[i]
             st = slot.storage
             if st is not None:
-                key = (prep, st.key, sc, acc is not None)
-                if batch and key != batch_key:
-                    self._run_batch(batch, batch_key, grad_scale)
-                    batch = []
-                batch_key = key
-                batch.append((slot, g, acc, t))
+                batches.setdefault((prep, st.key, sc, acc is not None), []).append((slot, g, acc, t))
                 continue
             p = slot.s["param"]       # a flat run of fastgd.torch, made for this step
             arrays = spec.arrays(slot.s)
@@ -534,9 +591,13 @@ class Core(Clipping):
                 kernel(p, g, p, *arrays, grad_scale, maximize, False, *constants, *sc)
             else:
                 kernel(p, g, acc, *arrays, grad_scale, maximize, True, *constants, *sc)
-        if batch:
-            self._run_batch(batch, batch_key, grad_scale)
+        self._flush(batches, grad_scale)
         return True
+
+    def _flush(self, batches, grad_scale):
+        for key, batch in batches.items():
+            self._run_batch(batch, key, grad_scale)
+        batches.clear()
 
     def _run_batch(self, batch, key, grad_scale):
         """Step ``batch`` ([(slot, flat grad, flat acc or None, step count)]: one group, one set
@@ -566,6 +627,92 @@ class Core(Clipping):
         offsets = np.cumsum(sizes, dtype=np.int64)
         prep.many(np.array(rows, np.int64), offsets, st.codes, np.array(keys, np.uint32),
                   grad_scale, prep.maximize, use_acc, *prep.constants, *sc)
+
+    # --- tables: a group's kernel calls kept between steps (Table) ------------------------------
+
+    def _table(self, prep, slots):
+        """A Table of ``slots`` (one group's, of a step that completed: no new state), or None
+        if its steps need what a table does not do (scalar state beyond the step count, a
+        flat run, clipping, shared memory between the parameters' arrays)."""
+        spec = self.spec
+        if spec.scalar_state or self._max_grad_norm is not None or not slots or any(
+                s.storage is None or s.pending is not None or s.fresh for s in slots):
+            return None
+        spans = sorted((a, b) for s in slots for a, b in s.spans if b > a)
+        lo = np.array([a for a, _ in spans], np.int64)
+        hi = np.array([b for _, b in spans], np.int64)
+        if (hi[:-1] > lo[1:]).any():      # arrays of two parameters share memory: slow path
+            return None
+        groups = {}
+        for i, s in enumerate(slots):
+            groups.setdefault(s.storage.key, []).append(i)
+        segments = [Segment(slots[idx[0]].storage, idx, slots, len(idx) == len(slots))
+                    for idx in groups.values()]
+        nbytes = np.array([s.s["param"].nbytes for s in slots], np.int64)
+        return Table(slots, segments, lo, hi, nbytes, prep.names,
+                     tuple(prep.o[k] for k in FORMAT_OPTIONS))
+
+    def _table_fits(self, table, prep):
+        """Whether ``prep`` (this step's options of the table's group) keeps the table's
+        arrays and formats (a schedule changing lr does; amsgrad switched on does not)."""
+        return prep.names == table.names and table.formats == tuple(prep.o[k] for k in FORMAT_OPTIONS)
+
+    def _table_grads(self, table, addresses):
+        """The gradients' addresses as an int64 array if none of the gradients (each of its
+        parameter's dtype and shape, C-contiguous: the front end checked) overlaps any
+        parameter or state array of the table; else None (the slow path then refuses or
+        takes it, as it does without a table)."""
+        lo = np.array(addresses, np.int64)
+        hi = lo + table.nbytes
+        j = np.searchsorted(table.lo, hi, "left") - 1   # the last span starting below hi
+        hit = (j >= 0) & (table.hi[j] > lo) & (table.nbytes > 0)
+        return None if hit.any() else lo
+
+    def _run_table(self, prep, table, grads, grad_scale):
+        """Step checked ``table`` with ``grads``: (addresses from _table_grads, the front
+        end's gradients), one kernel call per segment and step count (as ``_run`` batches
+        the same parameters: usually one count, e.g. not after one parameter had no
+        gradient for a step)."""
+        addresses, items = grads
+        steps = self._table_advance(table)
+        if steps is None:
+            runs = [(0, None)]
+        elif steps[0] == steps[-1] and (steps == steps[0]).all():
+            runs = [(int(steps[0]), None)]
+        else:
+            runs = [(int(t), steps == t) for t in np.unique(steps)]
+        scalars = self.spec.scalars
+        for t, mask in runs:
+            sc = () if scalars is None else scalars(prep.o, t, None, False)
+            for seg in table.segments:
+                self._run_segment(prep, table, seg, None if mask is None else mask[seg.index],
+                                  addresses, items, t, sc, grad_scale)
+
+    def _run_segment(self, prep, table, seg, sel, addresses, items, t, sc, grad_scale):
+        """One call over the tensors of ``seg`` selected by boolean ``sel`` (None: all)."""
+        index = seg.index if sel is None else seg.index[sel]
+        if len(index) == 0:
+            return
+        if len(index) == 1 and seg.st.single:     # as _run_batch steps one such tensor
+            slot = table.slots[index[0]]
+            p = slot.s["param"]
+            prep.kernel(p, self._flat_grad(items[index[0]]), p, *slot.arrays, grad_scale,
+                        prep.maximize, False, *prep.constants, *sc)
+            return
+        if sel is None:
+            ptrs, offsets, mixed, keys = seg.ptrs, seg.offsets, seg.mixed, seg.keys
+            ptrs[:, 1] = addresses if seg.whole else addresses[index]
+        else:
+            ptrs = seg.ptrs[sel]
+            ptrs[:, 1] = addresses[index]
+            offsets = np.concatenate(([0], np.cumsum(seg.sizes[sel]))).astype(np.int64)
+            mixed = None if seg.mixed is None else seg.mixed[sel]
+            keys = np.zeros(len(index), np.uint32)
+        if mixed is not None:      # formats.sr_key of every tensor at once
+            s = fmt._mix32((prep.o["stochastic_round_seed"] & 0xFFFFFFFF) ^ fmt._mix32(t & 0xFFFFFFFF))
+            keys = fmt.mix32(np.uint32(s) ^ mixed)
+        kernel(self.spec.name + "_many")(ptrs, offsets, seg.st.codes, keys, grad_scale,
+                                         prep.maximize, False, *prep.constants, *sc)
 
     # --- checkpoints ---------------------------------------------------------------------------
 

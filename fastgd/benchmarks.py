@@ -151,7 +151,8 @@ PRESETS = {
                       "all backends in the same rounds",
              "sizes": "16e6,many", "quick_sizes": "4e6,many", "rounds": 9},
     "callpath": {"about": "microseconds per call on 1,000 float32: opt.step, functional.adam_, the raw "
-                          "kernel, np.add; fastgd.torch.AdamW vs torch fused on 150 tensors"},
+                          "kernel, np.add; fastgd.torch.AdamW vs torch fused on 150 tensors (the same "
+                          "gradients, and new gradient tensors every step)"},
     "formats": {"about": "issue 14: AdamW through adam_many in every storage-format recipe (fp32, bf16, "
                          "bf16+fp32 states, fp32+bf16 states, fp16, fp16+fp32 states, master weights, bf16 "
                          "stochastic rounding) vs the single fp32 kernel, torch fused and DeepSpeed in "
@@ -1292,11 +1293,30 @@ def _torch_params(torch, rng):
     return params
 
 
+def _new_grads_step(torch, rng, make):
+    """A step of optimizer ``make(params)`` after new gradient tensors are assigned (two sets
+    in turn), as after zero_grad(set_to_none=True) and backward: the gradients' addresses
+    change every step. The assignment (~0.2 us a tensor) is timed too."""
+    params = _torch_params(torch, rng)
+    opt = make(params)
+    sets = [[torch.from_numpy(rng.standard_normal(CALLPATH_ELEMENTS).astype(np.float32))
+             for _ in params] for _ in range(2)]
+    turn = [0]
+
+    def step():
+        turn[0] ^= 1
+        for p, g in zip(params, sets[turn[0]]):
+            p.grad = g
+        opt.step()
+    return step
+
+
 def run_callpath(*, threads, backends, rounds=7, min_seconds=0.05, progress=None):
     """Preset callpath: (rows, skipped). In one round-robin per thread count, for each compiled
     backend ``opt.step([g])`` of fastgd.Adam, ``functional.adam_`` and the raw kernel on 1,000
     float32, ``np.add(a, b, out=c)`` on 1,000 float32 (the yardstick), and with torch
-    fastgd.torch.AdamW over 150 tensors of 1,000 against torch.optim.AdamW(fused=True)."""
+    fastgd.torch.AdamW over 150 tensors of 1,000 against torch.optim.AdamW(fused=True), with
+    the same gradients every step and with new gradient tensors every step ("new grads")."""
     rng = np.random.default_rng(0)
     skipped, cases = [], {}          # (case, backend) -> (fn, tensors, uses)
     compiled = [b for b in backends if b in ("cython", "numba")]
@@ -1331,6 +1351,11 @@ def run_callpath(*, threads, backends, rounds=7, min_seconds=0.05, progress=None
             add("fastgd.torch.AdamW", b, lambda: (ft.AdamW(_torch_params(torch, rng)).step, CALLPATH_TENSORS), b)
         add("torch.optim.AdamW(fused)", "torch",
             lambda: (torch.optim.AdamW(_torch_params(torch, rng), fused=True).step, CALLPATH_TENSORS), None)
+        for b in compiled:
+            add("fastgd.torch.AdamW, new grads", b,
+                lambda: (_new_grads_step(torch, rng, ft.AdamW), CALLPATH_TENSORS), b)
+        add("torch.optim.AdamW(fused), new grads", "torch", lambda: (_new_grads_step(
+            torch, rng, lambda ps: torch.optim.AdamW(ps, fused=True)), CALLPATH_TENSORS), None)
     elif "torch" in backends:
         skipped.append({"rule": "fastgd.torch.AdamW", "size": f"{CALLPATH_TENSORS}x{CALLPATH_ELEMENTS:,}",
                         "backend": "torch", "reason": torch_why})

@@ -18,6 +18,15 @@ clipping policy and checkpoint checks. The update is zero-copy: parameters, grad
 are viewed as NumPy arrays (``Tensor.numpy()`` shares memory) and updated in place by one fused
 pass per tensor; a non-contiguous parameter is stepped through a contiguous copy.
 
+A param group's tensors of one storage format are one kernel call. After a group's first step
+the optimizer keeps the call's table of addresses (fastgd._core.Table), and each later step
+checks in a few C-level passes over the group that it still holds (the same parameters, data
+addresses and state entries, plain contiguous gradients of the parameters' dtypes and shapes
+sharing no memory with them): ~1 us of Python a tensor instead of ~5. Anything else (new
+parameter data, a loaded state_dict, a gradient of another dtype, ...) takes the full checks
+again, which name what is wrong. The tensors' ``state["step"]`` are then views of one float32
+tensor per group (as with ``flatten=True``), advanced together.
+
 Options beyond torch's (keyword-only, every class):
 
 * ``flatten=True``: the parameters are moved into one contiguous buffer per param group and
@@ -50,7 +59,7 @@ import torch
 from .. import _validate as check
 from .. import functional as F
 from .. import formats
-from .._core import FORMAT_OPTIONS, Core, Slot, busy, exclusive, lock_of
+from .._core import FORMAT_OPTIONS, Core, Slot, Table, busy, exclusive, lock_of
 from ..flat import FlatParams
 from ..optim import constructor_signature
 from ..rules import SPECS
@@ -209,6 +218,29 @@ class _Flat:
         return self.scalars[name]
 
 
+_GRAD = operator.attrgetter("grad")
+_DATA_PTR = torch.Tensor.data_ptr
+_DTYPE, _SHAPE, _IS_CPU = (operator.attrgetter(n) for n in ("dtype", "shape", "is_cpu"))
+is_ = operator.is_
+
+
+class _TableCheck:
+    """What fastgd.torch checks of a Table each step (_table_grads_of): its group and the
+    group's parameters, the stepped parameters, their data addresses, the entries of their
+    state dicts ([(name, positions or None: all, [entry])], read from the dicts the state
+    holds now: a replaced dict is a replaced entry), the parameters it left out (no
+    gradient when it was made: they must still have none), the gradients' expected dtypes and
+    shapes (their parameters'), and the step counts (a float32 NumPy view, or None: the rule
+    keeps none)."""
+    __slots__ = ("group", "all", "params", "ptrs", "containers", "others", "dtypes", "shapes",
+                 "steps")    # group: held so that its id (the table's key) is not reused
+
+    def __init__(self, group, all_params, params, ptrs, containers, others, dtypes, shapes, steps):
+        self.group, self.all, self.params, self.ptrs = group, all_params, params, ptrs
+        self.containers, self.others = containers, others
+        self.dtypes, self.shapes, self.steps = dtypes, shapes, steps
+
+
 class _Run:
     """Parameters [i0, i1) of a flat buffer stepped by one kernel call (same step count, all
     with or all without fresh state): Slot.aux of such a step."""
@@ -289,6 +321,8 @@ class _Optimizer(Core, torch.optim.Optimizer):
         self._flats = []
         self._ptrs = {}      # param -> data_ptr() when its slot was made (p.data = ... is noticed)
         self._copies = {}    # non-contiguous param -> the contiguous tensor its kernel steps
+        self._tables = {}    # id(group) -> its Table (_TableCheck in aux, which holds the
+        #                      group: its id is not reused while the entry exists)
         self._check_group(values)        # the defaults, with fastgd's checks
         super().__init__(params, values)
         if self.spec.name == "adagrad":
@@ -537,6 +571,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
         self._flats = [(group, flats) for group, (_, flats) in zip(self.param_groups, self._flats)]
         self._slots.clear()
         self._preps.clear()
+        self._tables.clear()
         if self.flatten:
             self._relink_flat()
 
@@ -569,6 +604,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
         state = dict(self.__dict__)
         state.pop("_busy", None)
         state["_slots"], state["_preps"], state["_ptrs"], state["_copies"] = {}, {}, {}, {}
+        state["_tables"] = {}
         return state
 
     def __setstate__(self, state):
@@ -605,21 +641,37 @@ class _Optimizer(Core, torch.optim.Optimizer):
             raise busy(self, "step")
         try:
             preps = [self._prep(group) for group in self.param_groups]
-            work, copies = (self._gather_flat(preps), ()) if self.flatten else self._gather(preps)
+            if self.flatten:
+                work, copies, fresh = self._gather_flat(preps), (), ()
+            else:
+                work, copies, fresh = self._gather(preps)
             if self._run(work, 1.0):
                 for p, copy in copies:
                     p.copy_(copy)
+                for group, prep, lo, hi in fresh:    # the next step checks a table instead
+                    self._make_table(group, prep, [slot for _, slot, _ in work[lo:hi]])
         finally:
             lock.release()
         return loss
 
     def _gather(self, preps):
-        """[(prep, slot, flat grad)] for every parameter with a gradient, all checked, and the
-        (non-contiguous param, its contiguous copy) pairs to write back after the step."""
-        work, copies = [], []
+        """[(prep, slot, flat grad)] for every parameter with a gradient, all checked (a group
+        whose Table still holds: one item (prep, table, its gradients)), the (non-contiguous
+        param, its contiguous copy) pairs to write back after the step, and the groups to make
+        a table of after it: [(group, prep, first item, end)]."""
+        work, copies, fresh = [], [], []
         name = type(self).__name__
         slots, ptrs, state_get, valid = self._slots, self._ptrs, self.state.get, check.valid
+        tables = self._tables if self._max_grad_norm is None else None
         for gi, (group, prep) in enumerate(zip(self.param_groups, preps)):
+            if tables is not None:
+                table = tables.get(id(group))
+                checked = None if table is None else self._table_grads_of(group, prep, table)
+                if checked is not None:
+                    work.append((prep, table, checked))
+                    continue
+                tables.pop(id(group), None)       # no table, or one that no longer holds
+                fresh.append((group, prep, len(work), None))
             names = prep.names
             for i, p in enumerate(group["params"]):
                 g = p.grad
@@ -685,7 +737,97 @@ class _Optimizer(Core, torch.optim.Optimizer):
                 gf = _np(g).reshape(-1)
                 self._checked_grad(slot, gf, where)
                 work.append((prep, slot, gf))
-        return work, copies
+            if fresh and fresh[-1][0] is group and fresh[-1][3] is None:
+                fresh[-1] = (group, prep, fresh[-1][2], len(work))
+        if tables and len(tables) > len(self.param_groups):    # a group dict replaced or removed
+            current = set(map(id, self.param_groups))
+            for key in [k for k in tables if k not in current]:
+                del tables[key]
+        return work, copies, fresh
+
+    # --- tables (fastgd._core.Table): the usual step without Python per tensor ---------------
+
+    def _table_grads_of(self, group, prep, table):
+        """This step's (gradient addresses, gradients) of the group of ``table`` if the table
+        still holds and every gradient is a plain one (a CPU strided tensor of its parameter's
+        dtype and shape, C-contiguous, sharing no memory with any parameter or state array of
+        the table; one requiring grad is read as its detached self is); None if the table no
+        longer holds or a gradient is anything else: the slow path then checks everything,
+        says what is wrong, and a new table is made. A few passes over the group's tensors,
+        each in C (map), ~1 us a tensor in all."""
+        ch = table.aux
+        params = group["params"]
+        if (len(params) != len(ch.all) or not all(map(is_, params, ch.all))
+                or not self._table_fits(table, prep)):
+            return None
+        ps = ch.params
+        if list(map(_DATA_PTR, ps)) != ch.ptrs:         # p.data = ... (or .to(), ...)
+            return None
+        stores = list(map(self.state.get, ps))
+        try:         # each state entry the table's addresses (and step counts) were taken from
+            for name, idx, expected in ch.containers:
+                sub = stores if idx is None else [stores[i] for i in idx]
+                if not all(map(is_, map(operator.itemgetter(name), sub), expected)):
+                    return None
+        except (KeyError, TypeError):     # an entry, or a parameter's whole state, deleted
+            return None
+        if ch.others and any(g is not None for g in map(_GRAD, ch.others)):
+            return None
+        grads = list(map(_GRAD, ps))
+        try:
+            addresses = list(map(_DATA_PTR, grads))     # None, or a tensor without storage
+        except (TypeError, RuntimeError):
+            return None
+        # a layout without strides (sparse, mkldnn) has no data_ptr: refused above
+        if (list(map(_DTYPE, grads)) != ch.dtypes or list(map(_SHAPE, grads)) != ch.shapes
+                or not all(map(_IS_CPU, grads)) or not all(map(torch.Tensor.is_contiguous, grads))
+                or any(map(torch.Tensor.is_neg, grads))):
+            return None
+        addresses = self._table_grads(table, addresses)
+        return None if addresses is None else (addresses, grads)
+
+    def _make_table(self, group, prep, slots):
+        """Keep the Table of a group the slow path just stepped (``slots``), with what
+        _table_grads_of checks: its parameters' step counts become views of one float32 tensor
+        (state["step"] of each, as with flatten=True), so they advance in one operation."""
+        if self.flatten or any(s.tag[2] is not None for s in slots):   # stepped through copies
+            return
+        table = self._table(prep, slots)
+        if table is None:
+            return
+        ps = [s.param for s in slots]
+        steps = None
+        if self.spec.torch_step:
+            old = [s.store.get("step") for s in slots]
+            if not all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.numel() == 1
+                       and t.is_cpu and t.layout == torch.strided for t in old):
+                return
+            buffer = torch.stack([t.detach().reshape(()) for t in old])
+            for i, s in enumerate(slots):
+                s.store["step"] = buffer[i]
+            steps = buffer.numpy()
+        containers = []
+        for seg in table.segments:
+            idx = None if seg.whole else list(seg.index)
+            sub = [slots[i].store for i in seg.index]
+            for n in self._container_names(slots[seg.index[0]]) + (("step",) if steps is not None else ()):
+                containers.append((n, idx, [st[n] for st in sub]))
+        stepped = {id(p) for p in ps}
+        params = list(group["params"])
+        table.aux = _TableCheck(group, params, ps, [p.data_ptr() for p in ps], containers,
+                                [p for p in params if id(p) not in stepped],
+                                [p.dtype for p in ps], [p.shape for p in ps], steps)
+        self._tables[id(group)] = table
+
+    def _table_advance(self, table):
+        steps = table.aux.steps
+        if steps is not None:
+            steps += 1                      # float32, as torch's step tensors
+        return steps
+
+    @staticmethod
+    def _flat_grad(g):
+        return _np(g).reshape(-1)
 
     def _gather_flat(self, preps):
         """[(prep, slot of a run, flat grad)]: one item per run of parameters of a flat buffer
