@@ -26,6 +26,9 @@ cdef extern from "_quant.h" nogil:
     enum:
         FGD_Q8_BLOCK
         FGD_Q4_BLOCK
+    float fgd_q_absmax(const float* x, int n)
+    void fgd_q8_codes(const float* x, int n, float absmax, int is_signed, uint8_t* codes)
+    void fgd_q4_codes(const float* x, int n, float absmax, int is_signed, uint8_t* packed)
     float fgd_q8_quantize(const float* x, int n, int is_signed, uint8_t* codes)
     void fgd_q8_dequantize(const uint8_t* codes, int n, float absmax, int is_signed, float* out)
     float fgd_q4_quantize(const float* x, int n, int is_signed, uint8_t* packed)
@@ -84,18 +87,29 @@ cdef inline void _stage_in(const uint8_t* codes, const float* absmax, int signed
         x = x + block
 
 
+cdef inline void _stage_absmax(const float* buf, int bits, Py_ssize_t lo, Py_ssize_t hi,
+                               float* absmax) noexcept nogil:
+    """The absmax of each block of elements [lo, hi) of ``buf``, stored."""
+    cdef Py_ssize_t x, block = FGD_Q8_BLOCK if bits == 8 else FGD_Q4_BLOCK
+    x = lo
+    while x < hi:
+        absmax[x // block] = fgd_q_absmax(buf + (x - lo), <int>min(block, hi - x))
+        x = x + block
+
+
 cdef inline void _stage_out(const float* buf, int signed_map, int bits, Py_ssize_t lo,
-                            Py_ssize_t hi, uint8_t* codes, float* absmax) noexcept nogil:
-    """Elements [lo, hi) of ``buf`` quantized back: their codes and their blocks' absmax."""
+                            Py_ssize_t hi, uint8_t* codes, const float* absmax) noexcept nogil:
+    """Elements [lo, hi) of ``buf`` quantized back: their codes, with their blocks' absmax
+    (_stage_absmax, before: no block's codes wait on its own reduction and division)."""
     cdef Py_ssize_t x, block = FGD_Q8_BLOCK if bits == 8 else FGD_Q4_BLOCK
     x = lo
     while x < hi:
         if bits == 8:
-            absmax[x // block] = fgd_q8_quantize(buf + (x - lo), <int>min(block, hi - x),
-                                                 signed_map, codes + x)
+            fgd_q8_codes(buf + (x - lo), <int>min(block, hi - x), absmax[x // block], signed_map,
+                         codes + x)
         else:
-            absmax[x // block] = fgd_q4_quantize(buf + (x - lo), <int>min(block, hi - x),
-                                                 signed_map, codes + x // 2)
+            fgd_q4_codes(buf + (x - lo), <int>min(block, hi - x), absmax[x // block], signed_map,
+                         codes + x // 2)
         x = x + block
 
 
@@ -358,6 +372,8 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
             if slot[r] >= 0:
                 a[r] = <char*>(<uintptr_t>stage.v[slot[r]] - <uintptr_t>(b0 * 4))
         segment(fn, a, fs, roles, used, b0, b1, key, k)
+        for q in range(nq):
+            _stage_absmax(stage.v[q], bits, b0, b1, absmax[q])
         x = b0
         while x < b1:
             e = min(x + block, b1)
