@@ -24,14 +24,16 @@
  * 2.25 (all with the two-sided pieces of before). With the byte planes, 32 blocks in L1 one
  * after the other (no dependency between them, as the many kernels run them): dequantize
  * 0.23 -> 0.08-0.12 ns; quantize 0.61 -> 0.52 with the pieces' lines in the centred index, ->
- * 0.35 with the one-sided table and no clamp (same run: 0.52 before; /tmp-style bench: 32
- * blocks quantized 4000 times, process CPU time, best of 7).
+ * 0.35 with the one-sided table and no clamp (0.52 before in the same run: 32 blocks quantized
+ * 4000 times, process CPU time, best of 7), -> 0.34 signed, 0.31 unsigned with the absmax in
+ * two operations a vector (fgd_q_absmax).
  *
  * 4-bit (fastgd's, blocks of 128): the exact nearest of 16 values, ties to the lower code, as
  * the count of the 15 midpoints below v (AVX-512: a binary search over them in a register; on
  * the linear map (k + 1) / 16, ceil(16 v - 1.5), fgd_q4_codes16_linear); two codes a byte,
  * element 2k in the high nibble. Quantize 0.38 ns, dequantize 0.21 (16M). 32 blocks in L1:
- * quantize 0.42 (signed), 0.43 -> 0.24 (linear), dequantize 0.06-0.12.
+ * quantize 0.42 (signed), 0.43 -> 0.24 (linear), dequantize 0.06-0.12; later, the same bench
+ * as the 8-bit figures above: signed 0.37 -> 0.32 (shifted midpoints), linear 0.22 -> 0.20.
  */
 #ifndef FASTGD_QUANT_H
 #define FASTGD_QUANT_H
@@ -406,7 +408,8 @@ FGD_Q_INLINE void fgd_q8_dequantize(const uint8_t* codes, int n, float absmax, i
  * one register; the 16th is never probed), code += step where mid[code + step - 1] < v (NaN:
  * never). The probe of each step is a permute of a copy of the midpoints shifted by step - 1
  * (t[c] = mid[c + step - 1]: no addition), the first a broadcast of mid[7]: 11 operations where
- * the search with its probe indices took 16 (32 blocks in L1: 0.34 -> 0.2x ns a value). */
+ * the search with its probe indices took 16 (32 blocks in L1, with the absmax: 0.34 -> 0.32 ns
+ * a value). */
 FGD_Q_INLINE void fgd_q4_codes16(const float* x, __m512 inv, const float* mid16, uint8_t* out) {
     __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x), inv);
     __m512 mid = _mm512_loadu_ps(mid16);
