@@ -5,8 +5,8 @@ with 255 steps. Cut [0, 65535] into runs where it is linear in i up to the floor
 ``code = c + (int)(a * (i - L) + b)`` for every i of the run, with a margin of at least
 MARGIN between a * (i - L) + b and the nearest integer it must not cross (so float32
 rounding, fused or not, cannot change a code). tests/test_quant.py checks the C code against
-the table for every one of the 65536 indices. The AVX-512 path evaluates each run's line as
-``(int)fma(a, i - 32768, B2)`` (``centred``: B2 checked here for every index of the run).
+the table for every one of the 65536 indices. The AVX-512 path uses the same runs' slopes on
+one half of the grid (``mirrored``, below).
 """
 import sys
 
@@ -43,7 +43,17 @@ def fit(t, span):
     return a, b, g
 
 
+_SEGMENTS = {}
+
+
 def segments(qmap):
+    key = np.asarray(qmap, np.float32).tobytes()
+    if key not in _SEGMENTS:
+        _SEGMENTS[key] = _segments(qmap)
+    return _SEGMENTS[key]
+
+
+def _segments(qmap):
     table = Q.grid_table(qmap).astype(np.int64)
     T = np.repeat(np.arange(1, Q.GRID), np.diff(table))   # index of each step, repeated by jump
     segs, L, k = [], 0, 0
@@ -81,76 +91,123 @@ def c_table(name, qmap):
     return "\n".join(rows)
 
 
-def centred(qmap):
-    """The AVX-512 path's form of the pieces: code = (int)fma(A, i - 32768, B2), one rounding
-    (no L and C to look up). B2 is the float nearest c + b - A (L - 32768), or the nearest one
-    that gives every index of the piece its code, checked here for all 65536 (the exact sum in
-    float64, one rounding to float32: what the fused multiply-add computes)."""
+# --- the AVX-512 path: one side of the grid, buckets of half binades ------------------------
+#
+# Both tables are one-sided: the signed map's is mirror-symmetric, code(i) = 254 - code(65535 -
+# i), saturated at 0 (the top codes, 255 = 1.0, have no negative twin), and the unsigned map's
+# is 0 below the middle. So the vector path finds the code of a = |t - 32767.5| (t the grid
+# index as a float, a in {0.5, 1.5, .., 32767.5}) on the upper half only, and mirrors it. Its
+# bucket: the half binade of kf = RN(a * c + K) (K = c / 2: kf is c (a + 1/2), the same for i
+# and its mirror 65535 - i, in [c, 32768 c]: 16 binades, 32 half binades, the exponent and first mantissa bit of kf, bits
+# 22.. of its float, the low 5 of which a two-register permute reads). c is chosen so that no
+# bucket holds more than one start of a piece past its first index: one compare a >= P[key].
+
+MIRROR_C = np.linspace(1.0, 2.0, 401)[1:-1]      # the scales tried
+
+
+def _half_side(qmap):
     table = Q.grid_table(qmap).astype(np.int64)
-    segs = segments(qmap)
-    out = []
-    for j, (L, c, a, b) in enumerate(segs):
-        R = segs[j + 1][0] - 1 if j + 1 < len(segs) else Q.GRID - 1
-        t = np.arange(L, R + 1, dtype=np.float64) - 32768
-        ideal = np.float32(np.float64(c) + np.float64(b) - np.float64(a) * (L - 32768))
+    starts = [s[0] for s in segments(qmap) if s[0] >= 32768]
+    assert starts[0] == 32768
+    return table, starts
+
+
+def _bucket_keys(c):
+    a = np.arange(32768, 65536, dtype=np.float64) - 32767.5   # exact: a c and the sum (41 bits)
+    c = np.float32(c)
+    K = np.float32(0.5 * np.float64(c))
+    kf = (a * np.float64(c) + np.float64(K)).astype(np.float32)
+    return c, K, (kf.view(np.uint32) >> 22) & 31
+
+
+def _buckets_for(c, starts):
+    """(c, K, S, P) when every bucket's indices are one run holding at most one piece start
+    past its first index, else None."""
+    c, K, key = _bucket_keys(c)
+    idx = np.arange(32768, 65536)
+    S = np.zeros(32, np.int64)
+    P = np.full(32, 65536.0)                  # above every a: no second piece
+    for k in range(32):
+        m = idx[key == k]
+        if m.size == 0:
+            continue
+        lo, hi = int(m.min()), int(m.max())
+        if m.size != hi - lo + 1:
+            return None
+        inside = [s for s in starts if lo < s <= hi]
+        if len(inside) > 1:
+            return None
+        S[k] = sum(1 for s in starts if s <= lo) - 1
+        if inside:
+            P[k] = inside[0] - 32767.5
+    return c, K, S, P
+
+
+def mirrored(qmap, signed):
+    """The AVX-512 path's tables of one map: (c, K, S, P, A, B). The piece of a is S[key] + (a
+    >= P[key]), its code trunc(RN(A * a + B)); c the middle of the widest run of good scales;
+    B, per piece, the float nearest its line's offset that gives every index of the piece its
+    code (checked: the sum exact in float64, one rounding, as the fused multiply-add)."""
+    table, starts = _half_side(qmap)
+    i = np.arange(32768)
+    if signed:
+        assert np.array_equal(table[i], np.maximum(254 - table[65535 - i], 0))
+    else:
+        assert not table[:32768].any()
+    good = [c for c in MIRROR_C if _buckets_for(c, starts) is not None]
+    runs, run = [], []
+    for c in MIRROR_C:                               # the widest run of consecutive good scales
+        if c in good:
+            run.append(c)
+        elif run:
+            runs.append(run)
+            run = []
+    runs.append(run)
+    best = max(runs, key=len)
+    c, K, S, P = _buckets_for(best[len(best) // 2], starts)
+    segs = {s[0]: s for s in segments(qmap)}
+    A, B = [], []
+    for j, L in enumerate(starts):
+        R = starts[j + 1] - 1 if j + 1 < len(starts) else 65535
+        _, code, a, b = segs[L]
+        x = np.arange(L, R + 1, dtype=np.float64) - 32767.5
+        ideal = np.float32(np.float64(code) + np.float64(b) - np.float64(a) * (L - 32767.5))
         up, down, tries = ideal, ideal, [ideal]
-        for _ in range(64):      # then 1, 2, ... ulps either side
+        for _ in range(64):
             up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
             tries += [up, down]
-        for B2 in tries:
-            y = (np.float64(a) * t + np.float64(B2)).astype(np.float32)
+        for b2 in tries:
+            y = (np.float64(a) * x + np.float64(b2)).astype(np.float32)
             if np.array_equal(np.trunc(y).astype(np.int64), table[L:R + 1]):
                 break
         else:
             raise AssertionError(f"no offset for the piece at {L}")
-        out.append(B2)
-    return out
+        A.append(np.float32(a))
+        B.append(b2)
+    # the whole upper half, as the vector path computes it
+    _, _, key = _bucket_keys(c)
+    x = np.arange(32768, 65536, dtype=np.float64) - 32767.5
+    s = S[key] + (x >= P[key])
+    y = (np.asarray(A, np.float64)[s] * x + np.asarray(B, np.float64)[s]).astype(np.float32)
+    assert np.array_equal(np.trunc(y).astype(np.int64), table[32768:])
+    return c, K, S, P, A, B
 
 
-def c_centred(name, qmap):
-    col = centred(qmap)
-    col += [col[-1]] * (32 - len(col))
-    vals = ", ".join("%.9ef" % v for v in col)
-    return (f"static const float fgd_q8_{name.lower()}_B2[32] __attribute__((aligned(64))) = "
-            f"{{{vals}}};")
-
-
-def buckets(qmap):
-    """The AVX-512 path's two-level choice of a piece: bucket key = 16 * (i >= 32768) +
-    floor(log2 |2i - 65535|) (32 keys, one two-register permute); S[key] the piece of the
-    bucket's first index, and the starts of the K pieces that begin inside the bucket
-    (65536 when fewer), so piece = S[key] + #{k : i >= P[k][key]}."""
-    segs = segments(qmap)
-    starts = np.array([s[0] for s in segs[1:]])
-    i = np.arange(Q.GRID)
-    r = np.abs(2 * i - 65535)
-    key = 16 * (i >= 32768) + np.floor(np.log2(r)).astype(np.int64)
-    S = np.zeros(32, np.int64)
-    inside = [[] for _ in range(32)]
-    for k in range(32):
-        idx = i[key == k]
-        if idx.size == 0:
-            continue
-        lo, hi = idx.min(), idx.max()
-        S[k] = np.searchsorted(starts, lo, side="right")
-        inside[k] = [int(t) for t in starts if lo < t <= hi]
-    K = max(len(b) for b in inside)
-    P = np.full((K, 32), Q.GRID, np.int64)
-    for k, b in enumerate(inside):
-        P[:len(b), k] = b
-    assert len(segs) <= 32
-    return S, P
-
-
-def c_buckets(name, qmap):
-    S, P = buckets(qmap)
+def c_mirrored(name, qmap, signed):
+    c, K, S, P, A, B = mirrored(qmap, signed)
     low = name.lower()
-    rows = [f"#define FGD_Q8_{name}_NB {P.shape[0]}",
-            f"static const int32_t fgd_q8_{low}_S[32] __attribute__((aligned(64))) = "
-            f"{{{', '.join(str(v) for v in S)}}};",
-            f"static const int32_t fgd_q8_{low}_P[{P.shape[0]}][32] __attribute__((aligned(64))) = {{"
-            + ", ".join("{" + ", ".join(str(v) for v in row) + "}" for row in P) + "};"]
-    return "\n".join(rows)
+
+    def row(field, typ, fmt, col):
+        col = list(col) + [col[-1]] * (32 - len(col))
+        return (f"static const {typ} fgd_q8_{low}_m{field}[32] __attribute__((aligned(64))) = "
+                f"{{{', '.join(fmt % v for v in col)}}};")
+    return "\n".join([
+        f"#define FGD_Q8_{name}_MC {float(c).hex()}f",
+        f"#define FGD_Q8_{name}_MK {float(K).hex()}f",
+        row("S", "int32_t", "%d", [int(v) for v in S]),
+        row("P", "float", "%.9ef", [float(v) for v in P]),
+        row("A", "float", "%.9ef", [float(v) for v in A]),
+        row("B", "float", "%.9ef", [float(v) for v in B])])
 
 
 def c_floats(name, values):
@@ -170,8 +227,7 @@ def generated():
     """The generated part of kernels/_quant.h (between its BEGIN/END GENERATED lines)."""
     return "\n".join([
         c_table("SIGNED", Q.SIGNED8), c_table("UNSIGNED", Q.UNSIGNED8),
-        c_buckets("SIGNED", Q.SIGNED8), c_buckets("UNSIGNED", Q.UNSIGNED8),
-        c_centred("SIGNED", Q.SIGNED8), c_centred("UNSIGNED", Q.UNSIGNED8),
+        c_mirrored("SIGNED", Q.SIGNED8, True), c_mirrored("UNSIGNED", Q.UNSIGNED8, False),
         c_floats("fgd_q8_signed_map", Q.SIGNED8), c_floats("fgd_q8_unsigned_map", Q.UNSIGNED8),
         c_planes("fgd_q8_signed_planes", Q.SIGNED8), c_planes("fgd_q8_unsigned_planes", Q.UNSIGNED8),
         c_floats("fgd_q4_signed_map", Q.SIGNED4), c_floats("fgd_q4_unsigned_map", Q.UNSIGNED4),

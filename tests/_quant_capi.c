@@ -77,3 +77,60 @@ long q4_linear_mismatches(uint32_t lo, uint32_t hi, uint32_t step, int signs, fl
     return -1;
 #endif
 }
+
+/* The AVX-512 path's code of every grid index i (fgd_q8_codes_of_t16 on t = i as a float);
+ * -1 without the vector path. */
+int grid_codes_vector(int is_signed, uint8_t* out) {
+#if defined(__AVX512F__)
+    int32_t i, k;
+    float t[16] __attribute__((aligned(64)));
+    for (i = 0; i < FGD_Q_GRID; i += 16) {
+        for (k = 0; k < 16; k++)
+            t[k] = (float)(i + k);
+        _mm_storeu_si128((__m128i*)(out + i),
+                         fgd_q8_codes_of_t16(_mm512_load_ps(t), is_signed));
+    }
+    return 0;
+#else
+    (void)is_signed; (void)out;
+    return -1;
+#endif
+}
+
+/* The grid index of the floats v whose bits are lo, lo + step, ... below hi (both signs with
+ * signs = 2): fgd_q8_index16 without its clamp (the path of a finite 1 / absmax) against the
+ * definition, (int)((clamp(v, -1, 1) + 1) * 0.5 * 65535 + 0.5) with every operation rounded
+ * on its own (volatile: no contraction), NaN -> 0. The number that differ; -1 without the
+ * vector path. */
+long q8_index_mismatches(uint32_t lo, uint32_t hi, uint32_t step, int signs) {
+#if defined(__AVX512F__)
+    float x[16] __attribute__((aligned(64))), t[16] __attribute__((aligned(64)));
+    long bad = 0;
+    uint64_t u;
+    int sign, k;
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (sign = 0; sign < signs; sign++)
+        for (u = lo; u < hi; u += 16 * (uint64_t)step) {
+            for (k = 0; k < 16; k++) {
+                uint64_t b = u + (uint64_t)k * step;
+                uint32_t w = (uint32_t)(b < hi ? b : lo) | (sign ? 0x80000000u : 0u);
+                memcpy(x + k, &w, 4);
+            }
+            _mm512_store_ps(t, fgd_q8_index16(x, one, 0));
+            for (k = 0; k < 16; k++) {
+                volatile float c = x[k] < -1.0f ? -1.0f : (x[k] > 1.0f ? 1.0f : x[k]);
+                volatile float s1 = c + 1.0f;
+                volatile float s2 = s1 * 0.5f;
+                volatile float s3 = s2 * 65535.0f;
+                volatile float s4 = s3 + 0.5f;
+                int32_t want = x[k] != x[k] ? 0 : (int32_t)s4;
+                int32_t got = t[k] != t[k] ? 0 : (int32_t)t[k];   /* NaN: code 0 */
+                bad += got != want;
+            }
+        }
+    return bad;
+#else
+    (void)lo; (void)hi; (void)step; (void)signs;
+    return -1;
+#endif
+}
