@@ -234,8 +234,8 @@ class Slot:
     """One parameter as the kernels see it: ``s`` the flat views (``"param"`` and each state
     array), ``spans`` the bytes they occupy, ``fresh`` whether its state arrays were created in
     this step; ``key``/``param``/``store``: what the views were made from, to notice a change."""
-    __slots__ = ("param", "s", "spans", "names", "fresh", "store", "containers", "key", "pending",
-                 "aux", "views", "arrays", "where", "tag", "storage", "row", "ordinal")
+    __slots__ = ("param", "s", "spans", "names", "fresh", "store", "containers", "addrs", "key",
+                 "pending", "aux", "views", "arrays", "where", "tag", "storage", "row", "ordinal")
 
     def __init__(self, param, flat):
         self.param = param
@@ -245,6 +245,7 @@ class Slot:
         self.fresh = False
         self.store = None
         self.containers = ()
+        self.addrs = ()       # the containers' memory addresses (_addresses) when viewed
         self.key = None
         self.pending = None
         self.aux = None       # the front end's own (fastgd.torch: the data pointer, scalar views)
@@ -328,6 +329,9 @@ class Core(Clipping):
     - ``_zero_step()``, ``_new_scalar(value)``: new step count and scalar state;
     - ``_advance(slot)`` -> the step count after adding one; ``_scalars_of(slot)`` /
       ``_store_scalars(slot, values)`` for the spec's scalar state;
+    - ``_addresses(containers)`` -> where each state container's memory is now, a tuple (()
+      by default: a NumPy array cannot be given other memory; a torch tensor can, by
+      ``t.data = ...``, and the views made from it would then step the old memory);
     - with Tables (a front end that keeps them, fastgd.torch): ``_table_advance(table)`` -> the
       step counts of the table's parameters after adding one (an array, None if the rule keeps
       none), ``_flat_grad(grad)`` -> a checked gradient as a flat NumPy array.
@@ -399,7 +403,14 @@ class Core(Clipping):
         for n, c in zip(self._container_names(slot), slot.containers):
             if state.get(n) is not c:       # a state array loaded or assigned since
                 return self._build_slot(key, param, flat, state, prep, where)
+        if slot.addrs and self._addresses(slot.containers) != slot.addrs:   # t.data = ...
+            return self._build_slot(key, param, flat, state, prep, where)
         return slot
+
+    @staticmethod
+    def _addresses(containers):
+        """Where each state container's memory is (see the class docstring): () for NumPy."""
+        return ()
 
     @staticmethod
     def _container_names(slot):
@@ -440,6 +451,7 @@ class Core(Clipping):
             slot.s[name] = v
             containers.append(c)
         slot.names, slot.store, slot.containers = prep.names, state, tuple(containers)
+        slot.addrs = self._addresses(slot.containers)
         slot.key, slot.pending = key, new
         # the float views the step's one-call check takes with the grad (not codes, absmax)
         slot.views = tuple(slot.s[n] for n in ("param", *names) if not (st.bits and n in prep.names))

@@ -234,3 +234,29 @@ def test_tabled_rules_without_step_counts_equal_untabled(make):
         assert bool(opt._tables) == tabled
         runs.append(params)
     assert _same(*runs)
+
+
+@pytest.mark.parametrize("tables", [True, False])
+def test_a_state_tensor_given_new_data_is_stepped_there(tables):
+    """``opt.state[p]["exp_avg"].data = t`` (the same tensor object, new memory, as offloading
+    code does) between steps: fastgd.torch steps the new memory, as torch.optim does, with or
+    without the group's kept table."""
+    ps, qs = _params(), _params()
+    opt = ft.AdamW(ps, lr=0.1, weight_decay=0.01)
+    if not tables:
+        _untabled(opt)
+    ref = torch.optim.AdamW(qs, lr=0.1, weight_decay=0.01, foreach=False)
+    for step in range(6):
+        _set_grads(ps, step)
+        _set_grads(qs, step)
+        if step == 3:
+            for o, group in ((opt, ps), (ref, qs)):
+                for p in group[:3]:
+                    st = o.state[p]
+                    st["exp_avg"].data = st["exp_avg"].data.clone() + 0.25
+                    st["exp_avg_sq"].data = st["exp_avg_sq"].data.clone() * 2.0
+        opt.step()
+        ref.step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt.state[p]["exp_avg"], ref.state[q]["exp_avg"], rtol=1e-5, atol=1e-6)

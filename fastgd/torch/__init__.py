@@ -227,8 +227,9 @@ is_ = operator.is_
 class _TableCheck:
     """What fastgd.torch checks of a Table each step (_table_grads_of): its group and the
     group's parameters, the stepped parameters, their data addresses, the entries of their
-    state dicts ([(name, positions or None: all, [entry])], read from the dicts the state
-    holds now: a replaced dict is a replaced entry), the parameters it left out (no
+    state dicts and where their memory was ([(name, positions or None: all, [entry],
+    [data_ptr])], read from the dicts the state holds now: a replaced dict is a replaced
+    entry; an entry given other memory, t.data = ..., moved), the parameters it left out (no
     gradient when it was made: they must still have none), the gradients' expected dtypes and
     shapes (their parameters'), and the step counts (a float32 NumPy view, or None: the rule
     keeps none)."""
@@ -684,7 +685,8 @@ class _Optimizer(Core, torch.optim.Optimizer):
                 if slot is not None and slot.tag[0] == p.data_ptr() and slot.names == names \
                         and slot.tag[2] is None:
                     state = state_get(p)
-                    if state is slot.store:
+                    # the same state dict, its memory where it was (t.data = ... moves it)
+                    if state is slot.store and tuple(map(_DATA_PTR, slot.containers)) == slot.addrs:
                         for n, c in zip(names, slot.containers):
                             if state.get(n) is not c:
                                 break
@@ -765,9 +767,10 @@ class _Optimizer(Core, torch.optim.Optimizer):
             return None
         stores = list(map(self.state.get, ps))
         try:         # each state entry the table's addresses (and step counts) were taken from
-            for name, idx, expected in ch.containers:
+            for name, idx, expected, addrs in ch.containers:
                 sub = stores if idx is None else [stores[i] for i in idx]
-                if not all(map(is_, map(operator.itemgetter(name), sub), expected)):
+                if (not all(map(is_, map(operator.itemgetter(name), sub), expected))
+                        or list(map(_DATA_PTR, expected)) != addrs):    # t.data = ...
                     return None
         except (KeyError, TypeError):     # an entry, or a parameter's whole state, deleted
             return None
@@ -811,13 +814,18 @@ class _Optimizer(Core, torch.optim.Optimizer):
             idx = None if seg.whole else list(seg.index)
             sub = [slots[i].store for i in seg.index]
             for n in self._container_names(slots[seg.index[0]]) + (("step",) if steps is not None else ()):
-                containers.append((n, idx, [st[n] for st in sub]))
+                entries = [st[n] for st in sub]
+                containers.append((n, idx, entries, list(map(_DATA_PTR, entries))))
         stepped = {id(p) for p in ps}
         params = list(group["params"])
         table.aux = _TableCheck(group, params, ps, [p.data_ptr() for p in ps], containers,
                                 [p for p in params if id(p) not in stepped],
                                 [p.dtype for p in ps], [p.shape for p in ps], steps)
         self._tables[id(group)] = table
+
+    @staticmethod
+    def _addresses(containers):
+        return tuple(map(_DATA_PTR, containers))
 
     def _table_advance(self, table):
         steps = table.aux.steps
