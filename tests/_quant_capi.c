@@ -47,6 +47,18 @@ void values4(int is_signed, float* out) {
     for (i = 0; i < 16; i++) out[i] = fgd_q4_value(i, is_signed);
 }
 
+#if defined(__AVX512F__)
+/* x[0..16): the floats whose bits are u, u + step, ... (lo past hi), negated with sign */
+static void floats16(float* x, uint64_t u, uint32_t lo, uint32_t hi, uint32_t step, int sign) {
+    int k;
+    for (k = 0; k < 16; k++) {
+        uint64_t b = u + (uint64_t)k * step;
+        uint32_t w = (uint32_t)(b < hi ? b : lo) | (sign ? 0x80000000u : 0u);
+        memcpy(x + k, &w, 4);
+    }
+}
+#endif
+
 /* The 4-bit codes on the linear map (quant.UNSIGNED4) of the floats whose bits are lo, lo +
  * step, ... below hi (positive, and negative too with signs = 2), v = x * inv: the computed codes of fgd_q4_quantize's
  * vector path against its binary search over the midpoints (which test_c_4bit_equals_reference
@@ -61,11 +73,7 @@ long q4_linear_mismatches(uint32_t lo, uint32_t hi, uint32_t step, int signs, fl
     __m512 vinv = _mm512_set1_ps(inv);
     for (sign = 0; sign < signs; sign++)
         for (u = lo; u < hi; u += 16 * (uint64_t)step) {
-            for (k = 0; k < 16; k++) {
-                uint64_t b = u + (uint64_t)k * step;
-                uint32_t w = (uint32_t)(b < hi ? b : lo) | (sign ? 0x80000000u : 0u);
-                memcpy(x + k, &w, 4);
-            }
+            floats16(x, u, lo, hi, step, sign);
             fgd_q4_codes16_linear(x, vinv, got);
             fgd_q4_codes16(x, vinv, fgd_q4_unsigned_mid16, want);
             for (k = 0; k < 8; k++)
@@ -111,11 +119,7 @@ long q8_index_mismatches(uint32_t lo, uint32_t hi, uint32_t step, int signs) {
     __m512 one = _mm512_set1_ps(1.0f);
     for (sign = 0; sign < signs; sign++)
         for (u = lo; u < hi; u += 16 * (uint64_t)step) {
-            for (k = 0; k < 16; k++) {
-                uint64_t b = u + (uint64_t)k * step;
-                uint32_t w = (uint32_t)(b < hi ? b : lo) | (sign ? 0x80000000u : 0u);
-                memcpy(x + k, &w, 4);
-            }
+            floats16(x, u, lo, hi, step, sign);
             _mm512_store_ps(t, fgd_q8_index16(x, one, 0));
             for (k = 0; k < 16; k++) {
                 volatile float c = x[k] < -1.0f ? -1.0f : (x[k] > 1.0f ? 1.0f : x[k]);
