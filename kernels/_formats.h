@@ -145,9 +145,25 @@ static inline __attribute__((always_inline)) fgd_u32x16 fgd_sr_bits16(uint32_t k
     return x >> 16;
 }
 static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* L, uint16_t* d, uint32_t key, uint32_t i0) {
+#if defined(__AVX512BF16__) && defined(__AVX512DQ__)
+    /* (u + r) >> 16 is the conversion of (u + r) with its low 16 bits cleared, which bfloat16
+     * holds exactly, so VCVTNEPS2BF16 (round to nearest even) keeps it; a NaN, zero or subnormal
+     * x goes to the conversion as it is, which quiets the NaN ((u >> 16) | 0x40) and flushes a
+     * tiny value to its signed zero: formats.py's code 4 bit for bit (an inf, or a finite x that
+     * rounds up past the largest bfloat16, is inf either way). 4 instructions after the random
+     * bits where fgd_bf16x16's masks take 9. */
+    __m512i v = _mm512_loadu_si512(L);
+    __mmask16 special = _mm512_fpclass_ps_mask(_mm512_castsi512_ps(v), 0xA7);  /* NaN, 0, subnormal */
+    __m512i t = _mm512_mask_and_epi32(v, (__mmask16)~special,
+                                      _mm512_add_epi32(v, (__m512i)fgd_sr_bits16(key, i0)),
+                                      _mm512_set1_epi32((int)0xFFFF0000u));
+    __m256bh r = _mm512_cvtneps_pbh(_mm512_castsi512_ps(t));
+    memcpy(d, &r, 32);
+#else
     fgd_u32x16 u; memcpy(&u, L, 64);
     fgd_u16x16 r = fgd_bf16x16(u, fgd_sr_bits16(key, i0));
     memcpy(d, &r, 32);
+#endif
 }
 static inline __attribute__((always_inline)) void fgd_st16_f16(const float* L, uint16_t* d) {
 #if defined(__AVX512F__)
