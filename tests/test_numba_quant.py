@@ -19,7 +19,7 @@ import pytest
 
 import fastgd._numba as nb
 from fastgd import _reference as ref
-from fastgd import formats
+from fastgd import formats, quant
 from fastgd.rules import SPECS
 from _helpers import require_backend, run_at_thread_counts
 
@@ -311,12 +311,17 @@ def test_quantized_many_unused_role_keeps_its_stand_in(numba_backend):
     assert_same(got, want, "adam, vmax a stand-in")
 
 
-def _block_roundtrip(code):
+def _block_roundtrip(code, portable=False):
     """A compiled loop over a state's blocks: quantize x into (codes, absmax), dequantize
-    them into out, with the kernels' block functions (fastgd/_numba/_quant.py)."""
+    them into out, with the kernels' block functions (fastgd/_numba/_quant.py: those the
+    kernels use, or with ``portable`` the portable ones, whatever the CPU)."""
     from numba import njit
     from fastgd._numba import _quant as Q
-    quantize, dequantize, block = Q.QUANTIZE[code], Q.DEQUANTIZE[code], Q.BLOCK[code]
+    if portable:
+        quantize, dequantize = Q.QUANTIZE_PORTABLE[code], Q.DEQUANTIZE_PORTABLE[code]
+    else:
+        quantize, dequantize = Q.QUANTIZE[code], Q.DEQUANTIZE[code]
+    block = Q.BLOCK[code]
 
     @njit(error_model="numpy")
     def roundtrip(x, codes, absmax, out):
@@ -334,8 +339,12 @@ def _block_roundtrip(code):
     return roundtrip
 
 
+PATHS = ["chosen", "portable"]
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=PATHS)
 @pytest.mark.parametrize("code", [5, 6, 7, 8])
-def test_block_functions_are_quant_py_on_special_values(numba_backend, code):
+def test_block_functions_are_quant_py_on_special_values(numba_backend, code, portable):
     """Codes, absmax and values of one block at a time against fastgd.quant: NaN (code 0, never
     the absmax), an inf (the block's absmax; finite elements then 0, the inf NaN), a block of
     zeros, one of NaNs, a subnormal absmax (1 / absmax overflows), -0.0, odd tails."""
@@ -355,10 +364,106 @@ def test_block_functions_are_quant_py_on_special_values(numba_backend, code):
     codes = np.zeros_like(want_codes)
     absmax = np.zeros_like(want_absmax)
     out = np.empty(n, np.float32)
-    _block_roundtrip(code)(x, codes, absmax, out)
+    _block_roundtrip(code, portable)(x, codes, absmax, out)
+    _check_roundtrip(x, code, codes, absmax, out)
+
+
+def _check_roundtrip(x, code, codes, absmax, out):
+    want_codes, want_absmax = formats.quantize(x, code)
     assert np.array_equal(codes, want_codes)
     assert np.array_equal(_bits(absmax), _bits(want_absmax))
-    want = formats.dequantize(want_codes, want_absmax, code, n)
+    want = formats.dequantize(want_codes, want_absmax, code, x.shape[0])
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(out), nan)
     assert np.array_equal(_bits(out[~nan]), _bits(want[~nan]))
+
+
+def test_vector_paths_are_chosen_where_the_cpu_has_them():
+    """The 8-bit quantize computes its codes with AVX-512 where the Numba target has AVX-512 F,
+    the dequantize looks them up in byte planes where it also has VBMI and BW; else the
+    portable functions (the table lookups) are the kernels'."""
+    from fastgd._numba import _quant as Q
+    feats = Q._features()
+    assert Q.VECTOR_Q8 == ("+avx512f" in feats)
+    assert Q.VECTOR_DQ8 == (Q.VECTOR_Q8 and {"+avx512vbmi", "+avx512bw"} <= feats)
+    assert (Q.QUANTIZE[5] is Q.quantize_s8_vector) == Q.VECTOR_Q8
+    assert (Q.DEQUANTIZE[6] is Q.dequantize_u8_planes) == Q.VECTOR_DQ8
+
+
+def _grid_blocks(code, scale):
+    """Every grid point g[i] (quant.grid_values) in blocks of 255 points and a +-1 (absmax 1,
+    v = x: grid index i), times ``scale`` (a power of two: the same v): every grid index once
+    through the quantize's 16-lane groups and its scalar tail (the last block is short)."""
+    g = quant.grid_values()
+    assert np.array_equal(quant.grid_index(g), np.arange(quant.GRID))
+    blocks = []
+    for b in range(0, quant.GRID, 255):
+        part = g[b:b + 255]
+        blocks.append(np.r_[part[:100], np.float32(-1 if code == 5 else 1), part[100:]])
+    return np.concatenate(blocks).astype(np.float32) * np.float32(scale)
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=PATHS)
+@pytest.mark.parametrize("code", [5, 6])
+def test_8bit_every_grid_index_and_code(numba_backend, code, portable):
+    """Every grid index of the 8-bit quantize (so every code of the table) and every code of
+    the dequantize, on the path the kernels use and the portable one: the codes, absmax and
+    values of fastgd.quant bit for bit. Then every code in random order in blocks of random
+    absmax, and values in random blocks (the grid points near each piece's ends: random v)."""
+    run = _block_roundtrip(code, portable)
+    for scale in (1.0, 2.0 ** -20, 2.0 ** 100):
+        x = _grid_blocks(code, scale)
+        codes, absmax, out = (np.zeros(x.shape[0], np.uint8), np.zeros(-(-x.shape[0] // 256),
+                              np.float32), np.empty(x.shape[0], np.float32))
+        run(x, codes, absmax, out)
+        _check_roundtrip(x, code, codes, absmax, out)
+        assert set(codes.tolist()) == set(quant.grid_table(
+            quant.SIGNED8 if code == 5 else quant.UNSIGNED8).tolist())
+    rng = np.random.default_rng(code)
+    n = 4099 * 16 + 13
+    x = rng.standard_normal(n).astype(np.float32) * np.exp(
+        rng.uniform(-30, 30, n)).astype(np.float32)
+    if code == 6:
+        x = np.abs(x)
+    codes, absmax, out = (np.zeros(n, np.uint8), np.zeros(-(-n // 256), np.float32),
+                          np.empty(n, np.float32))
+    run(x, codes, absmax, out)
+    _check_roundtrip(x, code, codes, absmax, out)
+    # every code through the dequantize alone, in random order, random absmax per block
+    from fastgd._numba import _quant as Q
+    from numba import njit
+    dequantize = (Q.DEQUANTIZE_PORTABLE if portable else Q.DEQUANTIZE)[code]
+
+    @njit(error_model="numpy")
+    def values(codes, absmax, out):
+        n = codes.shape[0]
+        for s in range(0, n, 256):
+            e = min(s + 256, n)
+            dequantize(codes.ctypes.data, absmax.ctypes.data,
+                       Q.offset(Q._pointer(out.ctypes.data, np.float32), s), s, e)
+
+    n = 256 * 40 + 77
+    codes = np.concatenate([rng.permutation(256) for _ in range(41)])[:n].astype(np.uint8)
+    absmax = np.exp(rng.uniform(-40, 40, -(-n // 256))).astype(np.float32)
+    absmax[3] = 0.0
+    absmax[5] = np.inf
+    out = np.empty(n, np.float32)
+    values(codes, absmax, out)
+    want = formats.dequantize(codes, absmax, code, n)
+    assert np.array_equal(np.isnan(out), np.isnan(want))
+    assert np.array_equal(_bits(out[~np.isnan(want)]), _bits(want[~np.isnan(want)]))
+
+
+def test_vector_tables_are_generated_from_the_segments():
+    """fastgd/_numba/_quant_tables.py's numbers are kernels/_quant_segments.py's (the header's
+    mirrored tables)."""
+    import os
+    from fastgd._numba import _quant_tables as T
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, "kernels", "_quant_segments.py")):
+        pytest.skip("no source tree")
+    with open(T.__file__) as f:
+        text = f.read()
+    start = text.index("\n", text.index("# ---- BEGIN GENERATED")) + 1
+    got = text[start:text.index("# ---- END GENERATED")].strip()
+    assert got == T.generate(T._load_segments(root)).strip()

@@ -29,9 +29,11 @@ with AVX-512 permutes, which Numba would need LLVM's x86 intrinsics for).
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from .. import quant
+from . import _quant_tables
 from ._compile import _OPTIONS
 
 Q8_SIGNED, Q8_UNSIGNED, Q4_SIGNED, Q4_UNSIGNED = 5, 6, 7, 8
@@ -56,6 +58,7 @@ _B8, _B4 = quant.BLOCK8, quant.BLOCK4
 _F0, _F1, _FM1, _HALF = np.float32(0), np.float32(1), np.float32(-1), np.float32(0.5)
 _GRID_STEPS = np.float32(quant.GRID - 1)
 _ABS, _INF = np.uint32(0x7FFFFFFF), np.uint32(0x7F800000)
+_FMAX = np.float32(3.4028234663852886e38)
 
 
 @intrinsic
@@ -240,18 +243,238 @@ def _quantize4(mid, codes, absmax, x, s, e):
         c[m // 2] = np.uint8(q[m - 1] << np.uint32(4))
 
 
+# ---- AVX-512: the C side's vector methods (kernels/_quant.h), emitted as LLVM IR -----------
+
+_F32, _I8, _I16, _I32 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32)
+_V16F, _V16I, _V64B = ir.VectorType(_F32, 16), ir.VectorType(_I32, 16), ir.VectorType(_I8, 64)
+_V16B = ir.VectorType(_I8, 16)
+
+
+def _features():
+    """The target features of Numba's CPU codegen (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES
+    included: what the machine code is compiled for, which also keys Numba's cache)."""
+    from numba.core.registry import cpu_target
+    return set(cpu_target.target_context.codegen().magic_tuple()[2].split(","))
+
+
+_FEATURES = _features()
+#: the 8-bit quantize's vector path (16 lanes, two-register permutes): AVX-512 F
+VECTOR_Q8 = "+avx512f" in _FEATURES
+#: the 8-bit dequantize's byte planes (64 codes at once, byte permutes): AVX-512 VBMI and BW
+VECTOR_DQ8 = VECTOR_Q8 and "+avx512vbmi" in _FEATURES and "+avx512bw" in _FEATURES
+
+
+def _splat(t, v, n=16):
+    return ir.Constant(ir.VectorType(t, n), [ir.Constant(t, v)] * n)
+
+
+def _vconst(t, values):
+    return ir.Constant(ir.VectorType(t, len(values)), [ir.Constant(t, v) for v in values])
+
+
+def _call(builder, name, ret, args):
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+def _broadcast(builder, f):
+    """The float f in all 16 lanes."""
+    v = builder.insert_element(ir.Constant(_V16F, None), f, _I32(0))
+    return builder.shuffle_vector(v, v, ir.Constant(_V16I, None))
+
+
+def _vptr(builder, ptr, vt):
+    return builder.bitcast(ptr, vt.as_pointer())
+
+
+def _permute2(builder, lo, idx, hi):
+    """The two-register permute (vpermi2d/ps/b): lanes of lo ++ hi at the low bits of idx."""
+    t = lo.type
+    kind = {_V16F: "ps.512", _V16I: "d.512", _V64B: "qi.512"}[t]
+    return _call(builder, f"llvm.x86.avx512.vpermi2var.{kind}", t, [lo, idx, hi])
+
+
+_TABLES8 = {True: _quant_tables.SIGNED, False: _quant_tables.UNSIGNED}
+
+
+def _codes16_ir(builder, x, inv, out, signed, clamp):
+    """fgd_q8_codes_of_t16(fgd_q8_index16(x, inv, clamp)) of kernels/_quant.h: the 16 codes of
+    x[0..16) * inv stored at out[0..16), the same operations (fused where the C fuses: the
+    tables are checked for one rounding)."""
+    c, K, S, P, A, B = _TABLES8[signed]
+    v = builder.fmul(builder.load(_vptr(builder, x, _V16F), align=4), _broadcast(builder, inv))
+    fma = "llvm.fma.v16f32"
+    if clamp:       # NaN -> -1 (as vmaxps): index 0, code 0
+        m1, p1 = _splat(_F32, -1.0), _splat(_F32, 1.0)
+        v = builder.select(builder.fcmp_ordered(">", v, m1), v, m1)
+        v = builder.select(builder.fcmp_ordered("<", v, p1), v, p1)
+    u = _call(builder, fma, _V16F, [v, _splat(_F32, 0.5), _splat(_F32, 0.5)])
+    u = _call(builder, fma, _V16F, [u, _splat(_F32, 65535.0), _splat(_F32, 0.5)])
+    t = _call(builder, "llvm.trunc.v16f32", _V16F, [u])
+    d = builder.fsub(t, _splat(_F32, 32767.5))
+    a = _call(builder, "llvm.fabs.v16f32", _V16F, [d])
+    kf = _call(builder, fma, _V16F, [a, _splat(_F32, c), _splat(_F32, K)])
+    key = builder.lshr(builder.bitcast(kf, _V16I), _splat(_I32, 22))
+    s = _permute2(builder, _vconst(_I32, S[:16]), key, _vconst(_I32, S[16:]))
+    p = _permute2(builder, _vconst(_F32, P[:16]), key, _vconst(_F32, P[16:]))
+    s = builder.add(s, builder.zext(builder.fcmp_ordered(">=", a, p), _V16I))
+    la = _permute2(builder, _vconst(_F32, A[:16]), s, _vconst(_F32, A[16:]))
+    lb = _permute2(builder, _vconst(_F32, B[:16]), s, _vconst(_F32, B[16:]))
+    y = _call(builder, fma, _V16F, [la, a, lb])
+    # vcvttps2dq: a NaN (x NaN, or 0 * inf) converts to INT_MIN, whose low byte is code 0
+    # (LLVM's fptosi of a NaN would be poison)
+    f = _call(builder, "llvm.x86.avx512.mask.cvttps2dq.512", _V16I,
+              [y, ir.Constant(_V16I, None), _I16(-1), _I32(4)])
+    f = builder.trunc(f, _V16B)
+    zero = ir.Constant(_V16F, None)
+    if signed:      # below the middle: 254 - code, saturated at 0
+        mirror = _call(builder, "llvm.usub.sat.v16i8", _V16B, [_splat(_I8, 254), f])
+        f = builder.select(builder.fcmp_ordered("<", d, zero), mirror, f)
+    else:           # the unsigned table is 0 below the middle
+        f = builder.select(builder.fcmp_ordered(">", d, zero), f, ir.Constant(_V16B, None))
+    builder.store(f, _vptr(builder, out, _V16B), align=1)
+
+
+@intrinsic
+def _q8_codes16(typingctx, x, inv, out, signed, clamp):
+    """The 16 codes of x[0..16) * inv (x a float32 pointer) at out[0..16) (a uint8 pointer),
+    on the signed or unsigned map (a literal bool), clamping v to [-1, 1] first or not (a
+    literal bool: needed only when inv is infinite)."""
+    if not (isinstance(signed, types.BooleanLiteral) and isinstance(clamp, types.BooleanLiteral)):
+        return None
+    sg, cl = signed.literal_value, clamp.literal_value
+
+    def codegen(context, builder, sig, args):
+        _codes16_ir(builder, args[0], args[1], args[2], sg, cl)
+        return context.get_dummy_value()
+
+    return types.none(x, inv, out, signed, clamp), codegen
+
+
+# fgd_q8_order: position 16 L + 4 m + t (lane L) holds code 16 m + 4 L + t, so that after the
+# in-lane unpacks register m holds values 16 m .. 16 m + 15 in order
+_ORDER = [16 * m + 4 * L + t for L in range(4) for m in range(4) for t in range(4)]
+
+
+def _unpack(lo, lanes, per):
+    """The shufflevector mask of punpckl*/punpckh* (lo: low halves) on ``lanes`` 128-bit lanes
+    of ``per`` elements each."""
+    half = per // 2
+    mask = []
+    for L in range(lanes):
+        for k in range(half):
+            j = L * per + k + (0 if lo else half)
+            mask += [j, j + lanes * per]
+    return _vconst(_I32, mask)
+
+
+def _planes(qmap):
+    """The 4 byte planes of a float32 map (plane j: byte j of every value, little endian), each
+    four 64-byte pieces."""
+    b = np.ascontiguousarray(qmap, dtype=np.float32).view(np.uint8).reshape(-1, 4).T
+    return [[[int(v) for v in b[j, 64 * q:64 * q + 64]] for q in range(4)] for j in range(4)]
+
+
+_PLANES8 = {True: _planes(_MAP_S8), False: _planes(_MAP_U8)}
+
+
+def _values64_ir(builder, codes, a, out, signed):
+    """fgd_q8_values64 of kernels/_quant.h: map[codes[0..64)] * a at out[0..64), the map's
+    byte j from plane j by two two-register byte permutes (the low 7 bits of a code) and a
+    select on bit 7, the planes interleaved into floats by unpacks."""
+    c = builder.load(_vptr(builder, codes, _V64B), align=1)
+    c = builder.shuffle_vector(c, c, _vconst(_I32, _ORDER))
+    high = builder.icmp_signed("<", c, ir.Constant(_V64B, None))
+    b = []
+    for plane in _PLANES8[signed]:
+        q = [_vconst(_I8, piece) for piece in plane]
+        b.append(builder.select(high, _permute2(builder, q[2], c, q[3]),
+                                _permute2(builder, q[0], c, q[1])))
+    w = [builder.shuffle_vector(b[0], b[1], _unpack(True, 4, 16)),
+         builder.shuffle_vector(b[0], b[1], _unpack(False, 4, 16)),
+         builder.shuffle_vector(b[2], b[3], _unpack(True, 4, 16)),
+         builder.shuffle_vector(b[2], b[3], _unpack(False, 4, 16))]
+    v32 = ir.VectorType(_I16, 32)
+    w = [builder.bitcast(x, v32) for x in w]
+    va = _broadcast(builder, a)
+    base = _vptr(builder, out, _V16F)
+    for m, (p, q, lo) in enumerate(((0, 2, True), (0, 2, False), (1, 3, True), (1, 3, False))):
+        f = builder.bitcast(builder.shuffle_vector(w[p], w[q], _unpack(lo, 4, 8)), _V16F)
+        builder.store(builder.fmul(f, va), builder.gep(base, [_I32(m)]), align=4)
+
+
+@intrinsic
+def _q8_values64(typingctx, codes, a, out, signed):
+    """map[codes[0..64)] * a at out[0..64) (codes a uint8 pointer, out a float32 one), on the
+    signed or unsigned map (a literal bool)."""
+    if not isinstance(signed, types.BooleanLiteral):
+        return None
+    sg = signed.literal_value
+
+    def codegen(context, builder, sig, args):
+        _values64_ir(builder, args[0], args[1], args[2], sg)
+        return context.get_dummy_value()
+
+    return types.none(codes, a, out, signed), codegen
+
+
+@njit(inline="always", **_OPTIONS)
+def _dequantize8_planes(signed, qmap, codes, absmax, x, s, e):
+    a = _pointer(absmax, np.float32)[s // _B8]
+    c = _pointer(codes + s, np.uint8)
+    m = e - s
+    i = 0
+    while i + 64 <= m:
+        _q8_values64(offset(c, i), a, offset(x, i), signed)
+        i += 64
+    for j in range(i, m):
+        x[j] = qmap[c[j]] * a
+
+
+@njit(inline="always", **_OPTIONS)
+def _quantize8_vector(signed, grid, codes, absmax, x, s, e):
+    """kernels/_quant.h's fgd_q8_codes: 16 codes at a time computed, not looked up (no clamp
+    unless 1 / absmax is infinite), the tail as _quantize8."""
+    m = e - s
+    a = _absmax(x, m)
+    _pointer(absmax, np.float32)[s // _B8] = a
+    inv = _F1 / a
+    c = _pointer(codes + s, np.uint8)
+    i = 0
+    if inv <= _FMAX:
+        while i + 16 <= m:
+            _q8_codes16(offset(x, i), inv, offset(c, i), signed, False)
+            i += 16
+    else:
+        while i + 16 <= m:
+            _q8_codes16(offset(x, i), inv, offset(c, i), signed, True)
+            i += 16
+    for j in range(i, m):
+        c[j] = grid[np.uint32(_grid_index(x[j] * inv))]
+
+
 # One compiled function per format (not inlined in Numba's IR: each is typed and compiled
 # once, LLVM inlines it into the kernel): the kernel's copy names the ones of its codes, so
 # neither the other formats' branches nor their tables are in its code.
 
 @njit(**_OPTIONS)
-def dequantize_s8(codes, absmax, x, s, e):
+def dequantize_s8_portable(codes, absmax, x, s, e):
     _dequantize8(_MAP_S8, codes, absmax, x, s, e)
 
 
 @njit(**_OPTIONS)
-def dequantize_u8(codes, absmax, x, s, e):
+def dequantize_u8_portable(codes, absmax, x, s, e):
     _dequantize8(_MAP_U8, codes, absmax, x, s, e)
+
+
+@njit(**_OPTIONS)
+def dequantize_s8_planes(codes, absmax, x, s, e):
+    _dequantize8_planes(True, _MAP_S8, codes, absmax, x, s, e)
+
+
+@njit(**_OPTIONS)
+def dequantize_u8_planes(codes, absmax, x, s, e):
+    _dequantize8_planes(False, _MAP_U8, codes, absmax, x, s, e)
 
 
 @njit(**_OPTIONS)
@@ -265,13 +488,23 @@ def dequantize_u4(codes, absmax, x, s, e):
 
 
 @njit(**_OPTIONS)
-def quantize_s8(codes, absmax, x, s, e):
+def quantize_s8_portable(codes, absmax, x, s, e):
     _quantize8(_GRID_S8, codes, absmax, x, s, e)
 
 
 @njit(**_OPTIONS)
-def quantize_u8(codes, absmax, x, s, e):
+def quantize_u8_portable(codes, absmax, x, s, e):
     _quantize8(_GRID_U8, codes, absmax, x, s, e)
+
+
+@njit(**_OPTIONS)
+def quantize_s8_vector(codes, absmax, x, s, e):
+    _quantize8_vector(True, _GRID_S8, codes, absmax, x, s, e)
+
+
+@njit(**_OPTIONS)
+def quantize_u8_vector(codes, absmax, x, s, e):
+    _quantize8_vector(False, _GRID_U8, codes, absmax, x, s, e)
 
 
 @njit(**_OPTIONS)
@@ -288,6 +521,16 @@ def quantize_u4(codes, absmax, x, s, e):
 def nothing(codes, absmax, x, s, e):
     """The staging of an empty slot."""
 
+
+#: the portable functions (tests check them too, wherever the vector ones are chosen)
+DEQUANTIZE_PORTABLE = {Q8_SIGNED: dequantize_s8_portable, Q8_UNSIGNED: dequantize_u8_portable,
+                       Q4_SIGNED: dequantize_s4, Q4_UNSIGNED: dequantize_u4}
+QUANTIZE_PORTABLE = {Q8_SIGNED: quantize_s8_portable, Q8_UNSIGNED: quantize_u8_portable,
+                     Q4_SIGNED: quantize_s4, Q4_UNSIGNED: quantize_u4}
+dequantize_s8 = dequantize_s8_planes if VECTOR_DQ8 else dequantize_s8_portable
+dequantize_u8 = dequantize_u8_planes if VECTOR_DQ8 else dequantize_u8_portable
+quantize_s8 = quantize_s8_vector if VECTOR_Q8 else quantize_s8_portable
+quantize_u8 = quantize_u8_vector if VECTOR_Q8 else quantize_u8_portable
 
 #: code -> ``f(codes, absmax, x, s, e)``: elements s..e-1 (s a multiple of the block, e at
 #: most one block on) of the state at the addresses ``codes`` (uint8) and ``absmax`` (float32,
