@@ -380,14 +380,18 @@ def _check_roundtrip(x, code, codes, absmax, out):
 
 def test_vector_paths_are_chosen_where_the_cpu_has_them():
     """The 8-bit quantize computes its codes with AVX-512 where the Numba target has AVX-512 F,
-    the dequantize looks them up in byte planes where it also has VBMI and BW; else the
-    portable functions (the table lookups) are the kernels'."""
+    the dequantize looks them up in byte planes where it also has VBMI and BW, the 4-bit
+    functions use 16-lane permutes with AVX-512 F; else the portable functions (the table
+    lookups) are the kernels'."""
     from fastgd._numba import _quant as Q
     feats = Q._features()
     assert Q.VECTOR_Q8 == ("+avx512f" in feats)
     assert Q.VECTOR_DQ8 == (Q.VECTOR_Q8 and {"+avx512vbmi", "+avx512bw"} <= feats)
     assert (Q.QUANTIZE[5] is Q.quantize_s8_vector) == Q.VECTOR_Q8
     assert (Q.DEQUANTIZE[6] is Q.dequantize_u8_planes) == Q.VECTOR_DQ8
+    assert Q.VECTOR_Q4 == Q.VECTOR_Q8
+    assert (Q.QUANTIZE[7] is Q.quantize_s4_vector) == Q.VECTOR_Q4
+    assert (Q.DEQUANTIZE[8] is Q.dequantize_u4_vector) == Q.VECTOR_Q4
 
 
 def _grid_blocks(code, scale):
@@ -467,3 +471,62 @@ def test_vector_tables_are_generated_from_the_segments():
     start = text.index("\n", text.index("# ---- BEGIN GENERATED")) + 1
     got = text[start:text.index("# ---- END GENERATED")].strip()
     assert got == T.generate(T._load_segments(root)).strip()
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=PATHS)
+@pytest.mark.parametrize("code", [7, 8])
+def test_4bit_every_code_and_midpoint(numba_backend, code, portable):
+    """The 4-bit quantize at every midpoint and the floats either side of it (2 ulps), at
+    every map value, +-1 and 0 (blocks with absmax 1: v = x, scaled by powers of two), in the
+    16-lane groups and the odd tails; the dequantize on every code in every position of a
+    byte (random order, random absmax per block): fastgd.quant's codes, absmax and values."""
+    from fastgd._numba import _quant as Q
+    from numba import njit
+    qmap = quant.SIGNED4 if code == 7 else quant.UNSIGNED4
+    mid = quant.midpoints(qmap).astype(np.float32)
+    pts = [mid, np.asarray(qmap, np.float32), np.float32([0.0, -0.0, 1.0, -1.0])]
+    for d in (1, 2):
+        up = mid.copy()
+        down = mid.copy()
+        for _ in range(d):
+            up = np.nextafter(up, np.float32(np.inf))
+            down = np.nextafter(down, np.float32(-np.inf))
+        pts += [up, down]
+    v = np.concatenate(pts).astype(np.float32)
+    v = np.concatenate([v, -v]) if code == 7 else np.abs(v)
+    rng = np.random.default_rng(code)
+    run = _block_roundtrip(code, portable)
+    for scale in (1.0, 2.0 ** -30, 2.0 ** 90):
+        blocks = []
+        for b in range(0, v.shape[0], 127):
+            part = rng.permutation(v[b:b + 127])
+            blocks.append(np.r_[part[:50], np.float32(1), part[50:]])
+        for tail in (0, 1, 17):      # a short last block: 16-lane groups, an odd tail
+            x = np.concatenate(blocks)
+            x = (x[:x.shape[0] - tail] if tail else x) * np.float32(scale)
+            n = x.shape[0]
+            codes, absmax, out = (np.zeros((n + 1) // 2, np.uint8),
+                                  np.zeros(-(-n // 128), np.float32), np.empty(n, np.float32))
+            run(x, codes, absmax, out)
+            _check_roundtrip(x, code, codes, absmax, out)
+    dequantize = (Q.DEQUANTIZE_PORTABLE if portable else Q.DEQUANTIZE)[code]
+
+    @njit(error_model="numpy")
+    def values(codes, absmax, out):
+        n = out.shape[0]
+        for s in range(0, n, 128):
+            e = min(s + 128, n)
+            dequantize(codes.ctypes.data, absmax.ctypes.data,
+                       Q.offset(Q._pointer(out.ctypes.data, np.float32), s), s, e)
+
+    for n in (128 * 20, 128 * 20 + 33):
+        c = np.concatenate([rng.permutation(16) for _ in range(-(-n // 16))])[:n]
+        packed = quant.pack4(c.astype(np.uint8))
+        absmax = np.exp(rng.uniform(-40, 40, -(-n // 128))).astype(np.float32)
+        absmax[2] = 0.0
+        absmax[4] = np.inf
+        out = np.empty(n, np.float32)
+        values(packed, absmax, out)
+        want = formats.dequantize(packed, absmax, code, n)
+        assert np.array_equal(np.isnan(out), np.isnan(want))
+        assert np.array_equal(_bits(out[~np.isnan(want)]), _bits(want[~np.isnan(want)]))

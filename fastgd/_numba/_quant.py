@@ -453,6 +453,141 @@ def _quantize8_vector(signed, grid, codes, absmax, x, s, e):
         c[j] = grid[np.uint32(_grid_index(x[j] * inv))]
 
 
+#: the 4-bit paths (16 lanes, one-register permutes): AVX-512 F
+VECTOR_Q4 = VECTOR_Q8
+
+_MAP4 = {True: _MAP_S4, False: _MAP_U4}
+_MID16_S4 = np.r_[_MID_S4, np.float32(1)].astype(np.float32)   # the 16th never probed
+
+
+def _pack16(builder, c, out):
+    """16 codes (<16 x i32>, each < 16) two a byte at out[0..8): (even << 4) | odd, the pairs
+    in 64-bit lanes."""
+    v8 = ir.VectorType(ir.IntType(64), 8)
+    q = builder.bitcast(c, v8)
+    q = builder.or_(builder.shl(q, _splat(ir.IntType(64), 4, 8)),
+                    builder.lshr(q, _splat(ir.IntType(64), 32, 8)))
+    builder.store(builder.trunc(q, ir.VectorType(_I8, 8)),
+                  _vptr(builder, out, ir.VectorType(_I8, 8)), align=1)
+
+
+def _cvtt(builder, y):
+    """vcvttps2dq: a NaN converts to INT_MIN (LLVM's fptosi of a NaN would be poison)."""
+    return _call(builder, "llvm.x86.avx512.mask.cvttps2dq.512", _V16I,
+                 [y, ir.Constant(_V16I, None), _I16(-1), _I32(4)])
+
+
+def _codes4_ir(builder, x, inv, out, signed):
+    """fgd_q4_codes16 (signed: a binary search over the 15 midpoints in a register, each
+    probe a permute of a copy of them shifted by step - 1) or fgd_q4_codes16_linear (the map
+    (k + 1) / 16: ceil(16 v - 1.5) clamped to [0, 15], exact in the fused form) of
+    kernels/_quant.h: the 16 codes of x[0..16) * inv, packed at out[0..8)."""
+    v = builder.fmul(builder.load(_vptr(builder, x, _V16F), align=4), _broadcast(builder, inv))
+    if signed:
+        mid = [float(m) for m in _MID16_S4]
+        t4 = _vconst(_F32, [mid[min(k + 3, 15)] for k in range(16)])
+        t2 = _vconst(_F32, [mid[min(k + 1, 15)] for k in range(16)])
+        perm = "llvm.x86.avx512.permvar.sf.512"
+        c = builder.select(builder.fcmp_ordered("<", _splat(_F32, mid[7]), v),
+                           _splat(_I32, 8), ir.Constant(_V16I, None))
+        for table, step in ((t4, 4), (t2, 2), (_vconst(_F32, mid), 1)):
+            probe = _call(builder, perm, _V16F, [table, c])
+            c = builder.add(c, builder.select(builder.fcmp_ordered("<", probe, v),
+                                              _splat(_I32, step), ir.Constant(_V16I, None)))
+    else:
+        t = _call(builder, "llvm.fma.v16f32", _V16F, [v, _splat(_F32, 16.0), _splat(_F32, -1.5)])
+        top = _splat(_F32, 15.0)
+        t = builder.select(builder.fcmp_ordered("<", top, t), top, t)     # vminps: NaN stays
+        c = _cvtt(builder, _call(builder, "llvm.ceil.v16f32", _V16F, [t]))
+        c = builder.select(builder.icmp_signed(">", c, ir.Constant(_V16I, None)), c,
+                           ir.Constant(_V16I, None))
+    _pack16(builder, c, out)
+
+
+@intrinsic
+def _q4_codes16(typingctx, x, inv, out, signed):
+    """The 16 4-bit codes of x[0..16) * inv, two a byte at out[0..8), on the signed or the
+    unsigned (linear) map (a literal bool)."""
+    if not isinstance(signed, types.BooleanLiteral):
+        return None
+    sg = signed.literal_value
+
+    def codegen(context, builder, sig, args):
+        _codes4_ir(builder, args[0], args[1], args[2], sg)
+        return context.get_dummy_value()
+
+    return types.none(x, inv, out, signed), codegen
+
+
+def _values16_4_ir(builder, packed, a, out, signed):
+    """fgd_q4_dequantize's vector loop: 8 bytes -> 16 nibbles in element order (the high
+    first), one permute of the 16-value map, times a, at out[0..16)."""
+    v8 = ir.VectorType(_I8, 8)
+    b = builder.load(_vptr(builder, packed, v8), align=1)
+    hi = builder.lshr(b, _splat(_I8, 4, 8))
+    lo = builder.and_(b, _splat(_I8, 15, 8))
+    c = builder.shuffle_vector(hi, lo, _vconst(_I32, [k // 2 + (8 if k % 2 else 0)
+                                                      for k in range(16)]))
+    c = builder.zext(c, _V16I)
+    qmap = _vconst(_F32, [float(m) for m in _MAP4[signed]])
+    f = _call(builder, "llvm.x86.avx512.permvar.sf.512", _V16F, [qmap, c])
+    builder.store(builder.fmul(f, _broadcast(builder, a)), _vptr(builder, out, _V16F), align=4)
+
+
+@intrinsic
+def _q4_values16(typingctx, packed, a, out, signed):
+    """map[code] * a of the 16 codes in packed[0..8) at out[0..16) (a literal bool: the
+    signed or the unsigned map)."""
+    if not isinstance(signed, types.BooleanLiteral):
+        return None
+    sg = signed.literal_value
+
+    def codegen(context, builder, sig, args):
+        _values16_4_ir(builder, args[0], args[1], args[2], sg)
+        return context.get_dummy_value()
+
+    return types.none(packed, a, out, signed), codegen
+
+
+@njit(inline="always", **_OPTIONS)
+def _dequantize4_vector(signed, qmap, codes, absmax, x, s, e):
+    a = _pointer(absmax, np.float32)[s // _B4]
+    c = _pointer(codes + s // 2, np.uint8)
+    m = e - s
+    i = 0
+    while i + 16 <= m:
+        _q4_values16(offset(c, i // 2), a, offset(x, i), signed)
+        i += 16
+    for p in range(i // 2, m // 2):
+        b = np.uint32(c[p])
+        x[2 * p] = qmap[b >> np.uint32(4)] * a
+        x[2 * p + 1] = qmap[b & np.uint32(15)] * a
+    if m % 2:
+        x[m - 1] = qmap[np.uint32(c[m // 2]) >> np.uint32(4)] * a
+
+
+@njit(inline="always", **_OPTIONS)
+def _quantize4_vector(signed, mid, codes, absmax, x, s, e):
+    """16 codes at a time (_q4_codes16), the tail as _quantize4."""
+    m = e - s
+    a = _absmax(x, m)
+    _pointer(absmax, np.float32)[s // _B4] = a
+    inv = _F1 / a
+    c = _pointer(codes + s // 2, np.uint8)
+    i = 0
+    while i + 16 <= m:
+        _q4_codes16(offset(x, i), inv, offset(c, i // 2), signed)
+        i += 16
+    if i < m:
+        q = stack_buffer(16, np.uint32)
+        for j in range(i, m):
+            q[j - i] = _nearest4(x[j] * inv, mid)
+        for p in range((m - i) // 2):
+            c[i // 2 + p] = np.uint8((q[2 * p] << np.uint32(4)) | q[2 * p + 1])
+        if (m - i) % 2:
+            c[m // 2] = np.uint8(q[m - i - 1] << np.uint32(4))
+
+
 # One compiled function per format (not inlined in Numba's IR: each is typed and compiled
 # once, LLVM inlines it into the kernel): the kernel's copy names the ones of its codes, so
 # neither the other formats' branches nor their tables are in its code.
@@ -478,13 +613,23 @@ def dequantize_u8_planes(codes, absmax, x, s, e):
 
 
 @njit(**_OPTIONS)
-def dequantize_s4(codes, absmax, x, s, e):
+def dequantize_s4_portable(codes, absmax, x, s, e):
     _dequantize4(_MAP_S4, codes, absmax, x, s, e)
 
 
 @njit(**_OPTIONS)
-def dequantize_u4(codes, absmax, x, s, e):
+def dequantize_u4_portable(codes, absmax, x, s, e):
     _dequantize4(_MAP_U4, codes, absmax, x, s, e)
+
+
+@njit(**_OPTIONS)
+def dequantize_s4_vector(codes, absmax, x, s, e):
+    _dequantize4_vector(True, _MAP_S4, codes, absmax, x, s, e)
+
+
+@njit(**_OPTIONS)
+def dequantize_u4_vector(codes, absmax, x, s, e):
+    _dequantize4_vector(False, _MAP_U4, codes, absmax, x, s, e)
 
 
 @njit(**_OPTIONS)
@@ -508,13 +653,23 @@ def quantize_u8_vector(codes, absmax, x, s, e):
 
 
 @njit(**_OPTIONS)
-def quantize_s4(codes, absmax, x, s, e):
+def quantize_s4_portable(codes, absmax, x, s, e):
     _quantize4(_MID_S4, codes, absmax, x, s, e)
 
 
 @njit(**_OPTIONS)
-def quantize_u4(codes, absmax, x, s, e):
+def quantize_u4_portable(codes, absmax, x, s, e):
     _quantize4(_MID_U4, codes, absmax, x, s, e)
+
+
+@njit(**_OPTIONS)
+def quantize_s4_vector(codes, absmax, x, s, e):
+    _quantize4_vector(True, _MID_S4, codes, absmax, x, s, e)
+
+
+@njit(**_OPTIONS)
+def quantize_u4_vector(codes, absmax, x, s, e):
+    _quantize4_vector(False, _MID_U4, codes, absmax, x, s, e)
 
 
 @njit(inline="always", **_OPTIONS)
@@ -524,13 +679,17 @@ def nothing(codes, absmax, x, s, e):
 
 #: the portable functions (tests check them too, wherever the vector ones are chosen)
 DEQUANTIZE_PORTABLE = {Q8_SIGNED: dequantize_s8_portable, Q8_UNSIGNED: dequantize_u8_portable,
-                       Q4_SIGNED: dequantize_s4, Q4_UNSIGNED: dequantize_u4}
+                       Q4_SIGNED: dequantize_s4_portable, Q4_UNSIGNED: dequantize_u4_portable}
 QUANTIZE_PORTABLE = {Q8_SIGNED: quantize_s8_portable, Q8_UNSIGNED: quantize_u8_portable,
-                     Q4_SIGNED: quantize_s4, Q4_UNSIGNED: quantize_u4}
+                     Q4_SIGNED: quantize_s4_portable, Q4_UNSIGNED: quantize_u4_portable}
 dequantize_s8 = dequantize_s8_planes if VECTOR_DQ8 else dequantize_s8_portable
 dequantize_u8 = dequantize_u8_planes if VECTOR_DQ8 else dequantize_u8_portable
 quantize_s8 = quantize_s8_vector if VECTOR_Q8 else quantize_s8_portable
 quantize_u8 = quantize_u8_vector if VECTOR_Q8 else quantize_u8_portable
+dequantize_s4 = dequantize_s4_vector if VECTOR_Q4 else dequantize_s4_portable
+dequantize_u4 = dequantize_u4_vector if VECTOR_Q4 else dequantize_u4_portable
+quantize_s4 = quantize_s4_vector if VECTOR_Q4 else quantize_s4_portable
+quantize_u4 = quantize_u4_vector if VECTOR_Q4 else quantize_u4_portable
 
 #: code -> ``f(codes, absmax, x, s, e)``: elements s..e-1 (s a multiple of the block, e at
 #: most one block on) of the state at the addresses ``codes`` (uint8) and ``absmax`` (float32,
