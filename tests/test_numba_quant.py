@@ -389,6 +389,7 @@ def test_vector_paths_are_chosen_where_the_cpu_has_them():
     assert Q.VECTOR_DQ8 == (Q.VECTOR_Q8 and {"+avx512vbmi", "+avx512bw"} <= feats)
     assert (Q.QUANTIZE[5] is Q.quantize_s8_vector) == Q.VECTOR_Q8
     assert (Q.DEQUANTIZE[6] is Q.dequantize_u8_planes) == Q.VECTOR_DQ8
+    assert (Q.DEQUANTIZE[5] is Q.dequantize_s8_registers) == (Q.VECTOR_Q8 and not Q.VECTOR_DQ8)
     assert Q.VECTOR_Q4 == Q.VECTOR_Q8
     assert (Q.QUANTIZE[7] is Q.quantize_s4_vector) == Q.VECTOR_Q4
     assert (Q.DEQUANTIZE[8] is Q.dequantize_u4_vector) == Q.VECTOR_Q4
@@ -407,13 +408,19 @@ def _grid_blocks(code, scale):
     return np.concatenate(blocks).astype(np.float32) * np.float32(scale)
 
 
-@pytest.mark.parametrize("portable", [False, True], ids=PATHS)
+@pytest.mark.parametrize("path", ["chosen", "portable", "registers"])
 @pytest.mark.parametrize("code", [5, 6])
-def test_8bit_every_grid_index_and_code(numba_backend, code, portable):
+def test_8bit_every_grid_index_and_code(numba_backend, code, path):
     """Every grid index of the 8-bit quantize (so every code of the table) and every code of
     the dequantize, on the path the kernels use and the portable one: the codes, absmax and
     values of fastgd.quant bit for bit. Then every code in random order in blocks of random
-    absmax, and values in random blocks (the grid points near each piece's ends: random v)."""
+    absmax, and values in random blocks (the grid points near each piece's ends: random v).
+    "registers": the dequantize of AVX-512 without VBMI (16 codes from the map in registers),
+    on a CPU with AVX-512 F whichever the kernels use."""
+    from fastgd._numba import _quant as Q
+    if path == "registers" and not Q.VECTOR_Q8:
+        pytest.skip("the Numba target has no AVX-512 F")
+    portable = path == "portable"
     run = _block_roundtrip(code, portable)
     for scale in (1.0, 2.0 ** -20, 2.0 ** 100):
         x = _grid_blocks(code, scale)
@@ -434,9 +441,10 @@ def test_8bit_every_grid_index_and_code(numba_backend, code, portable):
     run(x, codes, absmax, out)
     _check_roundtrip(x, code, codes, absmax, out)
     # every code through the dequantize alone, in random order, random absmax per block
-    from fastgd._numba import _quant as Q
     from numba import njit
     dequantize = (Q.DEQUANTIZE_PORTABLE if portable else Q.DEQUANTIZE)[code]
+    if path == "registers":
+        dequantize = Q.dequantize_s8_registers if code == 5 else Q.dequantize_u8_registers
 
     @njit(error_model="numpy")
     def values(codes, absmax, out):
@@ -446,7 +454,7 @@ def test_8bit_every_grid_index_and_code(numba_backend, code, portable):
             dequantize(codes.ctypes.data, absmax.ctypes.data,
                        Q.offset(Q._pointer(out.ctypes.data, np.float32), s), s, e)
 
-    n = 256 * 40 + 77
+    n = 256 * 40 + 93          # a short last block: 64 + 16 + 13
     codes = np.concatenate([rng.permutation(256) for _ in range(41)])[:n].astype(np.uint8)
     absmax = np.exp(rng.uniform(-40, 40, -(-n // 256))).astype(np.float32)
     absmax[3] = 0.0

@@ -273,6 +273,7 @@ _FEATURES = _features()
 #: the 8-bit quantize's vector path (16 lanes, two-register permutes): AVX-512 F
 VECTOR_Q8 = "+avx512f" in _FEATURES
 #: the 8-bit dequantize's byte planes (64 codes at once, byte permutes): AVX-512 VBMI and BW
+#: (with AVX-512 F alone, 16 codes at once from the map in 16 registers)
 VECTOR_DQ8 = VECTOR_Q8 and "+avx512vbmi" in _FEATURES and "+avx512bw" in _FEATURES
 
 
@@ -430,8 +431,41 @@ def _q8_values64(typingctx, codes, a, out, signed):
     return types.none(codes, a, out, signed), codegen
 
 
+def _values16_ir(builder, codes, a, out, signed):
+    """fgd_q8_values16 of kernels/_quant.h (AVX-512 F without VBMI): map[codes[0..16)] * a at
+    out[0..16), the 256 values in 16 registers, eight two-register permutes on the low 5 bits
+    of a code and a tree of selects on bits 5, 6, 7."""
+    c = builder.zext(builder.load(_vptr(builder, codes, _V16B), align=1), _V16I)
+    qmap = [float(v) for v in (_MAP_S8 if signed else _MAP_U8)]
+    t = [_permute2(builder, _vconst(_F32, qmap[32 * g:32 * g + 16]), c,
+                   _vconst(_F32, qmap[32 * g + 16:32 * g + 32])) for g in range(8)]
+    zero = ir.Constant(_V16I, None)
+    for bit in (32, 64, 128):
+        on = builder.icmp_unsigned("!=", builder.and_(c, _splat(_I32, bit)), zero)
+        t = [builder.select(on, t[k + 1], t[k]) for k in range(0, len(t), 2)]
+    builder.store(builder.fmul(t[0], _broadcast(builder, a)), _vptr(builder, out, _V16F),
+                  align=4)
+
+
+@intrinsic
+def _q8_values16(typingctx, codes, a, out, signed):
+    """map[codes[0..16)] * a at out[0..16) (codes a uint8 pointer, out a float32 one), on the
+    signed or unsigned map (a literal bool)."""
+    if not isinstance(signed, types.BooleanLiteral):
+        return None
+    sg = signed.literal_value
+
+    def codegen(context, builder, sig, args):
+        _values16_ir(builder, args[0], args[1], args[2], sg)
+        return context.get_dummy_value()
+
+    return types.none(codes, a, out, signed), codegen
+
+
 @njit(inline="always", **_OPTIONS)
 def _dequantize8_planes(signed, qmap, codes, absmax, x, s, e):
+    """kernels/_quant.h's fgd_q8_dequantize with VBMI: 64 values at a time from the byte
+    planes, then 16 from the map's registers, the tail as _dequantize8."""
     a = _pointer(absmax, np.float32)[s // _B8]
     c = _pointer(codes + s, np.uint8)
     m = e - s
@@ -439,6 +473,23 @@ def _dequantize8_planes(signed, qmap, codes, absmax, x, s, e):
     while i + 64 <= m:
         _q8_values64(offset(c, i), a, offset(x, i), signed)
         i += 64
+    while i + 16 <= m:
+        _q8_values16(offset(c, i), a, offset(x, i), signed)
+        i += 16
+    for j in range(i, m):
+        x[j] = qmap[c[j]] * a
+
+
+@njit(inline="always", **_OPTIONS)
+def _dequantize8_registers(signed, qmap, codes, absmax, x, s, e):
+    """The same without VBMI: 16 values at a time from the map's registers."""
+    a = _pointer(absmax, np.float32)[s // _B8]
+    c = _pointer(codes + s, np.uint8)
+    m = e - s
+    i = 0
+    while i + 16 <= m:
+        _q8_values16(offset(c, i), a, offset(x, i), signed)
+        i += 16
     for j in range(i, m):
         x[j] = qmap[c[j]] * a
 
@@ -625,6 +676,16 @@ def dequantize_u8_planes(codes, absmax, x, s, e):
 
 
 @njit(**_OPTIONS)
+def dequantize_s8_registers(codes, absmax, x, s, e):
+    _dequantize8_registers(True, _MAP_S8, codes, absmax, x, s, e)
+
+
+@njit(**_OPTIONS)
+def dequantize_u8_registers(codes, absmax, x, s, e):
+    _dequantize8_registers(False, _MAP_U8, codes, absmax, x, s, e)
+
+
+@njit(**_OPTIONS)
 def dequantize_s4_portable(codes, absmax, x, s, e):
     _dequantize4(_MAP_S4, codes, absmax, x, s, e)
 
@@ -694,8 +755,10 @@ DEQUANTIZE_PORTABLE = {Q8_SIGNED: dequantize_s8_portable, Q8_UNSIGNED: dequantiz
                        Q4_SIGNED: dequantize_s4_portable, Q4_UNSIGNED: dequantize_u4_portable}
 QUANTIZE_PORTABLE = {Q8_SIGNED: quantize_s8_portable, Q8_UNSIGNED: quantize_u8_portable,
                      Q4_SIGNED: quantize_s4_portable, Q4_UNSIGNED: quantize_u4_portable}
-dequantize_s8 = dequantize_s8_planes if VECTOR_DQ8 else dequantize_s8_portable
-dequantize_u8 = dequantize_u8_planes if VECTOR_DQ8 else dequantize_u8_portable
+dequantize_s8 = (dequantize_s8_planes if VECTOR_DQ8 else
+                 dequantize_s8_registers if VECTOR_Q8 else dequantize_s8_portable)
+dequantize_u8 = (dequantize_u8_planes if VECTOR_DQ8 else
+                 dequantize_u8_registers if VECTOR_Q8 else dequantize_u8_portable)
 quantize_s8 = quantize_s8_vector if VECTOR_Q8 else quantize_s8_portable
 quantize_u8 = quantize_u8_vector if VECTOR_Q8 else quantize_u8_portable
 dequantize_s4 = dequantize_s4_vector if VECTOR_Q4 else dequantize_s4_portable
