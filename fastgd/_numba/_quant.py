@@ -16,15 +16,38 @@ the block's codes:
 
 ``codes`` and ``absmax`` are the addresses (int64) of the state's codes (uint8) and absmax
 (float32, one per block). One compiled function per format: a kernel's copy names those of
-its codes, so only their tables are in its machine code. The tables are global NumPy arrays
-built from fastgd.quant at import, which Numba freezes into the code as constants. The
-absmax is an integer max over the bits of |x| (a NaN's bits made 0), which LLVM vectorises
-where a float max that must skip NaNs stays scalar; the 8-bit grid indices and the 4-bit
-codes (a binary search by selects) vectorise; the table lookups (the 8-bit codes of the grid
-indices, the map values of codes) are scalar. Measured on Zen 4, one thread, 64K elements in
-L2, per element: quantize 0.50 ns (8 bits) and 0.40 (4 bits), dequantize 0.30 and 0.27. In
-AdamW at 16M elements the 8-bit lookups are most of the time (kernels/_quant.h replaces them
-with AVX-512 permutes, which Numba would need LLVM's x86 intrinsics for).
+its codes, so only their tables are in its machine code. The absmax is an integer max over the
+bits of |x|, which LLVM vectorises where a float max that must skip NaNs stays scalar; as
+kernels/_quant.h's fgd_q_absmax, the NaN-masked max runs only when the plain one is a NaN's.
+
+Two paths, chosen at import from the Numba target's features (``VECTOR_Q8``, ``VECTOR_DQ8``,
+``VECTOR_Q4``; NUMBA_CPU_NAME / NUMBA_CPU_FEATURES included, and they key Numba's cache):
+
+- portable (``QUANTIZE_PORTABLE``, ``DEQUANTIZE_PORTABLE``; the tests run them on any CPU):
+  loops LLVM vectorises (the 8-bit grid indices into a stack buffer, the 4-bit codes by a
+  binary search of selects) and scalar table lookups (the 8-bit codes of the grid indices in
+  the 65536-entry quant.grid_table, the map values of codes). The tables are global NumPy
+  arrays, which Numba freezes into the code as constants.
+- AVX-512 (F; the 8-bit planes also VBMI and BW): kernels/_quant.h's vector methods, the same
+  operations emitted as LLVM IR (``intrinsic`` codegen: x86 permute intrinsics, fused
+  multiply-adds where the C fuses, since its tables are checked for one rounding, and
+  vcvttps2dq where LLVM's fptosi of a NaN would be poison). 8-bit quantize: 16 codes computed
+  from the mirrored half grid, no table (fgd_q8_codes_of_t16: a = |grid index - 32767.5|,
+  its bucket a half binade by two-register permutes of 32-entry tables, one compare, the
+  piece's line; below the middle 254 - code saturated, or 0 for the unsigned map; the tables
+  from kernels/_quant_segments.py, kept in _quant_tables.py). 8-bit dequantize: 64 codes at
+  once from the map's four byte planes (fgd_q8_values64: vpermi2b), or without VBMI 16 from
+  the map in 16 registers (fgd_q8_values16). 4 bits: the binary search over the midpoints in
+  one register (fgd_q4_codes16), the linear unsigned map's ceil(16 v - 1.5)
+  (fgd_q4_codes16_linear), the dequantize one permute of the 16 values.
+
+Measured on Zen 4, one thread, 32 blocks in L1 (the block functions alone, per value; the
+quantize with its absmax), portable -> AVX-512: 8-bit quantize 0.50 -> 0.34 ns (signed;
+unsigned 0.33), dequantize 0.31 -> 0.085 (0.22 from the registers); 4-bit quantize 0.42 ->
+0.36 (signed), 0.42 -> 0.22 (linear), dequantize 0.28 -> 0.072. The portable 8-bit lookups
+were most of an 8-bit AdamW step (fp32 params, 64K elements: 2.0-2.2 ns an element against
+Cython's 1.25-1.3); with the vector paths 1.17-1.2, 4-bit 1.8 -> 1.03-1.05 (Cython 1.13-1.15),
+and at 16M 8-bit 2.33 -> 1.16 (Cython 1.37), 4-bit 1.73 -> 1.00 (Cython 1.17), same runs.
 """
 import numpy as np
 from llvmlite import ir
