@@ -19,7 +19,7 @@ import pytest
 
 import fastgd._numba as nb
 from fastgd import _reference as ref
-from fastgd import formats
+from fastgd import formats, quant
 from fastgd.rules import SPECS
 from _helpers import require_backend, run_at_thread_counts
 
@@ -311,12 +311,17 @@ def test_quantized_many_unused_role_keeps_its_stand_in(numba_backend):
     assert_same(got, want, "adam, vmax a stand-in")
 
 
-def _block_roundtrip(code):
+def _block_roundtrip(code, portable=False):
     """A compiled loop over a state's blocks: quantize x into (codes, absmax), dequantize
-    them into out, with the kernels' block functions (fastgd/_numba/_quant.py)."""
+    them into out, with the kernels' block functions (fastgd/_numba/_quant.py: those the
+    kernels use, or with ``portable`` the portable ones, whatever the CPU)."""
     from numba import njit
     from fastgd._numba import _quant as Q
-    quantize, dequantize, block = Q.QUANTIZE[code], Q.DEQUANTIZE[code], Q.BLOCK[code]
+    if portable:
+        quantize, dequantize = Q.QUANTIZE_PORTABLE[code], Q.DEQUANTIZE_PORTABLE[code]
+    else:
+        quantize, dequantize = Q.QUANTIZE[code], Q.DEQUANTIZE[code]
+    block = Q.BLOCK[code]
 
     @njit(error_model="numpy")
     def roundtrip(x, codes, absmax, out):
@@ -334,8 +339,12 @@ def _block_roundtrip(code):
     return roundtrip
 
 
+PATHS = ["chosen", "portable"]
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=PATHS)
 @pytest.mark.parametrize("code", [5, 6, 7, 8])
-def test_block_functions_are_quant_py_on_special_values(numba_backend, code):
+def test_block_functions_are_quant_py_on_special_values(numba_backend, code, portable):
     """Codes, absmax and values of one block at a time against fastgd.quant: NaN (code 0, never
     the absmax), an inf (the block's absmax; finite elements then 0, the inf NaN), a block of
     zeros, one of NaNs, a subnormal absmax (1 / absmax overflows), -0.0, odd tails."""
@@ -355,10 +364,177 @@ def test_block_functions_are_quant_py_on_special_values(numba_backend, code):
     codes = np.zeros_like(want_codes)
     absmax = np.zeros_like(want_absmax)
     out = np.empty(n, np.float32)
-    _block_roundtrip(code)(x, codes, absmax, out)
+    _block_roundtrip(code, portable)(x, codes, absmax, out)
+    _check_roundtrip(x, code, codes, absmax, out)
+
+
+def _check_roundtrip(x, code, codes, absmax, out):
+    want_codes, want_absmax = formats.quantize(x, code)
     assert np.array_equal(codes, want_codes)
     assert np.array_equal(_bits(absmax), _bits(want_absmax))
-    want = formats.dequantize(want_codes, want_absmax, code, n)
+    want = formats.dequantize(want_codes, want_absmax, code, x.shape[0])
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(out), nan)
     assert np.array_equal(_bits(out[~nan]), _bits(want[~nan]))
+
+
+def test_vector_paths_are_chosen_where_the_cpu_has_them():
+    """The 8-bit quantize computes its codes with AVX-512 where the Numba target has AVX-512 F,
+    the dequantize looks them up in byte planes where it also has VBMI and BW, the 4-bit
+    functions use 16-lane permutes with AVX-512 F; else the portable functions (the table
+    lookups) are the kernels'."""
+    from fastgd._numba import _quant as Q
+    feats = Q._features()
+    assert Q.VECTOR_Q8 == ("+avx512f" in feats)
+    assert Q.VECTOR_DQ8 == (Q.VECTOR_Q8 and {"+avx512vbmi", "+avx512bw"} <= feats)
+    assert (Q.QUANTIZE[5] is Q.quantize_s8_vector) == Q.VECTOR_Q8
+    assert (Q.DEQUANTIZE[6] is Q.dequantize_u8_planes) == Q.VECTOR_DQ8
+    assert (Q.DEQUANTIZE[5] is Q.dequantize_s8_registers) == (Q.VECTOR_Q8 and not Q.VECTOR_DQ8)
+    assert Q.VECTOR_Q4 == Q.VECTOR_Q8
+    assert (Q.QUANTIZE[7] is Q.quantize_s4_vector) == Q.VECTOR_Q4
+    assert (Q.DEQUANTIZE[8] is Q.dequantize_u4_vector) == Q.VECTOR_Q4
+
+
+def _grid_blocks(code, scale):
+    """Every grid point g[i] (quant.grid_values) in blocks of 255 points and a +-1 (absmax 1,
+    v = x: grid index i), times ``scale`` (a power of two: the same v): every grid index once
+    through the quantize's 16-lane groups and its scalar tail (the last block is short)."""
+    g = quant.grid_values()
+    assert np.array_equal(quant.grid_index(g), np.arange(quant.GRID))
+    blocks = []
+    for b in range(0, quant.GRID, 255):
+        part = g[b:b + 255]
+        blocks.append(np.r_[part[:100], np.float32(-1 if code == 5 else 1), part[100:]])
+    return np.concatenate(blocks).astype(np.float32) * np.float32(scale)
+
+
+@pytest.mark.parametrize("path", ["chosen", "portable", "registers"])
+@pytest.mark.parametrize("code", [5, 6])
+def test_8bit_every_grid_index_and_code(numba_backend, code, path):
+    """Every grid index of the 8-bit quantize (so every code of the table) and every code of
+    the dequantize, on the path the kernels use and the portable one: the codes, absmax and
+    values of fastgd.quant bit for bit. Then every code in random order in blocks of random
+    absmax, and values in random blocks (the grid points near each piece's ends: random v).
+    "registers": the dequantize of AVX-512 without VBMI (16 codes from the map in registers),
+    on a CPU with AVX-512 F whichever the kernels use."""
+    from fastgd._numba import _quant as Q
+    if path == "registers" and not Q.VECTOR_Q8:
+        pytest.skip("the Numba target has no AVX-512 F")
+    portable = path == "portable"
+    run = _block_roundtrip(code, portable)
+    for scale in (1.0, 2.0 ** -20, 2.0 ** 100):
+        x = _grid_blocks(code, scale)
+        codes, absmax, out = (np.zeros(x.shape[0], np.uint8), np.zeros(-(-x.shape[0] // 256),
+                              np.float32), np.empty(x.shape[0], np.float32))
+        run(x, codes, absmax, out)
+        _check_roundtrip(x, code, codes, absmax, out)
+        assert set(codes.tolist()) == set(quant.grid_table(
+            quant.SIGNED8 if code == 5 else quant.UNSIGNED8).tolist())
+    rng = np.random.default_rng(code)
+    n = 4099 * 16 + 13
+    x = rng.standard_normal(n).astype(np.float32) * np.exp(
+        rng.uniform(-30, 30, n)).astype(np.float32)
+    if code == 6:
+        x = np.abs(x)
+    codes, absmax, out = (np.zeros(n, np.uint8), np.zeros(-(-n // 256), np.float32),
+                          np.empty(n, np.float32))
+    run(x, codes, absmax, out)
+    _check_roundtrip(x, code, codes, absmax, out)
+    # every code through the dequantize alone, in random order, random absmax per block
+    from numba import njit
+    dequantize = (Q.DEQUANTIZE_PORTABLE if portable else Q.DEQUANTIZE)[code]
+    if path == "registers":
+        dequantize = Q.dequantize_s8_registers if code == 5 else Q.dequantize_u8_registers
+
+    @njit(error_model="numpy")
+    def values(codes, absmax, out):
+        n = codes.shape[0]
+        for s in range(0, n, 256):
+            e = min(s + 256, n)
+            dequantize(codes.ctypes.data, absmax.ctypes.data,
+                       Q.offset(Q._pointer(out.ctypes.data, np.float32), s), s, e)
+
+    n = 256 * 40 + 93          # a short last block: 64 + 16 + 13
+    codes = np.concatenate([rng.permutation(256) for _ in range(41)])[:n].astype(np.uint8)
+    absmax = np.exp(rng.uniform(-40, 40, -(-n // 256))).astype(np.float32)
+    absmax[3] = 0.0
+    absmax[5] = np.inf
+    out = np.empty(n, np.float32)
+    values(codes, absmax, out)
+    want = formats.dequantize(codes, absmax, code, n)
+    assert np.array_equal(np.isnan(out), np.isnan(want))
+    assert np.array_equal(_bits(out[~np.isnan(want)]), _bits(want[~np.isnan(want)]))
+
+
+def test_vector_tables_are_generated_from_the_segments():
+    """fastgd/_numba/_quant_tables.py's numbers are kernels/_quant_segments.py's (the header's
+    mirrored tables)."""
+    import os
+    from fastgd._numba import _quant_tables as T
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, "kernels", "_quant_segments.py")):
+        pytest.skip("no source tree")
+    with open(T.__file__) as f:
+        text = f.read()
+    start = text.index("\n", text.index("# ---- BEGIN GENERATED")) + 1
+    got = text[start:text.index("# ---- END GENERATED")].strip()
+    assert got == T.generate(T._load_segments(root)).strip()
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=PATHS)
+@pytest.mark.parametrize("code", [7, 8])
+def test_4bit_every_code_and_midpoint(numba_backend, code, portable):
+    """The 4-bit quantize at every midpoint and the floats either side of it (2 ulps), at
+    every map value, +-1 and 0 (blocks with absmax 1: v = x, scaled by powers of two), in the
+    16-lane groups and the odd tails; the dequantize on every code in every position of a
+    byte (random order, random absmax per block): fastgd.quant's codes, absmax and values."""
+    from fastgd._numba import _quant as Q
+    from numba import njit
+    qmap = quant.SIGNED4 if code == 7 else quant.UNSIGNED4
+    mid = quant.midpoints(qmap).astype(np.float32)
+    pts = [mid, np.asarray(qmap, np.float32), np.float32([0.0, -0.0, 1.0, -1.0])]
+    for d in (1, 2):
+        up = mid.copy()
+        down = mid.copy()
+        for _ in range(d):
+            up = np.nextafter(up, np.float32(np.inf))
+            down = np.nextafter(down, np.float32(-np.inf))
+        pts += [up, down]
+    v = np.concatenate(pts).astype(np.float32)
+    v = np.concatenate([v, -v]) if code == 7 else np.abs(v)
+    rng = np.random.default_rng(code)
+    run = _block_roundtrip(code, portable)
+    for scale in (1.0, 2.0 ** -30, 2.0 ** 90):
+        blocks = []
+        for b in range(0, v.shape[0], 127):
+            part = rng.permutation(v[b:b + 127])
+            blocks.append(np.r_[part[:50], np.float32(1), part[50:]])
+        for tail in (0, 1, 17):      # a short last block: 16-lane groups, an odd tail
+            x = np.concatenate(blocks)
+            x = (x[:x.shape[0] - tail] if tail else x) * np.float32(scale)
+            n = x.shape[0]
+            codes, absmax, out = (np.zeros((n + 1) // 2, np.uint8),
+                                  np.zeros(-(-n // 128), np.float32), np.empty(n, np.float32))
+            run(x, codes, absmax, out)
+            _check_roundtrip(x, code, codes, absmax, out)
+    dequantize = (Q.DEQUANTIZE_PORTABLE if portable else Q.DEQUANTIZE)[code]
+
+    @njit(error_model="numpy")
+    def values(codes, absmax, out):
+        n = out.shape[0]
+        for s in range(0, n, 128):
+            e = min(s + 128, n)
+            dequantize(codes.ctypes.data, absmax.ctypes.data,
+                       Q.offset(Q._pointer(out.ctypes.data, np.float32), s), s, e)
+
+    for n in (128 * 20, 128 * 20 + 33):
+        c = np.concatenate([rng.permutation(16) for _ in range(-(-n // 16))])[:n]
+        packed = quant.pack4(c.astype(np.uint8))
+        absmax = np.exp(rng.uniform(-40, 40, -(-n // 128))).astype(np.float32)
+        absmax[2] = 0.0
+        absmax[4] = np.inf
+        out = np.empty(n, np.float32)
+        values(packed, absmax, out)
+        want = formats.dequantize(packed, absmax, code, n)
+        assert np.array_equal(np.isnan(out), np.isnan(want))
+        assert np.array_equal(_bits(out[~np.isnan(want)]), _bits(want[~np.isnan(want)]))
