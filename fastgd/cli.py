@@ -591,6 +591,20 @@ def _numba_format_paths():
     return f"{_views.format_paths()}; float16: LLVM half conversions"
 
 
+def _numba_quant_paths():
+    """Which quantize/dequantize the Numba target of this process runs for 8-bit and 4-bit
+    states (fastgd/_numba/_quant.py: AVX-512 methods as LLVM IR where the target has them)."""
+    ok, why = fastgd.backend_status()["numba"]
+    if not ok:
+        return f"- (numba unusable: {why})"
+    from fastgd._numba import _quant
+    q8 = "AVX-512 pieces" if _quant.VECTOR_Q8 else "grid table lookups"
+    dq8 = ("AVX-512 VBMI byte planes" if _quant.VECTOR_DQ8 else
+           "AVX-512 permutes" if _quant.VECTOR_Q8 else "map lookups")
+    q4 = "AVX-512" if _quant.VECTOR_Q4 else "portable"
+    return f"8-bit quantize: {q8}, dequantize: {dq8}; 4-bit: {q4}"
+
+
 def cmd_info(args, argv):
     env = B.environment()
     status = fastgd.backend_status()
@@ -610,6 +624,7 @@ def cmd_info(args, argv):
         ["L3 cache", _mib(env.get("l3_bytes"))],
         ["16-bit formats (Cython)", _format_paths()],
         ["16-bit formats (Numba)", _numba_format_paths()],
+        ["8/4-bit states (Numba)", _numba_quant_paths()],
     ]
     for name in fastgd.backends.ORDER:
         ok, why = status[name]

@@ -173,6 +173,9 @@ def test_info(capsys):
         assert word in out
     # each compiled backend says how it stores bfloat16 (the CPU's instruction or integer ops)
     assert out.count("bfloat16: ") >= 2, out
+    # and Numba which quantize its 8-bit and 4-bit states run (the vector path where the target has it)
+    from fastgd._numba import _quant
+    assert ("8-bit quantize: AVX-512" in out) == bool(_quant.VECTOR_Q8), out
 
 
 def test_verify_passes(capsys):
