@@ -207,7 +207,18 @@ def c_mirrored(name, qmap, signed):
         row("S", "int32_t", "%d", [int(v) for v in S]),
         row("P", "float", "%.9ef", [float(v) for v in P]),
         row("A", "float", "%.9ef", [float(v) for v in A]),
-        row("B", "float", "%.9ef", [float(v) for v in B])])
+        row("B", "float", "%.9ef", [float(v) for v in B]),
+        row("E", "int32_t", "%d", [int(v) for v in mirrored_entries(S, P)])])
+
+
+def mirrored_entries(S, P):
+    """S and P of each bucket in one int32 (one permute where two took two): the bits of P less
+    16, plus S + 1 (1..15) in the low 4 bits. a = |t - 32767.5| and every P are half-integers
+    below 2^16 (or 65536), so the low 8 bits of their float bits are 0, and a >= P exactly when
+    a's bits >= E; the piece is (E & 15) - 1 + (a >= P)."""
+    bits = np.asarray(P, np.float32).view(np.int32).astype(np.int64)
+    assert not (bits & 255).any() and (np.asarray(S) + 1 <= 15).all()
+    return bits - 16 + np.asarray(S) + 1
 
 
 def c_floats(name, values):

@@ -329,8 +329,9 @@ def test_c_every_grid_index_and_value(capi, signed):
 @pytest.mark.parametrize("capi", ["kernel-flags"], indirect=True)   # the vector path's build
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_c_vector_codes_of_every_grid_index(capi, signed):
-    """The AVX-512 path's one-sided table, mirrored (kernels/_quant.h fgd_q8_codes_of_t16), gives
-    bitsandbytes' code of every one of the 65536 grid indices."""
+    """The AVX-512 path's one-sided table, mirrored (kernels/_quant.h fgd_q8_codes_of_t16, and
+    fgd_q8_pack64 of four fgd_q8_dwords_of_t16, the whole blocks' path), gives bitsandbytes'
+    code of every one of the 65536 grid indices."""
     g = np.empty(Q.GRID, np.uint8)
     if capi.grid_codes_vector(int(signed), _p(g)) < 0:
         pytest.skip("this CPU has no AVX-512, so the vector path this checks is not built")
