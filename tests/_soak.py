@@ -34,8 +34,11 @@ def soak(backend):
                       lr=1e-3, amsgrad=True)
     blocks, mem = [], {}
     t0 = time.perf_counter()
+    # the NumPy reference's run is the oracle of the result only: its memory is not checked, and
+    # tracing its temporaries' allocations doubled the soak's time (40 s -> 21 s without)
+    traced = backend != "numpy"
     for k in range(STEPS):
-        if k == WARMUP:
+        if k == WARMUP and traced:
             tracemalloc.start()
             mem["traced_start"] = tracemalloc.get_traced_memory()[0]
             mem["rss_start"] = rss_bytes()
@@ -43,9 +46,10 @@ def soak(backend):
         if (k + 1) % BLOCK == 0:
             blocks.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-    mem["traced_end"], mem["traced_peak"] = tracemalloc.get_traced_memory()
-    mem["rss_end"] = rss_bytes()
-    tracemalloc.stop()
+    if traced:
+        mem["traced_end"], mem["traced_peak"] = tracemalloc.get_traced_memory()
+        mem["rss_end"] = rss_bytes()
+        tracemalloc.stop()
     np.savez(os.environ["FASTGD_SOAK_OUT"] + f".{backend}.npz", *params)
     return {"blocks": blocks, **mem, "steps": STEPS, "elements": sum(SIZES)}
 
