@@ -486,16 +486,9 @@ def _q8_values16(typingctx, codes, a, out, signed):
 
 
 @njit(inline="always", **_OPTIONS)
-def _dequantize8_planes(signed, qmap, codes, absmax, x, s, e):
-    """kernels/_quant.h's fgd_q8_dequantize with VBMI: 64 values at a time from the byte
-    planes, then 16 from the map's registers, the tail as _dequantize8."""
-    a = _pointer(absmax, np.float32)[s // _B8]
-    c = _pointer(codes + s, np.uint8)
-    m = e - s
-    i = 0
-    while i + 64 <= m:
-        _q8_values64(offset(c, i), a, offset(x, i), signed)
-        i += 64
+def _dequantize8_from(signed, qmap, c, a, x, i, m):
+    """Values i..m-1 of a block (codes c, absmax a): 16 at a time from the map's registers
+    (kernels/_quant.h's fgd_q8_values16, AVX-512 F), the tail as _dequantize8."""
     while i + 16 <= m:
         _q8_values16(offset(c, i), a, offset(x, i), signed)
         i += 16
@@ -504,17 +497,24 @@ def _dequantize8_planes(signed, qmap, codes, absmax, x, s, e):
 
 
 @njit(inline="always", **_OPTIONS)
-def _dequantize8_registers(signed, qmap, codes, absmax, x, s, e):
-    """The same without VBMI: 16 values at a time from the map's registers."""
+def _dequantize8_planes(signed, qmap, codes, absmax, x, s, e):
+    """kernels/_quant.h's fgd_q8_dequantize with VBMI: 64 values at a time from the byte
+    planes, the rest as _dequantize8_from."""
     a = _pointer(absmax, np.float32)[s // _B8]
     c = _pointer(codes + s, np.uint8)
     m = e - s
     i = 0
-    while i + 16 <= m:
-        _q8_values16(offset(c, i), a, offset(x, i), signed)
-        i += 16
-    for j in range(i, m):
-        x[j] = qmap[c[j]] * a
+    while i + 64 <= m:
+        _q8_values64(offset(c, i), a, offset(x, i), signed)
+        i += 64
+    _dequantize8_from(signed, qmap, c, a, x, i, m)
+
+
+@njit(inline="always", **_OPTIONS)
+def _dequantize8_registers(signed, qmap, codes, absmax, x, s, e):
+    """The same without VBMI."""
+    _dequantize8_from(signed, qmap, _pointer(codes + s, np.uint8),
+                      _pointer(absmax, np.float32)[s // _B8], x, 0, e - s)
 
 
 @njit(inline="always", **_OPTIONS)
