@@ -393,7 +393,7 @@ def many(rule):
                     codes, absmax = formats.quantize(values, code)
                     view[0][...], view[1][...] = codes, absmax
                 else:
-                    view[...] = formats.store(values, code, formats.role_key(int(keys[k]), r))
+                    view[...] = formats.store(values, code, int(keys[k]), r)
             if out:
                 _role_view(out, n, out_code)[...] = formats.store(copies[int(ptrs[k, 0])], out_code)
 

@@ -18,11 +18,13 @@ and the NumPy reference follow it bit for bit.
     3     float64    (float64 arithmetic; only with every array float64)
     4     bfloat16, stochastic rounding on store (``bf16_stochastic_round``: the bfloat16 param
                      and bfloat16 states): NaN and zero/subnormal as code 1; else (u + r) >> 16
-                     with r the high 16 bits of mix32(k ^ (i * 0x9E3779B9)), i the element's
-                     index in its tensor (mod 2**32), k = role_key(key, role) for the array's
-                     role (its column in the kernel's table: 0 the param) and key =
-                     sr_key(seed, step, index of the tensor): unbiased (E[stored] = x),
-                     reproducible, independent of the thread count, independent across arrays.
+                     with r the high 16 bits of sr_hash(key ^ (i * 0x9E3779B9)) * m mod 2**32,
+                     i the element's index in its tensor (mod 2**32), m = role_multiplier(role)
+                     for the array's role (its column in the kernel's table; 1 for the param,
+                     so its r is mix32(...) >> 16) and key = sr_key(seed, step, index of the
+                     tensor): unbiased (E[stored] = x), reproducible, independent of the thread
+                     count, a different draw per role. One hash an element serves every role
+                     (a multiply each), where a hash per role cost ~10% of the one-thread step.
 
     5     8-bit block-wise, signed dynamic map (a first moment)      fastgd/quant.py defines
     6     8-bit block-wise, unsigned dynamic map (a second moment)   the maps, codes and values
@@ -134,27 +136,44 @@ def sr_key(seed, step, index):
     return _mix32(s ^ _mix32((index * GOLDEN + 1) & 0xFFFFFFFF))
 
 
-def role_key(key, role):
-    """The key of role ``role``'s stochastic rounding from its tensor's key (role 0: the key)."""
-    if not role:
-        return int(key)
-    return int(mix32(np.uint32((int(key) + role * 0x85EBCA6B) & 0xFFFFFFFF)))
+def sr_hash(x):
+    """lowbias32 (mix32) without its last step x ^= x >> 16, on uint32 arrays: the hash of an
+    element's stochastic rounding, shared by every role of the element."""
+    x = np.asarray(x, dtype=np.uint32).copy()
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+    return x
 
 
-def sr_bits(key, n):
-    """The 16 random bits r of elements 0..n-1 of a tensor with key ``key`` (uint32 array)."""
+def role_multiplier(role):
+    """The odd multiplier that turns an element's hash into role ``role``'s random bits: 1 for
+    the param (role 0), (role * GOLDEN) | 1 for the others (a bijection of the uint32 hash, so
+    each role's 16 bits stay uniform)."""
+    return ((int(role) * GOLDEN) & 0xFFFFFFFF) | 1
+
+
+def sr_bits(key, n, role=0):
+    """The 16 random bits r of elements 0..n-1 of role ``role`` of a tensor with key ``key``
+    (uint32 array): the high 16 bits of sr_hash(key ^ (i * GOLDEN)) * role_multiplier(role)
+    (mod 2**32). The param's (role 0) are mix32(key ^ (i * GOLDEN)) >> 16: mix32's last step
+    leaves its high 16 bits as they are."""
     i = np.arange(n, dtype=np.uint64) * np.uint64(GOLDEN) & np.uint64(0xFFFFFFFF)
-    return mix32(np.uint32(key) ^ i.astype(np.uint32)) >> np.uint32(16)
+    h = sr_hash(np.uint32(key) ^ i.astype(np.uint32))
+    with np.errstate(over="ignore"):
+        return (h * np.uint32(role_multiplier(role))) >> np.uint32(16)
 
 
-def to_bfloat16_sr(x, key):
-    """float32 array -> bfloat16 with stochastic rounding (code 4), the element index being the
-    position in ``x`` (one whole tensor, flat)."""
+def to_bfloat16_sr(x, key, role=0):
+    """float32 array -> bfloat16 with stochastic rounding (code 4) with the random bits of role
+    ``role`` (sr_bits), the element index being the position in ``x`` (one whole tensor, flat)."""
     u = _bits(x).reshape(-1)
     nan = (u & 0x7FFFFFFF) > 0x7F800000
     tiny = (u & 0x7F800000) == 0
     with np.errstate(over="ignore"):
-        sr = (u + sr_bits(key, u.size)) >> 16
+        sr = (u + sr_bits(key, u.size, role)) >> 16
     out = np.where(nan, (u >> 16) | 0x40, np.where(tiny, (u >> 16) & 0x8000, sr))
     return out.astype(np.uint16).view(bfloat16).reshape(np.shape(x))
 
@@ -209,14 +228,15 @@ def load(a):
     return a if a.dtype == np.float64 else a.astype(np.float32)
 
 
-def store(values, code, key=0):
-    """float32 ``values`` in storage format ``code`` (its rounding, as the kernels store)."""
+def store(values, code, key=0, role=0):
+    """float32 ``values`` in storage format ``code`` (its rounding, as the kernels store; code 4
+    with the random bits of tensor key ``key`` and table column ``role``)."""
     if code == F32:
         return np.asarray(values, dtype=np.float32)
     if code == BF16:
         return to_bfloat16(values)
     if code == BF16_SR:
-        return to_bfloat16_sr(values, key)
+        return to_bfloat16_sr(values, key, role)
     if code == F16:
         return np.asarray(values, dtype=np.float32).astype(np.float16)
     if code == F64:

@@ -57,8 +57,14 @@ static inline uint16_t fgd_to_bf16(float x) {
     uint32_t u = fgd_bits(x);
     return fgd_bf16_round(u, 0x7FFFu + ((u >> 16) & 1u));
 }
-static inline uint16_t fgd_to_bf16_sr(float x, uint32_t key, uint32_t i) {
-    return fgd_bf16_round(fgd_bits(x), fgd_mix32(key ^ (i * FGD_GOLDEN)) >> 16);
+/* formats.sr_hash: mix32 without its last step (which leaves the high 16 bits as they are) */
+static inline uint32_t fgd_sr_hash(uint32_t x) {
+    x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; return x;
+}
+/* formats.role_multiplier */
+static inline uint32_t fgd_sr_mult(int role) { return ((uint32_t)role * FGD_GOLDEN) | 1u; }
+static inline uint16_t fgd_to_bf16_sr(float x, uint32_t key, uint32_t i, uint32_t mult) {
+    return fgd_bf16_round(fgd_bits(x), (fgd_sr_hash(key ^ (i * FGD_GOLDEN)) * mult) >> 16);
 }
 static inline float fgd_from_bf16(uint16_t h) { return fgd_float((uint32_t)h << 16); }
 
@@ -132,19 +138,19 @@ static inline __attribute__((always_inline)) void fgd_st16_bf16(const float* L, 
     memcpy(d, &r, 32);
 #endif
 }
-/* mix32(key ^ (i * FGD_GOLDEN)) >> 16 for the 16 elements from i0, with fewer operations and
- * the same bits: mix32's first step x ^= x >> 16 distributes over the xor, so the index's half
- * is the same for every role of an element (gcc computes it once per vector) and the key's is
- * loop-invariant; its last step x ^= x >> 16 changes only the low 16 bits, which >> 16 drops.
+/* formats.sr_bits for the 16 elements from i0: (sr_hash(key ^ (i * FGD_GOLDEN)) * mult) >> 16.
+ * The hash depends on the tensor's key and the index only, so every role stored in a lane loop
+ * computes the same one (gcc computes it once per vector) and pays one multiply of its own;
+ * mix32's first step x ^= x >> 16 distributes over the xor, so the key's half is loop-invariant.
  * (The Numba twin, fastgd/_numba/_views.py, splits it the same way.) */
-static inline __attribute__((always_inline)) fgd_u32x16 fgd_sr_bits16(uint32_t key, uint32_t i0) {
+static inline __attribute__((always_inline)) fgd_u32x16 fgd_sr_bits16(uint32_t key, uint32_t i0, uint32_t mult) {
     static const fgd_u32x16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     fgd_u32x16 idx = (lane + i0) * FGD_GOLDEN;
     fgd_u32x16 x = (idx ^ (idx >> 16)) ^ (key ^ (key >> 16));
     x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu;
-    return x >> 16;
+    return (x * mult) >> 16;
 }
-static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* L, uint16_t* d, uint32_t key, uint32_t i0) {
+static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* L, uint16_t* d, uint32_t key, uint32_t i0, uint32_t mult) {
 #if defined(__AVX512BF16__) && defined(__AVX512DQ__)
     /* (u + r) >> 16 is the conversion of (u + r) with its low 16 bits cleared, which bfloat16
      * holds exactly, so VCVTNEPS2BF16 (round to nearest even) keeps it; a NaN, zero or subnormal
@@ -155,13 +161,13 @@ static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* 
     __m512i v = _mm512_loadu_si512(L);
     __mmask16 special = _mm512_fpclass_ps_mask(_mm512_castsi512_ps(v), 0xA7);  /* NaN, 0, subnormal */
     __m512i t = _mm512_mask_and_epi32(v, (__mmask16)~special,
-                                      _mm512_add_epi32(v, (__m512i)fgd_sr_bits16(key, i0)),
+                                      _mm512_add_epi32(v, (__m512i)fgd_sr_bits16(key, i0, mult)),
                                       _mm512_set1_epi32((int)0xFFFF0000u));
     __m256bh r = _mm512_cvtneps_pbh(_mm512_castsi512_ps(t));
     memcpy(d, &r, 32);
 #else
     fgd_u32x16 u; memcpy(&u, L, 64);
-    fgd_u16x16 r = fgd_bf16x16(u, fgd_sr_bits16(key, i0));
+    fgd_u16x16 r = fgd_bf16x16(u, fgd_sr_bits16(key, i0, mult));
     memcpy(d, &r, 32);
 #endif
 }
@@ -199,18 +205,17 @@ static inline __attribute__((always_inline)) void fgd_ld(int fmt, const char* ba
 }
 
 /* Lanes [0, k) of L to elements i .. i + k - 1 of the array at `base` in format `fmt`, rounded
- * as formats.py says; `key`: the tensor's stochastic-rounding key (FGD_BF16_SR only), mixed with
- * the array's `role` (its column in the table), i the index in the tensor (so the random bits
- * of an element do not depend on the thread split). */
+ * as formats.py says; `key`: the tensor's stochastic-rounding key (FGD_BF16_SR only), its bits
+ * drawn for the array's `role` (its column in the table: formats.role_multiplier), i the index
+ * in the tensor (so the random bits of an element do not depend on the thread split). */
 static inline __attribute__((always_inline)) void fgd_st(int fmt, const float* L, char* base, ptrdiff_t i, int k, uint32_t key,
                           int role) {
     int j;
-    if (fmt == FGD_BF16_SR && role)       /* each role its own random bits (formats.role_key) */
-        key = fgd_mix32(key + (uint32_t)role * 0x85EBCA6Bu);
+    uint32_t mult = fgd_sr_mult(role);
     if (k == FGD_LANES) {
         switch (fmt) {
         case FGD_BF16: fgd_st16_bf16(L, (uint16_t*)base + i); return;
-        case FGD_BF16_SR: fgd_st16_bf16_sr(L, (uint16_t*)base + i, key, (uint32_t)i); return;
+        case FGD_BF16_SR: fgd_st16_bf16_sr(L, (uint16_t*)base + i, key, (uint32_t)i, mult); return;
         case FGD_F16: fgd_st16_f16(L, (uint16_t*)base + i); return;
         default: memcpy((float*)base + i, L, 64); return;
         }
@@ -218,7 +223,7 @@ static inline __attribute__((always_inline)) void fgd_st(int fmt, const float* L
     for (j = 0; j < k; j++) {
         switch (fmt) {
         case FGD_BF16: ((uint16_t*)base)[i + j] = fgd_to_bf16(L[j]); break;
-        case FGD_BF16_SR: ((uint16_t*)base)[i + j] = fgd_to_bf16_sr(L[j], key, (uint32_t)(i + j)); break;
+        case FGD_BF16_SR: ((uint16_t*)base)[i + j] = fgd_to_bf16_sr(L[j], key, (uint32_t)(i + j), mult); break;
         case FGD_F16: ((uint16_t*)base)[i + j] = fgd_to_f16(L[j]); break;
         default: ((float*)base)[i + j] = L[j];
         }

@@ -1,4 +1,4 @@
-/* Process-wide settings of the Cython kernels, shared by every kernels/*.pyx module.
+/* Process-wide settings of the Cython kernels, shared by every module of kernels/ (the .pyx files).
  *
  * The one instance lives in fastgd._cython.runtime (runtime.pyx); every other module reaches it
  * through the capsule FASTGD_RUNTIME_CAPSULE (see _parallel.pxd). OpenMP's own thread count

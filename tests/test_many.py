@@ -310,8 +310,7 @@ def oracle(case):
                 continue
             source = x["param" if name == "out" else name]
             role = 0 if name == "out" else case.names.index(name)
-            want[name] = formats.store(source, case.code(name),
-                                       formats.role_key(int(case.keys[k]), role))
+            want[name] = formats.store(source, case.code(name), int(case.keys[k]), role)
         result.append(want)
     return result
 
@@ -966,21 +965,35 @@ def test_float16_store_is_ieee_nearest_even_with_subnormals():
 
 @pytest.mark.parametrize("frac", [0.1, 0.5, 0.93])
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_stochastic_rounding_is_unbiased(frac, sign):
+@pytest.mark.parametrize("role", [0, 3, 4, 5])
+def test_stochastic_rounding_is_unbiased(frac, sign, role):
     """x between two bfloat16 values: the mean of SR roundings is x within 4 standard errors,
-    over the elements of one tensor and over the keys of many tensors."""
+    over the elements of one tensor and over the keys of many tensors, for the param's random
+    bits and each state role's (one hash, the role's multiplier)."""
     lo = np.float32(1.5)
     ulp = 2.0 ** -7
     x = np.float32(sign * (lo + frac * ulp))
     se = ulp * np.sqrt(frac * (1 - frac))
     n = 200_000
-    one = formats.to_bfloat16_sr(np.full(n, x, np.float32), formats.sr_key(7, 3, 1)).astype(np.float64)
+    one = formats.to_bfloat16_sr(np.full(n, x, np.float32), formats.sr_key(7, 3, 1),
+                                 role).astype(np.float64)
     assert set(np.abs(one)) == {float(lo), float(lo) + ulp}
     assert abs(one.mean() - x) < 4 * se / np.sqrt(n)
     keys = [formats.sr_key(s, step, i) for s in range(2) for step in range(25) for i in range(20)]
-    many = np.array([formats.to_bfloat16_sr(np.array([x], np.float32), k)[0] for k in keys],
+    many = np.array([formats.to_bfloat16_sr(np.array([x], np.float32), k, role)[0] for k in keys],
                     dtype=np.float64)
     assert abs(many.mean() - x) < 4 * se / np.sqrt(len(keys))
+
+
+def test_stochastic_rounding_roles_draw_apart():
+    """The roles' roundings of one element are not the same draw: over a tensor of one value
+    halfway between two bfloat16s, the param's (role 0) and a state's (3, 4) round alike about
+    half the time, as independent draws would (a shared draw would always agree)."""
+    x = np.full(100_000, np.float32(1.5 + 0.5 * 2.0 ** -7))
+    key = formats.sr_key(11, 2, 0)
+    r = [formats.to_bfloat16_sr(x, key, role).view(np.uint16) for role in (0, 3, 4)]
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert abs((r[a] == r[b]).mean() - 0.5) < 0.01
 
 
 def test_stochastic_rounding_is_reproducible_and_keyed():

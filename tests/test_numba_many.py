@@ -246,9 +246,10 @@ def test_many_is_exported_for_every_rule():
 
 
 def test_stochastic_rounding_bits_as_the_views_compute_them():
-    """_views._sr_bits computes mix32(k ^ g) >> 16 as mix32's first step split into a key half
-    and an index half (xor and shifts are linear) and without its last step (which leaves the
-    high 16 bits): the same bits as formats.sr_bits for any key and index (NumPy, no compile)."""
+    """_views._sr_bits computes sr_hash(k ^ g) with mix32's first step split into a key half and
+    an index half (xor and shifts are linear), times the role's multiplier: the same bits as
+    formats.sr_bits for any key, index and role, and the param's (role 0) mix32(k ^ g) >> 16
+    (mix32's last step leaves the high 16 bits). NumPy, no compile."""
     rng = np.random.default_rng(5)
     i = np.concatenate([np.arange(4096), rng.integers(0, 2**40, 4096)]).astype(np.uint64)
     g = (i * np.uint64(formats.GOLDEN) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
@@ -258,9 +259,15 @@ def test_stochastic_rounding_bits_as_the_views_compute_them():
             x = x * np.uint32(0x7FEB352D)
             x ^= x >> np.uint32(15)
             x = x * np.uint32(0x846CA68B)
-        want = formats.mix32(k ^ g) >> np.uint32(16)
-        assert np.array_equal(x >> np.uint32(16), want), hex(int(k))
-        assert np.array_equal(want[:4096], formats.sr_bits(k, 4096))
+        assert np.array_equal(x, formats.sr_hash(k ^ g)), hex(int(k))
+        assert np.array_equal(x >> np.uint32(16), formats.mix32(k ^ g) >> np.uint32(16))
+        for role in range(7):
+            with np.errstate(over="ignore"):
+                want = (x * np.uint32(formats.role_multiplier(role))) >> np.uint32(16)
+            assert np.array_equal(want[:4096], formats.sr_bits(k, 4096, role)), (hex(int(k)), role)
+        # the roles draw different bits
+        assert not np.array_equal(formats.sr_bits(k, 4096, 0), formats.sr_bits(k, 4096, 3))
+
 
 CACHE_RUN = """
 import json, numpy as np, fastgd._numba as nb

@@ -44,9 +44,10 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from .. import formats
 from . import _quant
 from ._compile import _OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_with_package
-from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32, _mix32
+from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32
 
 PIECE_ALIGN = 16
 # The constants of a compiled copy (ManyKernel.specialise puts them in the copy's globals);
@@ -85,9 +86,9 @@ def _views_codegen(context, builder, vts, values_of, table_t, table, kk, keys_t,
             addr = builder.load(builder.gep(arr.data, [builder.add(row, kk.type(j))]))
             data = builder.inttoptr(addr, pt)
         v.data = builder.bitcast(data, pt)
-        # each role its own random bits: formats.role_key (role 0, the param: the key)
-        v.key = key if j == 0 or vt.code != BF16_SR else \
-            _mix32(builder, builder.add(key, _c32((j * 0x85EBCA6B) & 0xFFFFFFFF)))
+        # each role its own random bits: the tensor's key, the column's multiplier
+        v.key = key
+        v.mult = _c32(formats.role_multiplier(j) if vt.code == BF16_SR else 1)
         values.append(v._getvalue())
     return context.make_tuple(builder, types.Tuple(vts), values)
 

@@ -18,8 +18,9 @@ integer or float ops, so LLVM's loop vectoriser turns them into AVX-512 lanes:
 - float16: LLVM's ``fpext``/``fptrunc`` on ``half`` (F16C's vcvtph2ps/vcvtps2ph on x86): IEEE
   round to nearest even, subnormal halves kept, NaN stays NaN (Numba has no float16 type; the
   half exists only inside the load/store).
-- bfloat16 with stochastic rounding (code 4): (u + r) >> 16 with r the high 16 bits of
-  mix32(key ^ (i * 0x9E3779B9)), i the index in the view (its tensor); NaN and tiny as code 1.
+- bfloat16 with stochastic rounding (code 4): (u + r) >> 16 with r formats.sr_bits (the high
+  16 bits of sr_hash(key ^ (i * 0x9E3779B9)) times the role's multiplier), i the index in the
+  view (its tensor); NaN and tiny as code 1.
 - code -1 (absent): loads give 0, stores do nothing; a role the call does not use gets it, so
   its stand-in address never appears in the loop (LLVM's runtime alias checks would then fail
   on the stand-in aliasing a used array and leave the loop scalar, as in the single kernels).
@@ -57,7 +58,9 @@ class View(types.Type):
 @register_model(View)
 class _ViewModel(models.StructModel):
     def __init__(self, dmm, fe_type):
-        members = [("data", types.CPointer(_STORAGE[fe_type.code])), ("key", types.uint32)]
+        # key: the tensor's stochastic-rounding key; mult: the role's formats.role_multiplier
+        members = [("data", types.CPointer(_STORAGE[fe_type.code])), ("key", types.uint32),
+                   ("mult", types.uint32)]
         super().__init__(dmm, fe_type, members)
 
 
@@ -73,6 +76,7 @@ def _view(typingctx, code, address, key):
         v = cgutils.create_struct_proxy(vt)(context, builder)
         v.data = builder.inttoptr(addr, context.get_value_type(types.CPointer(_STORAGE[vt.code])))
         v.key = context.cast(builder, k, sig.args[2], types.uint32)
+        v.mult = _c32(1)
         return v._getvalue()
 
     return vt(code, address, key), codegen
@@ -114,29 +118,19 @@ def _load(context, builder, sig, args):
     return builder.bitcast(builder.shl(builder.zext(x, _I32), _c32(16)), ir.FloatType())
 
 
-def _mix32(builder, x):
-    """formats.mix32 (lowbias32) on an i32."""
-    x = builder.xor(x, builder.lshr(x, _c32(16)))
-    x = builder.mul(x, _c32(0x7FEB352D))
-    x = builder.xor(x, builder.lshr(x, _c32(15)))
-    x = builder.mul(x, _c32(0x846CA68B))
-    return builder.xor(x, builder.lshr(x, _c32(16)))
-
-
-def _sr_bits(builder, key, i):
-    """The 16 random bits of element i with key ``key``: mix32(key ^ (i * GOLDEN)) >> 16
-    (formats.sr_bits), in fewer instructions a stored role. mix32's first step x ^ (x >> 16)
-    distributes over x = key ^ g (xor and shifts are linear over GF(2)), so its key half is
-    loop-invariant (hoisted) and its index half the same in every stochastically rounded role
-    of the element (computed once); its last step x ^ (x >> 16) leaves the high 16 bits as they
-    are, so it is left out."""
+def _sr_bits(builder, key, i, mult):
+    """The 16 random bits of element i of a role with key ``key`` and multiplier ``mult``:
+    (sr_hash(key ^ (i * GOLDEN)) * mult) >> 16 (formats.sr_bits). The hash is the same in every
+    stochastically rounded role of the element (LLVM computes it once) and mix32's first step
+    x ^ (x >> 16) distributes over x = key ^ g (xor and shifts are linear over GF(2)), so its
+    key half is loop-invariant (hoisted)."""
     g = builder.mul(builder.trunc(i, _I32), _c32(GOLDEN))
     x = builder.xor(builder.xor(key, builder.lshr(key, _c32(16))),
                     builder.xor(g, builder.lshr(g, _c32(16))))
     x = builder.mul(x, _c32(0x7FEB352D))
     x = builder.xor(x, builder.lshr(x, _c32(15)))
     x = builder.mul(x, _c32(0x846CA68B))
-    return builder.lshr(x, _c32(16))
+    return builder.lshr(builder.mul(x, mult), _c32(16))
 
 
 def _tiny(builder, u):
@@ -208,9 +202,9 @@ def _store(context, builder, sig, args):
         builder.store(builder.bitcast(builder.fptrunc(x, ir.HalfType()), _I16), ptr)
     elif vt.code == BF16:
         builder.store(_bf16_store(context, builder, x, builder.bitcast(x, _I32)), ptr)
-    else:  # BF16_SR: (u + r) >> 16, r = mix32(key ^ (i * GOLDEN mod 2**32)) >> 16
+    else:  # BF16_SR: (u + r) >> 16, r = formats.sr_bits of the view's role
         u = builder.bitcast(x, _I32)
-        builder.store(_bf16_special(builder, x, u, builder.add(u, _sr_bits(builder, v.key, i))),
+        builder.store(_bf16_special(builder, x, u, builder.add(u, _sr_bits(builder, v.key, i, v.mult))),
                       ptr)
     return context.get_dummy_value()
 
