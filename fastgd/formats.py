@@ -105,16 +105,22 @@ def to_bfloat16(x):
     return out.astype(np.uint16).view(bfloat16)
 
 
-def mix32(x):
-    """lowbias32 (C. Wellons): a 32-bit integer hash with good avalanche, on uint32 arrays."""
+def sr_hash(x):
+    """lowbias32 (mix32) without its last step x ^= x >> 16, on uint32 arrays: the hash of an
+    element's stochastic rounding, shared by every role of the element."""
     x = np.asarray(x, dtype=np.uint32).copy()
     with np.errstate(over="ignore"):
         x ^= x >> np.uint32(16)
         x *= np.uint32(0x7FEB352D)
         x ^= x >> np.uint32(15)
         x *= np.uint32(0x846CA68B)
-        x ^= x >> np.uint32(16)
     return x
+
+
+def mix32(x):
+    """lowbias32 (C. Wellons): a 32-bit integer hash with good avalanche, on uint32 arrays."""
+    x = sr_hash(x)
+    return x ^ (x >> np.uint32(16))
 
 
 GOLDEN = 0x9E3779B9
@@ -134,18 +140,6 @@ def sr_key(seed, step, index):
     (seed, step, tensor) gets its own stream of random bits."""
     s = _mix32((seed & 0xFFFFFFFF) ^ _mix32(step & 0xFFFFFFFF))
     return _mix32(s ^ _mix32((index * GOLDEN + 1) & 0xFFFFFFFF))
-
-
-def sr_hash(x):
-    """lowbias32 (mix32) without its last step x ^= x >> 16, on uint32 arrays: the hash of an
-    element's stochastic rounding, shared by every role of the element."""
-    x = np.asarray(x, dtype=np.uint32).copy()
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint32(16)
-        x *= np.uint32(0x7FEB352D)
-        x ^= x >> np.uint32(15)
-        x *= np.uint32(0x846CA68B)
-    return x
 
 
 def role_multiplier(role):

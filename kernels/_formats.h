@@ -41,10 +41,6 @@ typedef float fgd_f32x16 __attribute__((vector_size(64)));
 static inline uint32_t fgd_bits(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
 static inline float fgd_float(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
 
-/* lowbias32 (C. Wellons), as formats.mix32 */
-static inline uint32_t fgd_mix32(uint32_t x) {
-    x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; x ^= x >> 16; return x;
-}
 
 /* --- one element (tails and the reference of the vector paths) ------------------------------ */
 
