@@ -370,7 +370,7 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
         pr[ns] = 0 if bits == 8 else 1
         pf[ns + 1] = <const char*>absmax[q]
         pl[ns + 1] = 2
-        pr[ns + 1] = 8 if bits == 8 else 7         # a float32 per block of 256 or 128
+        pr[ns + 1] = 8 if block == 256 else 7      # a float32 per block (256 or 128 elements)
         ns = ns + 2
     b0 = lo
     while b0 < hi:

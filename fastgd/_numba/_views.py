@@ -204,8 +204,8 @@ def _store(context, builder, sig, args):
         builder.store(_bf16_store(context, builder, x, builder.bitcast(x, _I32)), ptr)
     else:  # BF16_SR: (u + r) >> 16, r = formats.sr_bits of the view's role
         u = builder.bitcast(x, _I32)
-        builder.store(_bf16_special(builder, x, u, builder.add(u, _sr_bits(builder, v.key, i, v.mult))),
-                      ptr)
+        r = _sr_bits(builder, v.key, i, v.mult)
+        builder.store(_bf16_special(builder, x, u, builder.add(u, r)), ptr)
     return context.get_dummy_value()
 
 
