@@ -20,7 +20,7 @@ cimport numpy as cnp
 from _parallel cimport PIECE_ALIGN, piece_start, threads_for
 from libc.string cimport memcmp, memcpy, memset
 
-from _formats cimport FGD_F64, FGD_LANES
+from _formats cimport FGD_BF16_SR, FGD_F64, FGD_LANES
 
 cdef extern from "_quant.h" nogil:
     enum:
@@ -313,6 +313,7 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
     cdef const char* pf[FGD_MAX_ROLES + 2 * FGD_QMAX]   # the streams the next chunk reads
     cdef int pl[FGD_MAX_ROLES + 2 * FGD_QMAX]           # their bytes of e elements: e << pl
     cdef int pr[FGD_MAX_ROLES + 2 * FGD_QMAX]           # ... or e >> pr (codes, absmax)
+    cdef int lanes
     for r in range(roles):
         a[r] = row[r]
         fs[r] = f[r]
@@ -351,9 +352,13 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
     # The next chunk's memory is prefetched while this one is quantized: the quantize is most
     # of a chunk's time and touches no stream but its codes, so without it the param and grad
     # streams stalled the rule's loop at the start of every chunk (the hardware prefetcher
-    # runs only a few lines ahead of demand)
+    # runs only a few lines ahead of demand). Where the segment runs a lane loop (16-bit params
+    # or grads), the lane loop's loads prefetch their own streams (fgd_ld, kernels/_formats.h),
+    # but for stochastic rounding's: a second prefetch of each line cost bf16+8bit 4% (A/B)
+    lanes = compute_kind(fs, roles) < 0
     for r in range(roles):
-        if slot[r] < 0 and ((used >> r) & 1) != 0 and 0 <= fs[r] < FGD_Q8_SIGNED:
+        if slot[r] < 0 and ((used >> r) & 1) != 0 and 0 <= fs[r] < FGD_Q8_SIGNED and (
+                lanes == 0 or fs[r] == FGD_BF16_SR):
             if r >= 3 and r < roles - 1 and f[r] >= FGD_Q8_SIGNED:
                 continue        # a quantized stand-in of a non-state array: never touched
             pf[ns] = row[r]
