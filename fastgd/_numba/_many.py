@@ -47,8 +47,7 @@ from numba.core.extending import intrinsic
 from .. import formats
 from . import _quant
 from ._compile import _OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_with_package
-from ._views import (_STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, PREFETCH_CHUNK, View, _c32,
-                     _prefetch)
+from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32
 
 PIECE_ALIGN = 16
 # The constants of a compiled copy (ManyKernel.specialise puts them in the copy's globals);
@@ -149,28 +148,22 @@ def _block_views(typingctx, codes, ptrs, k, keys, stage, base):
 def _segment1(ptrs, k, keys, a, b, c):
     """Elements a..b-1 of tensor k (a rule with one state array)."""
     v = _row_views(CODES, ptrs, k, keys)
-    for s in range(a, b, PREFETCH_CHUNK):
-        _prefetch(v, s)
-        for i in range(s, min(s + PREFETCH_CHUNK, b)):
-            v[4][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3])
+    for i in range(a, b):
+        v[4][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3])
 
 
 def _segment2(ptrs, k, keys, a, b, c):
     """Elements a..b-1 of tensor k (a rule with two state arrays)."""
     v = _row_views(CODES, ptrs, k, keys)
-    for s in range(a, b, PREFETCH_CHUNK):
-        _prefetch(v, s)
-        for i in range(s, min(s + PREFETCH_CHUNK, b)):
-            v[5][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3], v[4])
+    for i in range(a, b):
+        v[5][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3], v[4])
 
 
 def _segment3(ptrs, k, keys, a, b, c):
     """Elements a..b-1 of tensor k (a rule with three state arrays)."""
     v = _row_views(CODES, ptrs, k, keys)
-    for s in range(a, b, PREFETCH_CHUNK):
-        _prefetch(v, s)
-        for i in range(s, min(s + PREFETCH_CHUNK, b)):
-            v[6][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3], v[4], v[5])
+    for i in range(a, b):
+        v[6][i] = STEP(i, c, FLAGS, v[0], v[1], v[2], v[3], v[4], v[5])
 
 
 _SEGMENTS = {1: _segment1, 2: _segment2, 3: _segment3}

@@ -82,58 +82,6 @@ def _view(typingctx, code, address, key):
     return vt(code, address, key), codegen
 
 
-# Prefetch: the lines of the elements PREFETCH_AHEAD on of each role a call loads in a 16- or
-# 32-bit format, PREFETCH_CHUNK elements at a time (the segments' loops call _prefetch once a
-# chunk). Not for a call whose roles are all float32 or all float64 (its loop is the single
-# kernel's, as in Cython's, which does not prefetch), nor for bfloat16 with stochastic
-# rounding (compute-bound), nor a role the call does not use: the policy and distance of
-# Cython's fgd_ld (FGD_PF_AHEAD, kernels/_formats.h), where it made one thread's 16-bit AdamW
-# at 64M 3-19% faster. Here, one thread at 64M (Zen 5, alternating processes): fp16 AdamW
-# 1.04-1.12x, the other recipes within the noise (LLVM's loop keeps more loads in flight than
-# gcc's); 1,000 tensors of 1,000 no slower.
-PREFETCH_AHEAD = 2048
-PREFETCH_CHUNK = 256
-_PREFETCHED = (F32, BF16, F16)
-
-
-def prefetched(codes):
-    """Which roles a call with role formats ``codes`` (out last) prefetches: bools. None where
-    Cython's call runs the single kernel's loop (kernels/_layout.pxd, compute_kind: all
-    float32 with no out, or all float64 but out), and never out (written, not read)."""
-    inner = codes[:-1]
-    if (all(c in (F32, NONE) for c in inner) and codes[-1] == NONE) or all(
-            c in (F64, NONE) for c in inner):
-        return (False,) * len(codes)
-    return tuple(c in _PREFETCHED for c in inner) + (False,)
-
-
-@intrinsic
-def _prefetch(typingctx, views, i):
-    """Prefetch elements i + PREFETCH_AHEAD .. + PREFETCH_CHUNK of each view of the tuple
-    ``views`` that ``prefetched`` keeps (for reading; never a fault, whatever the address)."""
-    if not isinstance(views, types.BaseTuple) or not all(isinstance(v, View) for v in views):
-        return None
-    keep = prefetched([v.code for v in views])
-
-    def codegen(context, builder, sig, args):
-        i8p = ir.PointerType(ir.IntType(8))
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        at = builder.add(args[1], args[1].type(PREFETCH_AHEAD))
-        for j, vt in enumerate(sig.args[0]):
-            if not keep[j]:
-                continue
-            v = cgutils.create_struct_proxy(vt)(context, builder,
-                                                value=builder.extract_value(args[0], j))
-            base = builder.bitcast(builder.gep(v.data, [at]), i8p)
-            width = 4 if vt.code == F32 else 2
-            for line in range(0, PREFETCH_CHUNK * width, 64):
-                builder.call(fn, [builder.gep(base, [_c32(line)]), _c32(0), _c32(3), _c32(1)])
-        return context.get_dummy_value()
-
-    return types.none(views, types.intp), codegen
-
-
 @infer_global(operator.getitem)
 class _GetItem(AbstractTemplate):
     def generic(self, args, kws):
