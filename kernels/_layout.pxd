@@ -45,10 +45,10 @@ cdef extern from *:
     #define FGD_Q4_UNSIGNED 8
     /* elements staged per call of the segment function: whole blocks of either width (8 of
      * 8 bits, 16 of 4). One call a block cost 4-bit AdamW ~20% at 16M (the segment's setup,
-     * its recipe and alias checks per 128 elements). 2048 where it was 1024: 4-bit AdamW
-     * 1.12-1.25x faster (16M and 64M, 1 and 2 threads, in cache too), 8-bit and bf16+8-bit
-     * within 2% (one-process A/B on Zen 5; 512, 1536 and 4096 measured: 512 cost 8-bit 4-7%,
-     * 4096 level with 2048). Two staged roles of 2048 floats, 16 KiB, stay in L1 */
+     * its recipe and alias checks per 128 elements). 2048 where it was 1024: 2-4% faster
+     * (4-bit, 8-bit, bf16+8-bit at 16M, one-process A/B of the two builds on Zen 5, 1 and 2
+     * threads; 512 cost 8-bit 4-7%, 4096 was level with 2048). Two staged roles of 2048
+     * floats, 16 KiB, stay in L1 */
     #ifndef FGD_QCHUNK
     #define FGD_QCHUNK 2048
     #endif
