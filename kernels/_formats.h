@@ -81,11 +81,12 @@ static inline uint16_t fgd_to_f16(float x) {
 
 /* fgd_ld of a whole vector prefetches the element FGD_PF_AHEAD on (4 KiB of a 16-bit array, 8
  * of a float32 one): a lane loop reads 4 to 6 streams, more than the hardware prefetcher keeps
- * ahead of on one thread. One thread, 64M elements, same-process A/B on Zen 5: bf16 AdamW
- * 1.03-1.17x, fp16 1.12-1.16x, float32 params with bf16 states 1.15-1.19x, bf16 params with
- * float32 states 1.02-1.15x; two threads within 2% but +2-5% with float32 states (1024 and
- * 4096 measured too: 2048 was best or level). Not for code 4 (stochastic rounding is
- * compute-bound: its prefetches cost 2-3%, measured), and the quantized layout no longer
+ * ahead of on one thread. One thread, same-process A/B of the two builds on Zen 5: bf16 AdamW
+ * 1.16x (16M) and 1.03x (64M), fp16 1.13x and 1.12x, float32 params with bf16 states 1.19x
+ * (64M), bf16 params with float32 states 1.02x (64M); two threads within 2%, +2-5% with
+ * float32 states (1024 and 4096 elements ahead measured too: 2048 best or level). Not for
+ * code 4 (stochastic rounding is compute-bound: prefetching its roles cost it 2-4%, and the
+ * grad's prefetch alone 2%), and the quantized layout no longer
  * prefetches what a lane loop prefetches itself (kernels/_layout.pxd, _q_segment). Numba has
  * no twin: its loops run without (the same prefetches, once per 256 elements of a chunked
  * loop, made fp16 5-9% faster but the mixed-width recipes 5-14% slower, the chunking alone
