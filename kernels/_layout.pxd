@@ -317,7 +317,7 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
     cdef int pl[FGD_MAX_ROLES + 2 * FGD_QMAX]           # their bytes of e elements: e << pl
     cdef int pr[FGD_MAX_ROLES + 2 * FGD_QMAX]           # ... or e >> pr (codes, absmax)
     cdef int lanes
-    for q in range(FGD_QMAX):       # never read past nq; set so gcc can see it (-Wmaybe-uninitialized)
+    for q in range(FGD_QMAX):       # never read past nq: set so gcc sees it (-Wmaybe-uninitialized)
         codes[q] = NULL
         absmax[q] = NULL
     for r in range(roles):
