@@ -85,8 +85,9 @@ static inline uint16_t fgd_to_f16(float x) {
  * 1.16x (16M) and 1.03x (64M), fp16 1.13x and 1.12x, float32 params with bf16 states 1.19x
  * (64M), bf16 params with float32 states 1.02x (64M); two threads within 2%, +2-5% with
  * float32 states (1024 and 4096 elements ahead measured too: 2048 best or level). Not for
- * code 4 (stochastic rounding is compute-bound: prefetching its roles cost it 2-4%, and the
- * grad's prefetch alone 2%), and the quantized layout no longer
+ * code 4 (stochastic rounding is compute-bound: with its roles prefetched it ran 2-4% slower,
+ * measured against a build that also differed in its flags; the grad's prefetch alone cost
+ * 2%), and the quantized layout no longer
  * prefetches what a lane loop prefetches itself (kernels/_layout.pxd, _q_segment). Numba has
  * no twin: its loops run without (the same prefetches, once per 256 elements of a chunked
  * loop, made fp16 5-9% faster but the mixed-width recipes 5-14% slower, the chunking alone
