@@ -315,7 +315,7 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
     cdef char* at
     cdef const char* pf[FGD_MAX_ROLES + 2 * FGD_QMAX]   # the streams the next chunk reads
     cdef int pl[FGD_MAX_ROLES + 2 * FGD_QMAX]           # their bytes of e elements: e << pl
-    cdef int pr[FGD_MAX_ROLES + 2 * FGD_QMAX]           # ... or e >> pr (codes, absmax)
+    cdef int pr[FGD_MAX_ROLES + 2 * FGD_QMAX]           # ... or e >> pr (codes)
     cdef int lanes
     for q in range(FGD_QMAX):       # never read past nq: set so gcc sees it (-Wmaybe-uninitialized)
         codes[q] = NULL
@@ -372,21 +372,24 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
             pl[ns] = 1 if c == 2 else (2 if c == 4 else 3)
             pr[ns] = 0
             ns = ns + 1
-    # the codes and the absmax (without it, stage_in waited on the absmax of every 16th block:
-    # 16% of its time, perf). Byte offsets by shifts: with a division per bound and stream (12
+    # the codes, and below the absmax (without it, stage_in waited on the absmax of every 16th
+    # block: 16% of its time, perf). Byte offsets by shifts: with a division per bound and stream (12
     # idiv a 4-bit block) this bookkeeping took 16% of the 4-bit step (perf)
     for q in range(nq):
         pf[ns] = <const char*>codes[q]
         pl[ns] = 0
         pr[ns] = 0 if bits == 8 else 1
-        pf[ns + 1] = <const char*>absmax[q]
-        pl[ns + 1] = 2
-        pr[ns + 1] = 8 if block == 256 else 7      # a float32 per block (256 or 128 elements)
-        ns = ns + 2
+        ns = ns + 1
     b0 = lo
     while b0 < hi:
         b1 = min(b0 + FGD_QCHUNK, hi)
         nxt = min(b1 + FGD_QCHUNK, hi)
+        # the next chunk's absmax (a float32 a block: 8 or 16 of them, a line) once a chunk:
+        # spread over the blocks with the other streams, each block prefetched the same line
+        # again, and 4-bit AdamW ran 1.01-1.07x slower (8-bit and bf16+8bit 1.00-1.10x; one-
+        # process A/B, 16M and 64M, 1 and 2 threads)
+        for q in range(nq):
+            fgd_prefetch(<const char*>absmax[q], b1 // block * 4, (nxt + block - 1) // block * 4)
         for q in range(nq):
             _stage_in(codes[q], absmax[q], signed_map[q], bits, b0, b1, stage.v[q])
         for r in range(3, roles - 1):
