@@ -95,6 +95,11 @@ static inline uint16_t fgd_to_f16(float x) {
 #ifndef FGD_PF_AHEAD
 #define FGD_PF_AHEAD 2048
 #endif
+/* Whether fgd_ld prefetches a role in format `fmt` (the quantized layout leaves such a role's
+ * stream to the lane loop: kernels/_layout.pxd, _q_segment) */
+static inline int fgd_ld_prefetches(int fmt) {
+    return fmt == FGD_F32 || fmt == FGD_BF16 || fmt == FGD_F16;
+}
 /* --- 16 lanes ------------------------------------------------------------------------------- */
 
 static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* s, float* L) {
@@ -205,20 +210,12 @@ static inline __attribute__((always_inline)) void fgd_st16_f16(const float* L, u
 static inline __attribute__((always_inline)) void fgd_ld(int fmt, const char* base, ptrdiff_t i, float* L, int k) {
     int j;
     if (k == FGD_LANES) {
+        if (fgd_ld_prefetches(fmt))
+            __builtin_prefetch(base + (i + FGD_PF_AHEAD) * (fmt == FGD_F32 ? 4 : 2), 0, 3);
         switch (fmt) {
-        case FGD_BF16:
-            __builtin_prefetch((const uint16_t*)base + i + FGD_PF_AHEAD, 0, 3);
-            fgd_ld16_bf16((const uint16_t*)base + i, L);
-            return;
-        case FGD_BF16_SR: fgd_ld16_bf16((const uint16_t*)base + i, L); return;
-        case FGD_F16:
-            __builtin_prefetch((const uint16_t*)base + i + FGD_PF_AHEAD, 0, 3);
-            fgd_ld16_f16((const uint16_t*)base + i, L);
-            return;
-        default:
-            __builtin_prefetch((const float*)base + i + FGD_PF_AHEAD, 0, 3);
-            memcpy(L, (const float*)base + i, 64);
-            return;
+        case FGD_BF16: case FGD_BF16_SR: fgd_ld16_bf16((const uint16_t*)base + i, L); return;
+        case FGD_F16: fgd_ld16_f16((const uint16_t*)base + i, L); return;
+        default: memcpy(L, (const float*)base + i, 64); return;
         }
     }
     for (j = 0; j < FGD_LANES; j++) L[j] = 0.0f;

@@ -11,6 +11,7 @@ cdef extern from "_formats.h" nogil:
         FGD_NONE
         FGD_LANES
     void fgd_ld(int fmt, const char* base, Py_ssize_t i, float* L, int k)
+    int fgd_ld_prefetches(int fmt)
     void fgd_st(int fmt, const float* L, char* base, Py_ssize_t i, int k, uint32_t key,
                 int role)
     const char* fgd_format_paths()

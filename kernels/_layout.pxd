@@ -20,7 +20,7 @@ cimport numpy as cnp
 from _parallel cimport PIECE_ALIGN, piece_start, threads_for
 from libc.string cimport memcmp, memcpy, memset
 
-from _formats cimport FGD_BF16_SR, FGD_F64, FGD_LANES
+from _formats cimport FGD_F64, FGD_LANES, fgd_ld_prefetches
 
 cdef extern from "_quant.h" nogil:
     enum:
@@ -313,9 +313,9 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
     cdef Py_ssize_t b0, b1, x, e, nxt, s0, s1
     cdef Py_ssize_t block = FGD_Q8_BLOCK if bits == 8 else FGD_Q4_BLOCK
     cdef char* at
-    cdef const char* pf[FGD_MAX_ROLES + 2 * FGD_QMAX]   # the streams the next chunk reads
-    cdef int pl[FGD_MAX_ROLES + 2 * FGD_QMAX]           # their bytes of e elements: e << pl
-    cdef int pr[FGD_MAX_ROLES + 2 * FGD_QMAX]           # ... or e >> pr (codes)
+    cdef const char* pf[FGD_MAX_ROLES + FGD_QMAX]   # the streams the next chunk reads
+    cdef int pl[FGD_MAX_ROLES + FGD_QMAX]           # their bytes of e elements: e << pl
+    cdef int pr[FGD_MAX_ROLES + FGD_QMAX]           # ... or e >> pr (codes)
     cdef int lanes
     for q in range(FGD_QMAX):       # never read past nq: set so gcc sees it (-Wmaybe-uninitialized)
         codes[q] = NULL
@@ -359,12 +359,12 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
     # of a chunk's time and touches no stream but its codes, so without it the param and grad
     # streams stalled the rule's loop at the start of every chunk (the hardware prefetcher
     # runs only a few lines ahead of demand). Where the segment runs a lane loop (16-bit params
-    # or grads), the lane loop's loads prefetch their own streams (fgd_ld, kernels/_formats.h),
-    # but for stochastic rounding's: a second prefetch of each line cost bf16+8bit 4% (A/B)
+    # or grads), the lane loop's loads prefetch their own streams (fgd_ld_prefetches,
+    # kernels/_formats.h): a second prefetch of each line cost bf16+8bit 4% (A/B)
     lanes = compute_kind(fs, roles) < 0
     for r in range(roles):
         if slot[r] < 0 and ((used >> r) & 1) != 0 and 0 <= fs[r] < FGD_Q8_SIGNED and (
-                lanes == 0 or fs[r] == FGD_BF16_SR):
+                lanes == 0 or not fgd_ld_prefetches(fs[r])):
             if r >= 3 and r < roles - 1 and f[r] >= FGD_Q8_SIGNED:
                 continue        # a quantized stand-in of a non-state array: never touched
             pf[ns] = row[r]
