@@ -145,10 +145,19 @@ static inline __attribute__((always_inline)) fgd_u16x16 fgd_bf16x16(fgd_u32x16 u
     return __builtin_convertvector(r, fgd_u16x16);
 #endif
 }
+/* The stores read their lane array in 256-bit halves: gcc's tunings (Intel's and AMD's, gcc 12)
+ * vectorise the rule that fills it at 256 bits, and a 512-bit load of two 256-bit stores is a
+ * failed store forward (~20 cycles; Intel's cores pay it, AMD's did not show it). On an Intel
+ * Xeon (Sapphire Rapids class), one-process A/B against 512-bit loads here, 16M: bf16 and fp16
+ * AdamW 2.3-2.6x, float32 or fp16 params with 16- or 32-bit states 1.2-1.5x (64M: bf16 2.0x,
+ * stochastic rounding 2.0x). Halves also forward from one 512-bit store, should a tuning
+ * vectorise the rule at 512 bits. */
 static inline __attribute__((always_inline)) void fgd_st16_bf16(const float* L, uint16_t* d) {
 #if defined(__AVX512BF16__)
-    __m256bh r = _mm512_cvtneps_pbh(_mm512_loadu_ps(L));
-    memcpy(d, &r, 32);
+    __m128bh r0 = _mm256_cvtneps_pbh(_mm256_loadu_ps(L));
+    __m128bh r1 = _mm256_cvtneps_pbh(_mm256_loadu_ps(L + 8));
+    memcpy(d, &r0, 16);
+    memcpy(d + 8, &r1, 16);
 #else
     fgd_u32x16 u; memcpy(&u, L, 64);
     fgd_u16x16 r = fgd_bf16x16(u, 0x7FFFu + ((u >> 16) & 1u));
@@ -167,10 +176,22 @@ static inline __attribute__((always_inline)) fgd_u32x16 fgd_sr_bits16(uint32_t k
         3u * FGD_GOLDEN, 4u * FGD_GOLDEN, 5u * FGD_GOLDEN, 6u * FGD_GOLDEN, 7u * FGD_GOLDEN,
         8u * FGD_GOLDEN, 9u * FGD_GOLDEN, 10u * FGD_GOLDEN, 11u * FGD_GOLDEN, 12u * FGD_GOLDEN,
         13u * FGD_GOLDEN, 14u * FGD_GOLDEN, 15u * FGD_GOLDEN};
+#if defined(__AVX512F__)
+    /* the same in intrinsics: gcc splits vector extensions at its tuning's 256 bits (Intel's and
+     * AMD's, gcc 12), and the hash is most of stochastic rounding's work: 1.25x the step (Xeon,
+     * 64M, one-process A/B) */
+    __m512i v = _mm512_add_epi32(_mm512_loadu_si512(&lane_g), _mm512_set1_epi32((int)(i0 * FGD_GOLDEN)));
+    v = _mm512_xor_si512(_mm512_xor_si512(v, _mm512_srli_epi32(v, 16)), _mm512_set1_epi32((int)(key ^ (key >> 16))));
+    v = _mm512_mullo_epi32(v, _mm512_set1_epi32(0x7FEB352D));
+    v = _mm512_xor_si512(v, _mm512_srli_epi32(v, 15));
+    v = _mm512_mullo_epi32(v, _mm512_set1_epi32((int)0x846CA68Bu));
+    return (fgd_u32x16)_mm512_srli_epi32(_mm512_mullo_epi32(v, _mm512_set1_epi32((int)mult)), 16);
+#else
     fgd_u32x16 idx = lane_g + (uint32_t)(i0 * FGD_GOLDEN);
     fgd_u32x16 x = (idx ^ (idx >> 16)) ^ (key ^ (key >> 16));
     x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu;
     return (x * mult) >> 16;
+#endif
 }
 static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* L, uint16_t* d, uint32_t key, uint32_t i0, uint32_t mult) {
 #if defined(__AVX512BF16__) && defined(__AVX512DQ__)
@@ -180,7 +201,9 @@ static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* 
      * tiny value to its signed zero: formats.py's code 4 bit for bit (an inf, or a finite x that
      * rounds up past the largest bfloat16, is inf either way). 4 instructions after the random
      * bits where fgd_bf16x16's masks take 9. */
-    __m512i v = _mm512_loadu_si512(L);
+    /* L read in 256-bit halves (fgd_st16_bf16) */
+    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)L)),
+                                   _mm256_loadu_si256((const __m256i*)(L + 8)), 1);
     __mmask16 special = _mm512_fpclass_ps_mask(_mm512_castsi512_ps(v), 0xA7);  /* NaN, 0, subnormal */
     __m512i t = _mm512_mask_and_epi32(v, (__mmask16)~special,
                                       _mm512_add_epi32(v, (__m512i)fgd_sr_bits16(key, i0, mult)),
@@ -194,10 +217,7 @@ static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* 
 #endif
 }
 static inline __attribute__((always_inline)) void fgd_st16_f16(const float* L, uint16_t* d) {
-#if defined(__AVX512F__)
-    _mm256_storeu_si256((__m256i*)d, _mm512_cvtps_ph(_mm512_loadu_ps(L),
-                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-#elif defined(__F16C__)
+#if defined(__F16C__)      /* 256-bit halves with AVX-512 too: see fgd_st16_bf16 */
     _mm_storeu_si128((__m128i*)d, _mm256_cvtps_ph(_mm256_loadu_ps(L), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     _mm_storeu_si128((__m128i*)(d + 8), _mm256_cvtps_ph(_mm256_loadu_ps(L + 8), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #else
@@ -264,7 +284,7 @@ static inline const char* fgd_format_paths(void) {
 #endif
         "; float16: "
 #if defined(__AVX512F__)
-        "AVX-512F (vcvtps2ph, 16 lanes)"
+        "AVX-512F loads (vcvtph2ps, 16 lanes), F16C stores (vcvtps2ph, 2 x 8 lanes)"
 #elif defined(__F16C__)
         "F16C (vcvtps2ph, 8 lanes)"
 #else
