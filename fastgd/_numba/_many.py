@@ -46,7 +46,7 @@ from numba.core.extending import intrinsic
 
 from .. import formats
 from . import _quant
-from ._compile import _OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_with_package
+from ._compile import _OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_with_package, wide_vectors
 from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32
 
 PIECE_ALIGN = 16
@@ -384,7 +384,8 @@ class ManyKernel:
         fn = self.dispatchers.get(compiled)
         if fn is None:
             fn = self.dispatchers[compiled] = self.specialise(codes, flags, parallel)
-        self._run(fn, parallel, ptrs, offsets, keys, float(grad_scale), bool(maximize), scalars)
+        with wide_vectors():                   # Numba compiles on this first run
+            self._run(fn, parallel, ptrs, offsets, keys, float(grad_scale), bool(maximize), scalars)
         self.table[key] = next(iter(fn.overloads.values())).entry_point
 
     @staticmethod
