@@ -148,10 +148,11 @@ static inline __attribute__((always_inline)) fgd_u16x16 fgd_bf16x16(fgd_u32x16 u
 /* The stores read their lane array in 256-bit halves: gcc's tunings (Intel's and AMD's, gcc 12)
  * vectorise the rule that fills it at 256 bits, and a 512-bit load of two 256-bit stores is a
  * failed store forward (~20 cycles; Intel's cores pay it, AMD's did not show it). On an Intel
- * Xeon (Sapphire Rapids class), one-process A/B against 512-bit loads here, 16M: bf16 and fp16
- * AdamW 2.3-2.6x, float32 or fp16 params with 16- or 32-bit states 1.2-1.5x (64M: bf16 2.0x,
- * stochastic rounding 2.0x). Halves also forward from one 512-bit store, should a tuning
- * vectorise the rule at 512 bits. */
+ * Xeon (Sapphire Rapids class), one-process A/B against 512-bit loads here, 16M, 1 and 2
+ * threads: bf16 AdamW 2.1-2.2x, fp16 2.4-2.5x, the mixed-width recipes 1.1-1.3x, stochastic
+ * rounding 1.6-1.7x, bf16 params with 8-bit states 1.3x, float32 level
+ * (bench/results/2026-12-02-xeon-ab-lanestores-s24.txt). Halves also forward from one 512-bit
+ * store, should a tuning vectorise the rule at 512 bits. */
 static inline __attribute__((always_inline)) void fgd_st16_bf16(const float* L, uint16_t* d) {
 #if defined(__AVX512BF16__)
     __m128bh r0 = _mm256_cvtneps_pbh(_mm256_loadu_ps(L));
