@@ -165,6 +165,15 @@ def test_round_robin_runs_before_ahead_of_each_batch():
     assert seen and set(seen) == {"numba"}
 
 
+def test_round_robin_starts_each_round_one_candidate_further():
+    calls = []
+    cands = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = round_robin(cands, rounds=4, min_seconds=0, warmup=0)
+    assert list(times) == ["a", "b", "c"]            # the result keeps the caller's order
+    timed = calls[3:]                                 # after one calibration call each
+    assert timed == list("abc" "bca" "cab" "abc")
+
+
 def _bf16_bits(x):
     return (np.asarray(x, np.float32).view(np.uint32) >> 16).astype(np.uint16)
 
