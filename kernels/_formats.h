@@ -153,14 +153,23 @@ static inline __attribute__((always_inline)) fgd_u16x16 fgd_bf16x16(fgd_u32x16 u
  * rounding 1.6-1.7x, bf16 params with 8-bit states 1.3x, float32 level
  * (bench/results/2026-12-02-xeon-ab-lanestores-s24.txt). Halves also forward from one 512-bit
  * store, should a tuning vectorise the rule at 512 bits. */
+static inline __attribute__((always_inline)) fgd_u32x16 fgd_lane_bits(const float* L) {
+#if defined(__AVX512F__)
+    /* one vector for fgd_bf16x16's 512-bit masks, loaded in halves */
+    return (fgd_u32x16)_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)L)),
+                                          _mm256_loadu_si256((const __m256i*)(L + 8)), 1);
+#else
+    fgd_u32x16 u; memcpy(&u, L, 64); return u;
+#endif
+}
 static inline __attribute__((always_inline)) void fgd_st16_bf16(const float* L, uint16_t* d) {
-#if defined(__AVX512BF16__)
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
     __m128bh r0 = _mm256_cvtneps_pbh(_mm256_loadu_ps(L));
     __m128bh r1 = _mm256_cvtneps_pbh(_mm256_loadu_ps(L + 8));
     memcpy(d, &r0, 16);
     memcpy(d + 8, &r1, 16);
 #else
-    fgd_u32x16 u; memcpy(&u, L, 64);
+    fgd_u32x16 u = fgd_lane_bits(L);
     fgd_u16x16 r = fgd_bf16x16(u, 0x7FFFu + ((u >> 16) & 1u));
     memcpy(d, &r, 32);
 #endif
@@ -202,9 +211,7 @@ static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* 
      * tiny value to its signed zero: formats.py's code 4 bit for bit (an inf, or a finite x that
      * rounds up past the largest bfloat16, is inf either way). 4 instructions after the random
      * bits where fgd_bf16x16's masks take 9. */
-    /* L read in 256-bit halves (fgd_st16_bf16) */
-    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)L)),
-                                   _mm256_loadu_si256((const __m256i*)(L + 8)), 1);
+    __m512i v = (__m512i)fgd_lane_bits(L);
     __mmask16 special = _mm512_fpclass_ps_mask(_mm512_castsi512_ps(v), 0xA7);  /* NaN, 0, subnormal */
     __m512i t = _mm512_mask_and_epi32(v, (__mmask16)~special,
                                       _mm512_add_epi32(v, (__m512i)fgd_sr_bits16(key, i0, mult)),
@@ -212,7 +219,7 @@ static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* 
     __m256bh r = _mm512_cvtneps_pbh(_mm512_castsi512_ps(t));
     memcpy(d, &r, 32);
 #else
-    fgd_u32x16 u; memcpy(&u, L, 64);
+    fgd_u32x16 u = fgd_lane_bits(L);
     fgd_u16x16 r = fgd_bf16x16(u, fgd_sr_bits16(key, i0, mult));
     memcpy(d, &r, 32);
 #endif

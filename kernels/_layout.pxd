@@ -320,6 +320,7 @@ cdef inline void _q_segment(segment_fn fn, char** row, const int* f, int roles, 
     for q in range(FGD_QMAX):       # never read past nq: set so gcc sees it (-Wmaybe-uninitialized)
         codes[q] = NULL
         absmax[q] = NULL
+        signed_map[q] = 0
     for r in range(roles):
         a[r] = row[r]
         fs[r] = f[r]
