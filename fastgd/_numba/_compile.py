@@ -113,7 +113,8 @@ def wide_vectors():
     register a step, 0.57 of the stream's bandwidth), where all-bf16 loops got 16. With the
     option it picks 16 there (measured on an Intel Xeon, 16M, one thread: 19.7 -> 15.1 ms).
     The option is LLVM's, process-wide: it is set only while Numba's compiler lock is held
-    and set back after, so no other code compiles with it.
+    and cleared after, so no other code compiles with it. (LLVM cannot be asked an option's
+    value: a process that had set it itself finds it off after fastgd's first call.)
     """
     with global_compiler_lock:
         _llvm.set_option("", "-vectorizer-maximize-bandwidth=true")
