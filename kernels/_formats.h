@@ -156,8 +156,9 @@ static inline __attribute__((always_inline)) fgd_u16x16 fgd_bf16x16(fgd_u32x16 u
 static inline __attribute__((always_inline)) fgd_u32x16 fgd_lane_bits(const float* L) {
 #if defined(__AVX512F__)
     /* one vector for fgd_bf16x16's 512-bit masks, loaded in halves */
-    return (fgd_u32x16)_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)L)),
-                                          _mm256_loadu_si256((const __m256i*)(L + 8)), 1);
+    __m256i lo = _mm256_loadu_si256((const __m256i*)L);
+    __m256i hi = _mm256_loadu_si256((const __m256i*)(L + 8));
+    return (fgd_u32x16)_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 #else
     fgd_u32x16 u; memcpy(&u, L, 64); return u;
 #endif
@@ -190,8 +191,10 @@ static inline __attribute__((always_inline)) fgd_u32x16 fgd_sr_bits16(uint32_t k
     /* the same in intrinsics: gcc splits vector extensions at its tuning's 256 bits (Intel's and
      * AMD's, gcc 12), and the hash is most of stochastic rounding's work: 1.25x the step (Xeon,
      * 64M, one-process A/B) */
-    __m512i v = _mm512_add_epi32(_mm512_loadu_si512(&lane_g), _mm512_set1_epi32((int)(i0 * FGD_GOLDEN)));
-    v = _mm512_xor_si512(_mm512_xor_si512(v, _mm512_srli_epi32(v, 16)), _mm512_set1_epi32((int)(key ^ (key >> 16))));
+    __m512i v = _mm512_add_epi32(_mm512_loadu_si512(&lane_g),
+                                 _mm512_set1_epi32((int)(i0 * FGD_GOLDEN)));
+    v = _mm512_xor_si512(_mm512_xor_si512(v, _mm512_srli_epi32(v, 16)),
+                         _mm512_set1_epi32((int)(key ^ (key >> 16))));
     v = _mm512_mullo_epi32(v, _mm512_set1_epi32(0x7FEB352D));
     v = _mm512_xor_si512(v, _mm512_srli_epi32(v, 15));
     v = _mm512_mullo_epi32(v, _mm512_set1_epi32((int)0x846CA68Bu));

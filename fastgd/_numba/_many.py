@@ -46,7 +46,8 @@ from numba.core.extending import intrinsic
 
 from .. import formats
 from . import _quant
-from ._compile import _OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_with_package, wide_vectors
+from ._compile import (_OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_with_package,
+                       wide_vectors)
 from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32
 
 PIECE_ALIGN = 16
