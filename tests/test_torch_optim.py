@@ -459,6 +459,75 @@ def test_closure_and_hooks():
     assert last.item() < first.item()
 
 
+def _hook_trace(make):
+    """The calls a torch.optim step makes to global and per-optimizer hooks, the grad mode
+    the step runs in, and what a pre hook's (args, kwargs) does: for torch and for fastgd."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+    p = torch.nn.Parameter(torch.randn(7))
+    opt = make([p])
+    calls = []
+    seen = {}
+
+    def closure():
+        seen["closure grad mode"] = torch.is_grad_enabled()
+        p.grad = torch.full_like(p, 0.5)
+        return torch.tensor(3.0)
+
+    def pre(o, args, kwargs):
+        calls.append(("pre", o is opt, args[0] is opt, args[1:], tuple(kwargs)))
+        return args[:1], {"closure": closure}      # the step gets the closure from the hook
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("global pre", len(a)))),
+               register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global post", tuple(k)))),
+               opt.register_step_pre_hook(pre),
+               opt.register_step_post_hook(lambda o, a, k: calls.append(("post", len(a), tuple(k))))]
+    try:
+        before = p.detach().clone()
+        loss = opt.step(None)
+        with torch.no_grad():
+            opt.step(None)
+            seen["grad mode after a step under no_grad"] = torch.is_grad_enabled()
+    finally:
+        for h in handles:
+            h.remove()
+    seen["grad mode after"] = torch.is_grad_enabled()
+    opt.step(closure)                    # hooks removed: no calls
+    return calls, seen, loss.item(), bool((p.detach() != before).all())
+
+
+def test_step_hooks_and_grad_mode_match_torch():
+    """fastgd.torch wraps step in its own lean form of torch.optim's wrapper (hooks, profiler
+    range, no_grad): the same hook calls in the same order with the same arguments, a pre
+    hook's (args, kwargs) passed on, the same grad modes."""
+    want = _hook_trace(lambda ps: torch.optim.AdamW(ps, lr=1e-2))
+    got = _hook_trace(lambda ps: ft.AdamW(ps, lr=1e-2))
+    assert got == want
+    assert want[0][:2] == [("global pre", 2), ("pre", True, True, (None,), ())] and want[1] == {
+        "closure grad mode": True, "grad mode after a step under no_grad": False,
+        "grad mode after": True}
+
+
+def test_step_pre_hook_bad_return_raises_and_writes_nothing():
+    p = torch.nn.Parameter(torch.randn(5))
+    p.grad = torch.randn(5)
+    opt = ft.Adam([p])
+    before = p.detach().clone()
+    opt.register_step_pre_hook(lambda o, a, k: "not a pair")
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        opt.step()
+    assert torch.equal(p.detach(), before) and not opt.state
+
+
+def test_step_profiler_range():
+    """Under torch.profiler a step is the range torch.optim names it, and not otherwise."""
+    p = torch.nn.Parameter(torch.randn(5))
+    p.grad = torch.randn(5)
+    opt = ft.AdamW([p])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    names = [e.name for e in prof.events()]
+    assert names.count("Optimizer.step#AdamW.step") == 1
+
+
 def test_import_fastgd_does_not_import_torch():
     code = "import sys, fastgd; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -63,6 +63,7 @@ from .._core import FORMAT_OPTIONS, Core, Slot, Table, busy, exclusive, lock_of
 from ..flat import FlatParams
 from ..optim import constructor_signature
 from ..rules import SPECS
+from ._step_wrapper import lean_step
 
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam", "Lion",
            "clip_grad_norm_", "Adam8bit", "AdamW8bit", "SGD8bit", "Lion8bit", "RMSprop8bit",
@@ -628,7 +629,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
                     if g is not None and g is not view:
                         p.grad = view
 
-    @torch.no_grad()
+    @lean_step       # torch.no_grad() and torch.optim's hooks and profiler range, for less
     def step(self, closure=None):
         """One optimization step over every parameter with a gradient; returns closure's loss.
         Everything is checked before anything is written; with max_grad_norm, a non-finite norm
