@@ -674,11 +674,7 @@ class Core(Clipping):
         parameter's dtype and shape, C-contiguous: the front end checked) overlaps any
         parameter or state array of the table; else None (the slow path then refuses or
         takes it, as it does without a table)."""
-        lo = np.array(addresses, np.int64)
-        hi = lo + table.nbytes
-        j = np.searchsorted(table.lo, hi, "left") - 1   # the last span starting below hi
-        hit = (j >= 0) & (table.hi[j] > lo) & (table.nbytes > 0)
-        return None if hit.any() else lo
+        return check.disjoint(addresses, table.nbytes, table.lo, table.hi)
 
     def _run_table(self, prep, table, grads, grad_scale):
         """Step checked ``table`` with ``grads``: (addresses from _table_grads, the front

@@ -225,15 +225,34 @@ def valid(arrays, readonly=-1, mixed=False):
     return valid(arrays, readonly, mixed)
 
 
+def disjoint(addresses, nbytes, lo, hi):
+    """``addresses`` (a list of ints) as an int64 array if no span [addresses[i], addresses[i]
+    + nbytes[i]) overlaps any of the spans [lo[k], hi[k]) (int64 arrays, sorted by lo,
+    disjoint; an empty span overlaps nothing), else None. The first call picks the form
+    (kernels/arrays.pyx, or the NumPy one here)."""
+    _pick()
+    return disjoint(addresses, nbytes, lo, hi)
+
+
+def _python_disjoint(addresses, nbytes, lo, hi):
+    start = np.array(addresses, np.int64)
+    if not len(lo):
+        return start
+    j = np.searchsorted(lo, start + nbytes, "left") - 1   # the last span starting before the end
+    hit = (j >= 0) & (hi[j] > start) & (nbytes > 0)
+    return None if hit.any() else start
+
+
 def _pick():
-    global span, valid
+    global span, valid, disjoint
     try:
         from .backends import _check_cython_build
         _check_cython_build()
-        from ._cython.arrays import span as fast_span, valid as fast_valid
+        from ._cython.arrays import disjoint as fast_disjoint, span as fast_span, valid as fast_valid
     except Exception:  # no usable extension: the same answers, slower (valid: always the checks)
         fast_span, fast_valid = _python_span, lambda arrays, readonly=-1, mixed=False: False
-    span, valid = fast_span, fast_valid
+        fast_disjoint = _python_disjoint
+    span, valid, disjoint = fast_span, fast_valid, fast_disjoint
 
 
 def _python_span(a):

@@ -90,3 +90,35 @@ def valid(tuple arrays, Py_ssize_t readonly=-1, bint mixed=False):
             if lo[j] != hi[j] and lo[i] < hi[j] and lo[j] < hi[i]:
                 return False
     return True
+
+
+def disjoint(list addresses, const long long[::1] nbytes, const long long[::1] lo,
+             const long long[::1] hi):
+    """``addresses`` as an int64 array if no span [addresses[i], addresses[i] + nbytes[i]) of
+    them overlaps any of the spans [lo[k], hi[k]) (sorted by lo, disjoint); else None. An
+    empty span overlaps nothing. The optimizers' check that none of a step's gradients shares
+    memory with a parameter or state array of its call table: ~0.02 us a gradient here
+    against ~0.3 us in NumPy's five passes (fastgd._validate's form without this extension)."""
+    cdef Py_ssize_t n = len(addresses), k = lo.shape[0], i, a, b, m
+    if nbytes.shape[0] != n or hi.shape[0] != k:
+        raise ValueError(f"disjoint: {n} addresses, {nbytes.shape[0]} sizes, {k} span starts and "
+                         f"{hi.shape[0]} span ends; expected one size per address, one end per start")
+    out = cnp.PyArray_EMPTY(1, [n], cnp.NPY_INT64, 0)
+    cdef long long[::1] o = out
+    cdef long long start, end
+    for i in range(n):
+        start = addresses[i]
+        o[i] = start
+        end = start + nbytes[i]
+        if nbytes[i] == 0:
+            continue
+        a, b = 0, k          # the first span starting at or after end: lo[a] >= end
+        while a < b:
+            m = (a + b) // 2
+            if lo[m] < end:
+                a = m + 1
+            else:
+                b = m
+        if a > 0 and hi[a - 1] > start:       # the last span starting before end reaches start
+            return None
+    return out

@@ -155,3 +155,36 @@ def test_none_grad_skips_parameter(backend, rng):
     opt.step([rng.standard_normal(5), None])
     np.testing.assert_array_equal(params[1], before)
     assert 1 not in opt.state and opt.state[0]["step"] == 1
+
+
+@pytest.mark.parametrize("form", ["cython", "numpy"])
+def test_disjoint_matches_brute_force(form):
+    """The table's gradient check (fastgd._validate.disjoint): addresses back exactly when no
+    non-empty gradient span meets a table span, on random layouts with touching ends."""
+    from fastgd import _validate as check
+    if form == "cython":
+        from fastgd._cython.arrays import disjoint
+    else:
+        disjoint = check._python_disjoint
+    rng = np.random.default_rng(7)
+    for _ in range(3000):
+        k = int(rng.integers(0, 8))
+        ends = np.sort(rng.choice(200, size=2 * k, replace=False)).astype(np.int64)
+        lo, hi = ends[0::2].copy(), ends[1::2].copy()
+        n = int(rng.integers(0, 6))
+        addresses = [int(a) for a in rng.integers(0, 210, n)]
+        nbytes = rng.integers(0, 15, n).astype(np.int64)
+        overlap = any(nbytes[i] and lo[j] < addresses[i] + nbytes[i] and addresses[i] < hi[j]
+                      for i in range(n) for j in range(k))
+        got = disjoint(addresses, nbytes, lo, hi)
+        if overlap:
+            assert got is None
+        else:
+            assert got.dtype == np.int64 and got.tolist() == addresses
+
+
+def test_disjoint_refuses_mismatched_lengths():
+    from fastgd._cython.arrays import disjoint
+    spans = np.array([0], np.int64)
+    with pytest.raises(ValueError, match="one size per address"):
+        disjoint([1, 2], np.array([4], np.int64), spans, spans)
