@@ -4,9 +4,10 @@ torch wraps each optimizer class's ``step`` (Optimizer._patch_step_function) in
 ``profile_hook_step``: a profiler range ``Optimizer.step#<class>.step``, the step pre hooks
 (global, then the optimizer's; one may return new ``(args, kwargs)``), the step, the profiler's
 ``_optimizer_step_code`` entry point, then the post hooks (the optimizer's, then global); its
-own optimizers add ``@torch.no_grad()``. That costs ~8 us a step on a 2020s CPU (a dispatched
-record_function op to enter and one to leave, whether or not a profiler listens, and the
-no_grad decorator's context objects), as long as the whole update of a 30k-element model.
+own optimizers add ``@torch.no_grad()``. That cost 25-45 us a step on the Xeon of the
+README's call-path section (a dispatched record_function op to enter and one to leave, whether
+or not a profiler listens, and the no_grad decorator's context objects): more than the rest of
+a one-tensor step.
 
 ``lean_step`` does the same in ~1 us: the range is opened only while a profiler is enabled
 (with none, torch's record_function records nothing), grad mode is switched by the C call
