@@ -97,8 +97,9 @@ def disjoint(list addresses, const long long[::1] nbytes, const long long[::1] l
     """``addresses`` as an int64 array if no span [addresses[i], addresses[i] + nbytes[i]) of
     them overlaps any of the spans [lo[k], hi[k]) (sorted by lo, disjoint); else None. An
     empty span overlaps nothing. The optimizers' check that none of a step's gradients shares
-    memory with a parameter or state array of its call table: ~0.02 us a gradient here
-    against ~0.3 us in NumPy's five passes (fastgd._validate's form without this extension)."""
+    memory with a parameter or state array of its call table: 3.7 us for 150 gradients and
+    600 spans, against 19 us in NumPy's passes (fastgd._validate's form without this
+    extension; measured on the Xeon of 2026-12-03)."""
     cdef Py_ssize_t n = len(addresses), k = lo.shape[0], i, a, b, m
     if nbytes.shape[0] != n or hi.shape[0] != k:
         raise ValueError(f"disjoint: {n} addresses, {nbytes.shape[0]} sizes, {k} span starts and "

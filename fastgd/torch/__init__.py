@@ -629,7 +629,7 @@ class _Optimizer(Core, torch.optim.Optimizer):
                     if g is not None and g is not view:
                         p.grad = view
 
-    @lean_step       # torch.no_grad() and torch.optim's hooks and profiler range, for less
+    @lean_step       # torch.no_grad() and torch.optim's step wrapper, at a fraction of their cost
     def step(self, closure=None):
         """One optimization step over every parameter with a gradient; returns closure's loss.
         Everything is checked before anything is written; with max_grad_norm, a non-finite norm

@@ -20,8 +20,9 @@ import functools
 import torch
 from torch.optim import optimizer as _torch_optimizer
 
-# what torch.autograd.profiler.record_function consults, without dispatching an op
-_profiling = torch._C._autograd._profiler_enabled
+# whether a profiler is enabled, asked without dispatching an op; a torch without this
+# private call opens the range every step, as torch does
+_profiling = getattr(torch._C._autograd, "_profiler_enabled", lambda: True)
 _set_grad_enabled = torch._C._set_grad_enabled
 _grad_enabled = torch.is_grad_enabled
 
