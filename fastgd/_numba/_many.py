@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
+from numba.core.registry import cpu_target
 
 from .. import formats
 from . import _quant
@@ -51,12 +52,12 @@ from ._compile import (_OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_w
 from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32
 
 PIECE_ALIGN = 16
-# The constants of a compiled copy (ManyKernel.specialise puts them in the copy's globals);
+# The constants of a compiled copy (ManyKernel.segment and .driver put them in its globals);
 # with quantized states also BLOCK (elements of a block), BUFFER (the staging buffer's
 # floats: BLOCK per staged role), C<j> and A<j> (the columns of the j-th staged role's codes
 # and absmax), STAGE and UNSTAGE (copies of _stage: dequantize and quantize each staged role,
 # Q<j> the j-th's function)
-CODES = FLAGS = STEP = CONSTS = REAL = SEGMENT = ALIGN = BLOCK = STAGE = UNSTAGE = None
+CODES = FLAGS = STEP = CONSTS = REAL = BLOCK = STAGE = UNSTAGE = None
 Q0 = Q1 = Q2 = C0 = C1 = C2 = A0 = A1 = A2 = BUFFER = None
 _NAMES = {F32: "f32", BF16: "bf16", F16: "f16", F64: "f64", BF16_SR: "bf16sr", NONE: "none",
           5: "q8s", 6: "q8u", 7: "q4s", 8: "q4u"}
@@ -235,22 +236,40 @@ def _cut(offsets, x, align):
     return min(offsets[k + 1], start + (x - start + align - 1) // align * align)
 
 
-def _driver(ptrs, offsets, keys, nthreads, grad_scale, maximize, scalars):
+@intrinsic
+def _call_segment(typingctx, address, ptrs, k, keys, a, b, c):
+    """Call the compiled segment at ``address`` (the native entry of a segment compiled for
+    exactly these argument types, ManyKernel._segment_address): one driver serves every
+    segment of a rule, so a new format combination compiles only its segment."""
+    argtys = (ptrs, types.intp, keys, types.intp, types.intp, c)
+
+    def codegen(context, builder, sig, args):
+        fnty = context.call_conv.get_function_type(types.void, argtys)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        context.call_conv.call_function(builder, fn, types.void, argtys, args[1:])
+        return context.get_dummy_value()
+
+    return types.void(types.int64, *argtys), codegen
+
+
+def _driver(ptrs, offsets, keys, nthreads, grad_scale, maximize, scalars, segment, align):
     """The N tensors' elements in ``nthreads`` pieces of their concatenation, one per prange
-    iteration (the serial variant: one piece), each walked tensor by tensor. A boundary falls
-    on a multiple of ALIGN elements of its tensor (PIECE_ALIGN, or the block with quantized
-    states: a block is never split between threads)."""
+    iteration (the serial variant: one piece), each walked tensor by tensor by the segment
+    at address ``segment``. A boundary falls on a multiple of ``align`` elements of its
+    tensor (PIECE_ALIGN, or the block with quantized states: a block is never split between
+    threads)."""
     c = CONSTS(REAL, grad_scale, maximize, scalars)
     n = offsets.shape[0] - 1
     total = offsets[n]
     per = (total + nthreads - 1) // nthreads
     for t in prange(nthreads):
-        lo = _cut(offsets, min(total, t * per), ALIGN)
-        hi = _cut(offsets, min(total, (t + 1) * per), ALIGN)
+        lo = _cut(offsets, min(total, t * per), align)
+        hi = _cut(offsets, min(total, (t + 1) * per), align)
         k = np.searchsorted(offsets, lo, side="right") - 1
         while k < n and offsets[k] < hi:
             start = offsets[k]
-            SEGMENT(ptrs, k, keys, max(lo, start) - start, min(hi, offsets[k + 1]) - start, c)
+            _call_segment(segment, ptrs, k, keys, max(lo, start) - start,
+                          min(hi, offsets[k + 1]) - start, c)
             k += 1
 
 
@@ -308,45 +327,63 @@ class ManyKernel:
                              f"quantized states (the absmax columns: column R + r - 3 the "
                              f"absmax of role r); got {width}")
 
-    def specialise(self, codes, flags, parallel):
-        """The compiled copies of _segment<n> (_qsegment<n> with quantized states) and _driver
-        for the role formats ``codes`` (out last), the STEP flags and the variant: the
-        driver's dispatcher. The segment loop is its own (serial, non-inlined) function called
-        from the prange body: Numba's parfor pass removes a store to an array it cannot trace
-        to an argument (a view made inside the loop) as dead; outside a parfor no such pass
-        runs."""
-        spelled = "_".join(_NAMES[c] for c in codes) + "_" + "".join("01"[bool(f)] for f in flags)
+    def segment(self, codes, flags):
+        """The compiled copy of _segment<n> (_qsegment<n> with quantized states) for the role
+        formats ``codes`` (out last) and the STEP flags (a dispatcher, compiled by
+        _first_call for the call's types), and the piece alignment it needs. The segment loop
+        is its own (serial, non-inlined) function called from the driver's prange body:
+        Numba's parfor pass removes a store to an array it cannot trace to an argument (a
+        view made inside the loop) as dead; outside a parfor no such pass runs."""
         staged = [j for j, c in enumerate(codes) if c in _quant.QUANTIZED]
         align = _quant.BLOCK[codes[staged[0]]] if staged else PIECE_ALIGN
         segment = self.segments.get((tuple(codes), flags))
-        if segment is None:
-            constants = dict(STEP=self.step, CODES=tuple(codes),
-                             FLAGS=tuple(bool(f) for f in flags))
-            body = _SEGMENTS[self.roles - 4]
-            if staged:
-                body = _QSEGMENTS[self.roles - 4]
-                # the addresses of each slot's codes and absmax: read once per tensor (the
-                # stage functions get no array: Numba would incref and decref it per call, two
-                # atomic operations on one counter per block, from every thread)
-                for n in range(_MAX_SLOTS):
-                    j = staged[n] if n < len(staged) else None
-                    constants.update({f"C{n}": j or 0,
-                                      f"A{n}": 0 if j is None else self.roles + j - 3})
-                inout = {}
-                for what, table in (("stage", _quant.DEQUANTIZE), ("unstage", _quant.QUANTIZE)):
-                    slots = {f"Q{n}": table[codes[staged[n]]] if n < len(staged) else
-                             _quant.nothing for n in range(_MAX_SLOTS)}
-                    inout[what.upper()] = self._copy(
-                        _stage, f"{self.name}_many_{what}_{spelled}", _INLINE, BLOCK=align,
-                        **slots)
-                constants.update(inout, BLOCK=align, BUFFER=align * len(staged))
-            segment = self.segments[tuple(codes), flags] = self._copy(
-                body, f"{self.name}_many_segment_{spelled}", _OPTIONS, **constants)
-        variant = "parallel" if parallel else "serial"
-        return self._copy(_driver, f"{self.name}_many_{variant}_{spelled}",
-                          dict(_OPTIONS, parallel=True) if parallel else _OPTIONS,
-                          CONSTS=self.consts, SEGMENT=segment, ALIGN=align,
-                          REAL=np.float64 if codes[0] == F64 else np.float32)
+        if segment is not None:
+            return segment, align
+        spelled = "_".join(_NAMES[c] for c in codes) + "_" + "".join("01"[bool(f)] for f in flags)
+        constants = dict(STEP=self.step, CODES=tuple(codes), FLAGS=tuple(bool(f) for f in flags))
+        body = _SEGMENTS[self.roles - 4]
+        if staged:
+            body = _QSEGMENTS[self.roles - 4]
+            # the addresses of each slot's codes and absmax: read once per tensor (the
+            # stage functions get no array: Numba would incref and decref it per call, two
+            # atomic operations on one counter per block, from every thread)
+            for n in range(_MAX_SLOTS):
+                j = staged[n] if n < len(staged) else None
+                constants.update({f"C{n}": j or 0,
+                                  f"A{n}": 0 if j is None else self.roles + j - 3})
+            inout = {}
+            for what, table in (("stage", _quant.DEQUANTIZE), ("unstage", _quant.QUANTIZE)):
+                slots = {f"Q{n}": table[codes[staged[n]]] if n < len(staged) else
+                         _quant.nothing for n in range(_MAX_SLOTS)}
+                inout[what.upper()] = self._copy(
+                    _stage, f"{self.name}_many_{what}_{spelled}", _INLINE, BLOCK=align, **slots)
+            constants.update(inout, BLOCK=align, BUFFER=align * len(staged))
+        segment = self.segments[tuple(codes), flags] = self._copy(
+            body, f"{self.name}_many_segment_{spelled}", _OPTIONS, **constants)
+        return segment, align
+
+    def driver(self, real, parallel):
+        """The rule's driver for the computing type ``real`` (np.float32, or np.float64 with
+        float64 params), serial or parallel: one per rule, whatever the formats (the segment
+        comes as an address), so a new combination of formats compiles only its segment."""
+        driver = self.dispatchers.get((real, parallel))
+        if driver is None:
+            variant = "parallel" if parallel else "serial"
+            driver = self.dispatchers[real, parallel] = self._copy(
+                _driver, f"{self.name}_many_{variant}_{np.dtype(real).name}",
+                dict(_OPTIONS, parallel=True) if parallel else _OPTIONS,
+                CONSTS=self.consts, REAL=real)
+        return driver
+
+    def consts_type(self, real, scalars_type):
+        """The Numba type of CONSTS(real, grad_scale, maximize, scalars), as the driver
+        types it: the last argument of every segment."""
+        ctx = cpu_target.typing_context
+        ctx.refresh()
+        sig = ctx.resolve_function_type(
+            ctx.resolve_value_type(self.consts),
+            (numba.typeof(real), types.float64, types.boolean, scalars_type), {})
+        return sig.return_type
 
     @staticmethod
     def _copy(body, name, options, **constants):
@@ -377,28 +414,39 @@ class ManyKernel:
         for r in unused:
             codes[r] = NONE
         # Compiled for floats and bools (the scalars' types normalised), then called through
-        # the one overload's entry point, which skips the dispatcher's type resolution and
-        # converts each later call's numbers itself (an int to float64, anything to bool).
+        # the driver's entry point for exactly these types, which skips the dispatcher's type
+        # resolution and converts each later call's numbers itself (an int to float64,
+        # anything to bool).
         scalars = tuple(bool(s) if isinstance(s, (bool, np.bool_)) else float(s)
                         for s in scalars)
-        compiled = (tuple(codes), flags, parallel)
-        fn = self.dispatchers.get(compiled)
-        if fn is None:
-            fn = self.dispatchers[compiled] = self.specialise(codes, flags, parallel)
-        with wide_vectors():                   # Numba compiles on this first run
-            self._run(fn, parallel, ptrs, offsets, keys, float(grad_scale), bool(maximize), scalars)
-        self.table[key] = next(iter(fn.overloads.values())).entry_point
+        real = np.float64 if codes[0] == F64 else np.float32
+        segment, align = self.segment(codes, flags)
+        driver = self.driver(real, parallel)
+        ptrs_t, keys_t, scalars_t = numba.typeof(ptrs), numba.typeof(keys), numba.typeof(scalars)
+        with wide_vectors():                   # the segment's loops are the vectorised ones
+            seg_sig = (ptrs_t, types.intp, keys_t, types.intp, types.intp,
+                       self.consts_type(real, scalars_t))
+            segment.compile(seg_sig)
+            cres = segment.overloads[seg_sig]
+            address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+            entry = driver.compile((ptrs_t, numba.typeof(offsets), keys_t, types.intp,
+                                    types.float64, types.boolean, scalars_t, types.int64,
+                                    types.intp))
+        call = (entry, address, align)
+        self._run(call, parallel, ptrs, offsets, keys, float(grad_scale), bool(maximize), scalars)
+        self.table[key] = call
 
     @staticmethod
-    def _run(fn, parallel, ptrs, offsets, keys, gs, mx, scalars):
+    def _run(call, parallel, ptrs, offsets, keys, gs, mx, scalars):
+        entry, segment, align = call
         if not parallel:
-            fn(ptrs, offsets, keys, 1, gs, mx, scalars)
+            entry(ptrs, offsets, keys, 1, gs, mx, scalars, segment, align)
             return
         # one piece per thread: fastgd.set_num_threads's count, which _run_parallel applies,
         # else Numba's default (numba.get_num_threads costs 2.5 us; a piece count off from the
         # thread count changes only the balance, never a result)
         nthreads = _Runtime.num_threads or numba.config.NUMBA_NUM_THREADS
-        _run_parallel(fn, ptrs, (offsets, keys, nthreads, gs, mx, scalars))
+        _run_parallel(entry, ptrs, (offsets, keys, nthreads, gs, mx, scalars, segment, align))
 
 
 def many_kernel(name, consts, step, n_states, flags):
