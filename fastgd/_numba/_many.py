@@ -12,7 +12,8 @@ the arithmetic of a rule is written once (``_<rule>_step`` in fastgd/_numba/<rul
 
 The formats and the flags that switch arrays (use_acc, amsgrad, ...) are compile-time
 constants: a loop that branches on a format per element, or that still mentions a stand-in
-array, is not vectorised. So each combination gets its own copies of the two bodies, whose
+array, is not vectorised. So each combination gets its own copy of the segment body (the
+driver, one per rule and computing type, calls it by address), whose
 globals hold the constants (CODES, FLAGS, REAL, ...: Numba freezes globals, types integers as
 literals and folds the branches on them), compiled lazily on the first call that needs them.
 A role the call does not use gets format NONE (never read or written), so its stand-in
@@ -238,8 +239,9 @@ def _cut(offsets, x, align):
 
 @intrinsic
 def _call_segment(typingctx, address, ptrs, k, keys, a, b, c):
-    """Call the compiled segment at ``address`` (the native entry of a segment compiled for
-    exactly these argument types, ManyKernel._segment_address): one driver serves every
+    """Call the compiled segment at ``address``: the native entry of a segment compiled for
+    exactly these argument types (ManyKernel._first_call compiles it for the driver's types,
+    ``c`` typed by ManyKernel.consts_type as the driver types it). One driver serves every
     segment of a rule, so a new format combination compiles only its segment."""
     argtys = (ptrs, types.intp, keys, types.intp, types.intp, c)
 
