@@ -17,6 +17,7 @@ import fastgd._numba as nb
 from fastgd import _reference as R
 from fastgd import formats
 from fastgd._numba._compile import PARALLEL_MIN
+from fastgd._numba._many import type_tag
 
 F32, BF16, F16, F64, SR, NONE = (formats.F32, formats.BF16, formats.F16, formats.F64,
                                  formats.BF16_SR, formats.NONE)
@@ -301,3 +302,25 @@ def test_many_specialisations_are_cached_on_disk(tmp_path):
     assert first["hits"] == 0 and first["misses"] == 3           # segment, serial, parallel
     # the segment and both drivers from the cache
     assert second["hits"] == 3 and second["misses"] == 0
+
+
+def test_driver_refuses_a_segment_compiled_for_other_scalars():
+    """The driver calls its segment by address, so the two must agree on the type of the
+    scalars tuple; the call table keeps the segment's type tag and the driver compares it with
+    its own before touching an element: a wrong tag is a TypeError, nothing written."""
+    variant = next(iter(RULES["lion"][2]))
+    use_acc, scalars = RULES["lion"][2][variant]
+    tensors = run_case("lion", "all_bf16", variant, lengths=SMALL, seed=2)
+    codes = codes_of(FORMATS["all_bf16"], RULES["lion"][0])
+    ptrs, offsets, fmts, keys = table(tensors, codes, used_roles("lion", use_acc, scalars))
+    entry, address, ctag, align = nb.lion_many.table[
+        (tuple(fmts.tolist()), ptrs.shape[1], nb.lion_many.flags(use_acc, scalars)[0], False)]
+    scalars = tuple(bool(s) if isinstance(s, bool) else float(s) for s in scalars)
+    assert ctag == type_tag(nb.lion_many.consts_type(np.float32, numba.typeof(scalars)))
+    before = [[None if r is None else r.copy() for r in roles] for roles in tensors]
+    with pytest.raises(TypeError, match="other scalars"):
+        entry(ptrs, offsets, keys, 1, 1.0, False, scalars, address, ctag ^ 1, align)
+    for roles, old in zip(tensors, before):
+        for a, b in zip(roles, old):
+            if a is not None:
+                assert_same(a, b, "lion: a refused call wrote")

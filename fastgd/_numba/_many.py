@@ -38,6 +38,7 @@ The rule's scalars reach the bodies as one tuple (floats and bools, normalised p
 the signature, and the compiled entry point the call table keeps, never changes).
 """
 import types as pytypes
+import zlib
 
 import numba
 import numpy as np
@@ -241,7 +242,8 @@ def _cut(offsets, x, align):
 def _call_segment(typingctx, address, ptrs, k, keys, a, b, c):
     """Call the compiled segment at ``address``: the native entry of a segment compiled for
     exactly these argument types (ManyKernel._first_call compiles it for the driver's types,
-    ``c`` typed by ManyKernel.consts_type as the driver types it). One driver serves every
+    ``c`` typed by ManyKernel.consts_type as the driver types it, which the driver checks
+    through ``ctag``). One driver serves every
     segment of a rule, so a new format combination compiles only its segment."""
     argtys = (ptrs, types.intp, keys, types.intp, types.intp, c)
 
@@ -254,13 +256,35 @@ def _call_segment(typingctx, address, ptrs, k, keys, a, b, c):
     return types.void(types.int64, *argtys), codegen
 
 
-def _driver(ptrs, offsets, keys, nthreads, grad_scale, maximize, scalars, segment, align):
+def type_tag(numba_type):
+    """A number for a Numba type, the same in every process (a CRC of its name)."""
+    return zlib.crc32(str(numba_type).encode())
+
+
+@intrinsic
+def _type_tag_of(typingctx, value):
+    """type_tag of ``value``'s type, a constant of the compiled code (so a driver loaded from
+    Numba's disk cache carries the tag of the type it was compiled with)."""
+    tag = type_tag(value)
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.int64, tag)
+
+    return types.int64(value), codegen
+
+
+def _driver(ptrs, offsets, keys, nthreads, grad_scale, maximize, scalars, segment, ctag,
+            align):
     """The N tensors' elements in ``nthreads`` pieces of their concatenation, one per prange
     iteration (the serial variant: one piece), each walked tensor by tensor by the segment
     at address ``segment``. A boundary falls on a multiple of ``align`` elements of its
     tensor (PIECE_ALIGN, or the block with quantized states: a block is never split between
-    threads)."""
+    threads). ``ctag`` is type_tag of the consts type the segment was compiled for: a
+    segment called with another type would read its arguments wrongly, so that is refused
+    before any element is touched."""
     c = CONSTS(REAL, grad_scale, maximize, scalars)
+    if _type_tag_of(c) != ctag:
+        raise TypeError("the segment was compiled for other scalars than the driver's")
     n = offsets.shape[0] - 1
     total = offsets[n]
     per = (total + nthreads - 1) // nthreads
@@ -433,22 +457,23 @@ class ManyKernel:
             address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
             entry = driver.compile((ptrs_t, numba.typeof(offsets), keys_t, types.intp,
                                     types.float64, types.boolean, scalars_t, types.int64,
-                                    types.intp))
-        call = (entry, address, align)
+                                    types.int64, types.intp))
+        call = (entry, address, type_tag(seg_sig[-1]), align)
         self._run(call, parallel, ptrs, offsets, keys, float(grad_scale), bool(maximize), scalars)
         self.table[key] = call
 
     @staticmethod
     def _run(call, parallel, ptrs, offsets, keys, gs, mx, scalars):
-        entry, segment, align = call
+        entry, segment, ctag, align = call
         if not parallel:
-            entry(ptrs, offsets, keys, 1, gs, mx, scalars, segment, align)
+            entry(ptrs, offsets, keys, 1, gs, mx, scalars, segment, ctag, align)
             return
         # one piece per thread: fastgd.set_num_threads's count, which _run_parallel applies,
         # else Numba's default (numba.get_num_threads costs 2.5 us; a piece count off from the
         # thread count changes only the balance, never a result)
         nthreads = _Runtime.num_threads or numba.config.NUMBA_NUM_THREADS
-        _run_parallel(entry, ptrs, (offsets, keys, nthreads, gs, mx, scalars, segment, align))
+        _run_parallel(entry, ptrs, (offsets, keys, nthreads, gs, mx, scalars, segment, ctag,
+                                     align))
 
 
 def many_kernel(name, consts, step, n_states, flags):
