@@ -3,6 +3,7 @@
 A fork, thread or fuzz test that could deadlock or segfault runs its body here: a timeout turns
 a hang into a failure naming the test, a negative return code names the signal that killed it.
 """
+import json
 import os
 import signal
 import subprocess
@@ -34,3 +35,11 @@ def run_python(code, *, timeout=120, env=None, args=()):
         raise AssertionError(f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\n"
                              f"stderr:\n{proc.stderr}")
     return proc.stdout
+
+
+def json_runs_with_cache(code, cache_dir, runs=2, timeout=600):
+    """Run ``code`` (printing one JSON line last) ``runs`` times, each in a fresh interpreter
+    sharing Numba's disk cache in ``cache_dir``; return the parsed lines."""
+    env = {"NUMBA_CACHE_DIR": str(cache_dir), "NUMBA_DISABLE_JIT": "0"}
+    return [json.loads(run_python(code, timeout=timeout, env=env).strip().splitlines()[-1])
+            for _ in range(runs)]

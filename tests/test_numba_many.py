@@ -4,11 +4,6 @@ copies. tests/test_many.py checks both backends against the reference (formats, 
 threads); the reference here is built from fastgd/formats.py and the single NumPy reference,
 and the Numba results are bitwise equal to it (Numba never contracts a * b + c into an FMA).
 """
-import json
-import os
-import subprocess
-import sys
-
 import numba
 import numpy as np
 import pytest
@@ -18,6 +13,8 @@ from fastgd import _reference as R
 from fastgd import formats
 from fastgd._numba._compile import PARALLEL_MIN
 from fastgd._numba._many import type_tag
+
+from _subproc import json_runs_with_cache
 
 F32, BF16, F16, F64, SR, NONE = (formats.F32, formats.BF16, formats.F16, formats.F64,
                                  formats.BF16_SR, formats.NONE)
@@ -290,14 +287,7 @@ print(json.dumps(out))
 def test_many_specialisations_are_cached_on_disk(tmp_path):
     """A format combination compiled in one process is loaded from the disk cache in the next
     (its segment, and the rule's serial and parallel driver), not compiled again."""
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    env.pop("NUMBA_DISABLE_JIT", None)
-    runs = []
-    for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", CACHE_RUN], env=env, capture_output=True,
-                             text=True, timeout=600, check=True).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
-    first, second = runs
+    first, second = json_runs_with_cache(CACHE_RUN, tmp_path)
     assert first["100"] == second["100"] == pytest.approx(0.03)     # m = (1 - b2) * g
     assert first["hits"] == 0 and first["misses"] == 3           # segment, serial, parallel
     # the segment and both drivers from the cache

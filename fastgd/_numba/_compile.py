@@ -1,10 +1,12 @@
 """How every Numba kernel is compiled: one Python function, two machine-code variants.
 
-A kernel body is written once with ``prange``. ``serial_and_parallel`` compiles it twice: a
-serial variant (prange runs as range) for small arrays, where waking the thread pool costs
-more than it saves, and a parallel variant for large ones. Both release the GIL, are cached
-on disk, and use the NumPy error model (no ZeroDivisionError branch in the loop, so LLVM can
-vectorise). No fastmath: results must match the reference within the tests' tolerances.
+A kernel body is written once with ``prange`` and compiled twice: a serial variant (prange runs
+as range) for small arrays, where waking the thread pool costs more than it saves, and a
+parallel variant for large ones (``serial_and_parallel`` for the norms; the rules' kernels,
+_single.py and _many.py, compile a copy of their loops per flag or format combination through
+``copy_with_constants``). All release the GIL, are cached on disk, and use the NumPy error
+model (no ZeroDivisionError branch in the loop, so LLVM can vectorise). No fastmath: results
+must match the reference within the tests' tolerances.
 """
 import contextlib
 import functools
@@ -99,6 +101,18 @@ def _stale_with_package(dispatcher):
     if index is not None and hasattr(index, "_source_stamp"):
         index._source_stamp = (index._source_stamp, _package_stamp())
     return dispatcher
+
+
+def copy_with_constants(body, name, options, **constants):
+    """njit of a copy of ``body`` named ``name`` whose globals add ``constants`` (Numba
+    freezes globals: integers and booleans become literals, branches on them fold). The name
+    spells the constants: Numba's disk cache keys an entry by qualified name, not globals."""
+    g = dict(body.__globals__)
+    g.update(constants)
+    fn = types.FunctionType(body.__code__, g, name)
+    fn.__qualname__ = name
+    fn.__doc__ = body.__doc__
+    return _stale_with_package(njit(**options)(fn))
 
 
 @contextlib.contextmanager

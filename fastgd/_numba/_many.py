@@ -37,7 +37,6 @@ array the reference shares between the two roles is staged once. The format chec
 The rule's scalars reach the bodies as one tuple (floats and bools, normalised per call so
 the signature, and the compiled entry point the call table keeps, never changes).
 """
-import types as pytypes
 import zlib
 
 import numba
@@ -49,7 +48,7 @@ from numba.core.registry import cpu_target
 
 from .. import formats
 from . import _quant
-from ._compile import (_OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_with_package,
+from ._compile import (_OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, copy_with_constants,
                        wide_vectors)
 from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32
 
@@ -256,6 +255,14 @@ def _call_segment(typingctx, address, ptrs, k, keys, a, b, c):
     return types.void(types.int64, *argtys), codegen
 
 
+def consts_type(consts, *arg_types):
+    """The Numba type of ``consts(*args)`` for arguments of ``arg_types``, as a compiled caller
+    types it (the type a kernel called by address gets its scalars in)."""
+    ctx = cpu_target.typing_context
+    ctx.refresh()
+    return ctx.resolve_function_type(ctx.resolve_value_type(consts), arg_types, {}).return_type
+
+
 def type_tag(numba_type):
     """A number for a Numba type, the same in every process (a CRC of its name)."""
     return zlib.crc32(str(numba_type).encode())
@@ -381,10 +388,10 @@ class ManyKernel:
             for what, table in (("stage", _quant.DEQUANTIZE), ("unstage", _quant.QUANTIZE)):
                 slots = {f"Q{n}": table[codes[staged[n]]] if n < len(staged) else
                          _quant.nothing for n in range(_MAX_SLOTS)}
-                inout[what.upper()] = self._copy(
+                inout[what.upper()] = copy_with_constants(
                     _stage, f"{self.name}_many_{what}_{spelled}", _INLINE, BLOCK=align, **slots)
             constants.update(inout, BLOCK=align, BUFFER=align * len(staged))
-        segment = self.segments[tuple(codes), flags] = self._copy(
+        segment = self.segments[tuple(codes), flags] = copy_with_constants(
             body, f"{self.name}_many_segment_{spelled}", _OPTIONS, **constants)
         return segment, align
 
@@ -395,7 +402,7 @@ class ManyKernel:
         driver = self.dispatchers.get((real, parallel))
         if driver is None:
             variant = "parallel" if parallel else "serial"
-            driver = self.dispatchers[real, parallel] = self._copy(
+            driver = self.dispatchers[real, parallel] = copy_with_constants(
                 _driver, f"{self.name}_many_{variant}_{np.dtype(real).name}",
                 dict(_OPTIONS, parallel=True) if parallel else _OPTIONS,
                 CONSTS=self.consts, REAL=real)
@@ -404,22 +411,8 @@ class ManyKernel:
     def consts_type(self, real, scalars_type):
         """The Numba type of CONSTS(real, grad_scale, maximize, scalars), as the driver
         types it: the last argument of every segment."""
-        ctx = cpu_target.typing_context
-        ctx.refresh()
-        sig = ctx.resolve_function_type(
-            ctx.resolve_value_type(self.consts),
-            (numba.typeof(real), types.float64, types.boolean, scalars_type), {})
-        return sig.return_type
-
-    @staticmethod
-    def _copy(body, name, options, **constants):
-        """njit of a copy of ``body`` named ``name`` whose globals add ``constants``."""
-        g = dict(body.__globals__)
-        g.update(constants)
-        fn = pytypes.FunctionType(body.__code__, g, name)
-        fn.__qualname__ = name
-        fn.__doc__ = body.__doc__
-        return _stale_with_package(njit(**options)(fn))
+        return consts_type(self.consts, numba.typeof(real), types.float64, types.boolean,
+                           scalars_type)
 
     def __call__(self, ptrs, offsets, fmts, keys, grad_scale, maximize, use_acc, *scalars):
         flags, unused = self.flags(use_acc, scalars)

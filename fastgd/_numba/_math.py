@@ -5,8 +5,8 @@ call Numba does not inline would sit in the loop as an opaque call and keep LLVM
 vectorising it. Inlined IR is still a few blocks more than the lines written in place, which can
 push a loop with several runtime flags past LLVM's unswitching budget and leave it scalar
 (NAdam's and RAdam's serial loops with both helpers): count vector instructions in
-``kernel.serial.inspect_asm()`` and ``kernel.parallel.inspect_asm()`` when a loop starts using one.
-Numba's on-disk cache checks a kernel against its own file only; serial_and_parallel widens
+``kernel.compiled.loops[flags, parallel].inspect_asm()`` (fastgd/_numba/_single.py) when a loop
+starts using one. Numba's on-disk cache checks a kernel against its own file only; _compile widens
 that check to every module of this package (_compile._stale_with_package), so an edit here
 recompiles the kernels that inline these helpers.
 """

@@ -1,9 +1,10 @@
 """Adagrad in Numba: the twin of kernels/adagrad.pyx, same signature and maths."""
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._compile import _OPTIONS, serial_and_parallel
+from ._compile import _OPTIONS
 from ._many import many_kernel
+from ._single import flag_index, run_loop, single_kernel
 from ._math import _grad
 
 
@@ -36,25 +37,14 @@ def _adagrad_step(i, c, flags, param, grad, grad_acc, state_sum):
     return pi
 
 
-@njit(inline="always", **_OPTIONS)
-def _adagrad_loop(param, grad, grad_acc, state_sum, c, flags):
-    for i in prange(param.shape[0]):
-        _adagrad_step(i, c, flags, param, grad, grad_acc, state_sum)
-
-
 def _adagrad(param, grad, grad_acc, state_sum, grad_scale, maximize, use_acc, clr, weight_decay,
-             eps):
+             eps, loops):
     """Adagrad step in place: g += wd * p;  s += g * g;  p -= clr * g / (sqrt(s) + eps)."""
     c = _adagrad_consts(param.dtype.type, grad_scale, maximize, (clr, weight_decay, eps))
-    # use_acc a literal constant, one loop each: as a runtime flag, with the step inlined, the
-    # serial loop outgrows LLVM's unswitching budget and stays scalar (inspect_asm)
-    if use_acc:
-        _adagrad_loop(param, grad, grad_acc, state_sum, c, (True,))
-    else:
-        _adagrad_loop(param, grad, grad_acc, state_sum, c, (False,))
+    return run_loop(loops, flag_index(use_acc), c, (param, grad, grad_acc, state_sum))
 
 
-adagrad = serial_and_parallel(_adagrad)
+adagrad = single_kernel(_adagrad, _adagrad_consts, _adagrad_step, 1, 1)
 
 
 def _adagrad_flags(use_acc, s):

@@ -1,9 +1,10 @@
 """Adam / AdamW / AMSGrad in Numba: the twin of kernels/adam.pyx, same signature and maths."""
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._compile import _OPTIONS, serial_and_parallel
+from ._compile import _OPTIONS
 from ._many import many_kernel
+from ._single import flag_index, run_loop, single_kernel
 from ._math import _adam_moments, _grad
 
 
@@ -52,14 +53,9 @@ def _adam_step(i, c, flags, param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_
     return pi
 
 
-@njit(inline="always", **_OPTIONS)
-def _adam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, c, flags):
-    for i in prange(param.shape[0]):
-        _adam_step(i, c, flags, param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq)
-
-
 def _adam(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_scale, maximize, use_acc,
-          lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, bias_correction1, bias_correction2):
+          lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, bias_correction1, bias_correction2,
+          loops):
     """Adam step in place.
 
     g = gs * grad  (gs = grad_scale, negated if maximize; with use_acc: gs * (acc + grad), acc = 0)
@@ -69,22 +65,11 @@ def _adam(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_scale
     """
     c = _adam_consts(param.dtype.type, grad_scale, maximize, (lr, beta1, beta2, eps, weight_decay,
                      decoupled, amsgrad, bias_correction1, bias_correction2))
-    # use_acc and amsgrad as literal constants, one loop each: the unused grad_acc/max_exp_avg_sq
-    # are stand-ins that alias param/exp_avg_sq, and while the loop still mentions them LLVM's
-    # runtime alias check fails and it runs the scalar loop (0.45 of bandwidth instead of 1.0,
-    # measured at 16M float32; Cython's gcc unswitches these flags by itself).
-    if use_acc:
-        if amsgrad:
-            _adam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, c, (True, True))
-        else:
-            _adam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, c, (True, False))
-    elif amsgrad:
-        _adam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, c, (False, True))
-    else:
-        _adam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq, c, (False, False))
+    return run_loop(loops, flag_index(use_acc, amsgrad), c,
+                    (param, grad, grad_acc, exp_avg, exp_avg_sq, max_exp_avg_sq))
 
 
-adam = serial_and_parallel(_adam)
+adam = single_kernel(_adam, _adam_consts, _adam_step, 3, 2)
 
 
 def _adam_flags(use_acc, s):

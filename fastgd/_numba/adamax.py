@@ -1,9 +1,10 @@
 """Adamax in Numba: the twin of kernels/adamax.pyx, same signature and maths."""
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._compile import _OPTIONS, serial_and_parallel
+from ._compile import _OPTIONS
 from ._many import many_kernel
+from ._single import flag_index, run_loop, single_kernel
 from ._math import _grad
 
 
@@ -45,27 +46,16 @@ def _adamax_step(i, c, flags, param, grad, grad_acc, exp_avg, exp_inf):
     return pi
 
 
-@njit(inline="always", **_OPTIONS)
-def _adamax_loop(param, grad, grad_acc, exp_avg, exp_inf, c, flags):
-    for i in prange(param.shape[0]):
-        _adamax_step(i, c, flags, param, grad, grad_acc, exp_avg, exp_inf)
-
-
 def _adamax(param, grad, grad_acc, exp_avg, exp_inf, grad_scale, maximize, use_acc, lr, beta1,
-            beta2, eps, weight_decay, bias_correction1):
+            beta2, eps, weight_decay, bias_correction1, loops):
     """Adamax step in place: g += wd * p;  m += (1 - b1) * (g - m);  u = max(b2 * u, |g| + eps);
     p -= (lr / bc1) * m / u."""
     c = _adamax_consts(param.dtype.type, grad_scale, maximize,
                        (lr, beta1, beta2, eps, weight_decay, bias_correction1))
-    # use_acc a literal constant, one loop each: as a runtime flag, with the step inlined, the
-    # serial loop outgrows LLVM's unswitching budget and stays scalar (inspect_asm)
-    if use_acc:
-        _adamax_loop(param, grad, grad_acc, exp_avg, exp_inf, c, (True,))
-    else:
-        _adamax_loop(param, grad, grad_acc, exp_avg, exp_inf, c, (False,))
+    return run_loop(loops, flag_index(use_acc), c, (param, grad, grad_acc, exp_avg, exp_inf))
 
 
-adamax = serial_and_parallel(_adamax)
+adamax = single_kernel(_adamax, _adamax_consts, _adamax_step, 2, 1)
 
 
 def _adamax_flags(use_acc, s):

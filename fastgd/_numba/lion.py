@@ -1,8 +1,9 @@
 """Lion in Numba: the twin of kernels/lion.pyx, same signature and maths."""
-from numba import njit, prange
+from numba import njit
 
-from ._compile import _OPTIONS, serial_and_parallel
+from ._compile import _OPTIONS
 from ._many import many_kernel
+from ._single import flag_index, run_loop, single_kernel
 from ._math import _grad
 
 
@@ -40,28 +41,17 @@ def _lion_step(i, c, flags, param, grad, grad_acc, exp_avg):
     return pi
 
 
-@njit(inline="always", **_OPTIONS)
-def _lion_loop(param, grad, grad_acc, exp_avg, c, flags):
-    for i in prange(param.shape[0]):
-        _lion_step(i, c, flags, param, grad, grad_acc, exp_avg)
-
-
 def _lion(param, grad, grad_acc, exp_avg, grad_scale, maximize, use_acc, lr, beta1, beta2,
-          weight_decay):
+          weight_decay, loops):
     """Lion step in place (Chen et al. 2023).
 
     c = b1 * m + (1 - b1) * g;  p = p * (1 - lr * wd) - lr * sign(c);  m = b2 * m + (1 - b2) * g
     """
     c = _lion_consts(param.dtype.type, grad_scale, maximize, (lr, beta1, beta2, weight_decay))
-    # use_acc a literal constant, one loop each: as a runtime flag, with the step inlined, the
-    # serial loop outgrows LLVM's unswitching budget and stays scalar (inspect_asm)
-    if use_acc:
-        _lion_loop(param, grad, grad_acc, exp_avg, c, (True,))
-    else:
-        _lion_loop(param, grad, grad_acc, exp_avg, c, (False,))
+    return run_loop(loops, flag_index(use_acc), c, (param, grad, grad_acc, exp_avg))
 
 
-lion = serial_and_parallel(_lion)
+lion = single_kernel(_lion, _lion_consts, _lion_step, 1, 1)
 
 
 def _lion_flags(use_acc, s):

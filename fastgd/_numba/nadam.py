@@ -1,9 +1,10 @@
 """NAdam in Numba: the twin of kernels/nadam.pyx, same signature and maths."""
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._compile import _OPTIONS, serial_and_parallel
+from ._compile import _OPTIONS
 from ._many import many_kernel
+from ._single import flag_index, run_loop, single_kernel
 from ._math import _adam_moments
 
 
@@ -49,28 +50,17 @@ def _nadam_step(i, c, flags, param, grad, grad_acc, exp_avg, exp_avg_sq):
     return pi
 
 
-@njit(inline="always", **_OPTIONS)
-def _nadam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, c, flags):
-    for i in prange(param.shape[0]):
-        _nadam_step(i, c, flags, param, grad, grad_acc, exp_avg, exp_avg_sq)
-
-
 def _nadam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use_acc, lr, beta1,
-           beta2, eps, weight_decay, decoupled, grad_coef, avg_coef, bias_correction2):
+           beta2, eps, weight_decay, decoupled, grad_coef, avg_coef, bias_correction2, loops):
     """NAdam step in place: g += wd * p | p *= 1 - lr * wd;  m, v as Adam;
     p -= (grad_coef * g + avg_coef * m) / (sqrt(v) / sqrt(bc2) + eps)."""
     c = _nadam_consts(param.dtype.type, grad_scale, maximize,
                       (lr, beta1, beta2, eps, weight_decay, decoupled, grad_coef, avg_coef,
                        bias_correction2))
-    # use_acc a literal constant, one loop each: as a runtime flag, with the step inlined, the
-    # serial loop outgrows LLVM's unswitching budget and stays scalar (inspect_asm)
-    if use_acc:
-        _nadam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, c, (True,))
-    else:
-        _nadam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, c, (False,))
+    return run_loop(loops, flag_index(use_acc), c, (param, grad, grad_acc, exp_avg, exp_avg_sq))
 
 
-nadam = serial_and_parallel(_nadam)
+nadam = single_kernel(_nadam, _nadam_consts, _nadam_step, 2, 1)
 
 
 def _nadam_flags(use_acc, s):

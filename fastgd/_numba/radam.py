@@ -1,9 +1,10 @@
 """RAdam in Numba: the twin of kernels/radam.pyx, same signature and maths."""
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._compile import _OPTIONS, serial_and_parallel
+from ._compile import _OPTIONS
 from ._many import many_kernel
+from ._single import flag_index, run_loop, single_kernel
 from ._math import _adam_moments
 
 
@@ -53,28 +54,18 @@ def _radam_step(i, c, flags, param, grad, grad_acc, exp_avg, exp_avg_sq):
     return pi
 
 
-@njit(inline="always", **_OPTIONS)
-def _radam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, c, flags):
-    for i in prange(param.shape[0]):
-        _radam_step(i, c, flags, param, grad, grad_acc, exp_avg, exp_avg_sq)
-
-
 def _radam(param, grad, grad_acc, exp_avg, exp_avg_sq, grad_scale, maximize, use_acc, lr, beta1,
-           beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2, adaptive, rect):
+           beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2, adaptive, rect,
+           loops):
     """RAdam step in place: g += wd * p | p *= 1 - lr * wd;  m, v as Adam;
     adaptive: p -= (lr * rect * sqrt(bc2) / bc1) * m / (sqrt(v) + eps), else p -= (lr / bc1) * m."""
     c = _radam_consts(param.dtype.type, grad_scale, maximize,
                       (lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1,
                        bias_correction2, adaptive, rect))
-    # use_acc a literal constant, one loop each: as a runtime flag, with the step inlined, the
-    # serial loop outgrows LLVM's unswitching budget and stays scalar (inspect_asm)
-    if use_acc:
-        _radam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, c, (True,))
-    else:
-        _radam_loop(param, grad, grad_acc, exp_avg, exp_avg_sq, c, (False,))
+    return run_loop(loops, flag_index(use_acc), c, (param, grad, grad_acc, exp_avg, exp_avg_sq))
 
 
-radam = serial_and_parallel(_radam)
+radam = single_kernel(_radam, _radam_consts, _radam_step, 2, 1)
 
 
 def _radam_flags(use_acc, s):

@@ -1,9 +1,10 @@
 """RMSprop in Numba: the twin of kernels/rmsprop.pyx, same signature and maths."""
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._compile import _OPTIONS, serial_and_parallel
+from ._compile import _OPTIONS
 from ._many import many_kernel
+from ._single import flag_index, run_loop, single_kernel
 from ._math import _grad
 
 
@@ -49,14 +50,8 @@ def _rmsprop_step(i, c, flags, param, grad, grad_acc, square_avg, momentum_buffe
     return pi
 
 
-@njit(inline="always", **_OPTIONS)
-def _rmsprop_loop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, c, flags):
-    for i in prange(param.shape[0]):
-        _rmsprop_step(i, c, flags, param, grad, grad_acc, square_avg, momentum_buffer, grad_avg)
-
-
 def _rmsprop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, grad_scale, maximize,
-             use_acc, lr, alpha, eps, weight_decay, momentum, centered):
+             use_acc, lr, alpha, eps, weight_decay, momentum, centered, loops):
     """RMSprop step in place.
 
     g += wd * p;  sq = a * sq + (1 - a) * g * g
@@ -65,40 +60,11 @@ def _rmsprop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, grad_
     """
     c = _rmsprop_consts(param.dtype.type, grad_scale, maximize,
                         (lr, alpha, eps, weight_decay, momentum, centered))
-    use_momentum = momentum > 0.0
-    # The flags that choose which arrays the loop touches are literal constants, one loop each:
-    # unused arrays are stand-ins aliasing used ones, and a loop that still mentions them fails
-    # LLVM's runtime alias check and runs scalar (0.35 of bandwidth at 16M float32, measured).
-    if use_acc:
-        if centered:
-            if use_momentum:
-                _rmsprop_loop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, c,
-                              (True, True, True))
-            else:
-                _rmsprop_loop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, c,
-                              (True, True, False))
-        elif use_momentum:
-            _rmsprop_loop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, c,
-                          (True, False, True))
-        else:
-            _rmsprop_loop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, c,
-                          (True, False, False))
-    elif centered:
-        if use_momentum:
-            _rmsprop_loop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, c,
-                          (False, True, True))
-        else:
-            _rmsprop_loop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, c,
-                          (False, True, False))
-    elif use_momentum:
-        _rmsprop_loop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, c,
-                      (False, False, True))
-    else:
-        _rmsprop_loop(param, grad, grad_acc, square_avg, momentum_buffer, grad_avg, c,
-                      (False, False, False))
+    return run_loop(loops, flag_index(use_acc, centered, momentum > 0.0), c,
+                    (param, grad, grad_acc, square_avg, momentum_buffer, grad_avg))
 
 
-rmsprop = serial_and_parallel(_rmsprop)
+rmsprop = single_kernel(_rmsprop, _rmsprop_consts, _rmsprop_step, 3, 3)
 
 
 def _rmsprop_flags(use_acc, s):

@@ -1,8 +1,9 @@
 """SGD in Numba: the twin of kernels/sgd.pyx, same signature and maths."""
-from numba import njit, prange
+from numba import njit
 
-from ._compile import _OPTIONS, serial_and_parallel
+from ._compile import _OPTIONS
 from ._many import many_kernel
+from ._single import flag_index, run_loop, single_kernel
 from ._math import _grad
 
 
@@ -44,14 +45,8 @@ def _sgd_step(i, c, flags, param, grad, grad_acc, momentum_buffer):
     return pi
 
 
-@njit(inline="always", **_OPTIONS)
-def _sgd_loop(param, grad, grad_acc, momentum_buffer, c, flags):
-    for i in prange(param.shape[0]):
-        _sgd_step(i, c, flags, param, grad, grad_acc, momentum_buffer)
-
-
 def _sgd(param, grad, grad_acc, momentum_buffer, grad_scale, maximize, use_acc, lr, momentum,
-         dampening, weight_decay, nesterov, first):
+         dampening, weight_decay, nesterov, first, loops):
     """SGD step in place (torch.optim.SGD).
 
     g = gs * grad  (gs = grad_scale, negated if maximize; with use_acc: gs * (acc + grad), acc = 0)
@@ -62,20 +57,11 @@ def _sgd(param, grad, grad_acc, momentum_buffer, grad_scale, maximize, use_acc, 
     """
     c = _sgd_consts(param.dtype.type, grad_scale, maximize,
                     (lr, momentum, dampening, weight_decay, nesterov, first))
-    # use_acc and momentum as literal constants, one loop each: as runtime flags, with the step
-    # inlined, the serial loop outgrows LLVM's unswitching budget and stays scalar (inspect_asm)
-    if use_acc:
-        if momentum != 0.0:
-            _sgd_loop(param, grad, grad_acc, momentum_buffer, c, (True, True))
-        else:
-            _sgd_loop(param, grad, grad_acc, momentum_buffer, c, (True, False))
-    elif momentum != 0.0:
-        _sgd_loop(param, grad, grad_acc, momentum_buffer, c, (False, True))
-    else:
-        _sgd_loop(param, grad, grad_acc, momentum_buffer, c, (False, False))
+    return run_loop(loops, flag_index(use_acc, momentum != 0.0), c,
+                    (param, grad, grad_acc, momentum_buffer))
 
 
-sgd = serial_and_parallel(_sgd)
+sgd = single_kernel(_sgd, _sgd_consts, _sgd_step, 1, 2)
 
 
 def _sgd_flags(use_acc, s):
