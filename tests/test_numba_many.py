@@ -12,7 +12,7 @@ import fastgd._numba as nb
 from fastgd import _reference as R
 from fastgd import formats
 from fastgd._numba._compile import PARALLEL_MIN
-from fastgd._numba._many import type_tag
+from fastgd._numba._by_address import type_tag
 
 from _subproc import json_runs_with_cache
 

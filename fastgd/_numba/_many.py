@@ -37,17 +37,16 @@ array the reference shares between the two roles is staged once. The format chec
 The rule's scalars reach the bodies as one tuple (floats and bools, normalised per call so
 the signature, and the compiled entry point the call table keeps, never changes).
 """
-import zlib
-
 import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
-from numba.core.registry import cpu_target
 
 from .. import formats
 from . import _quant
+from ._by_address import (call_native, consts_type, normalised_scalars, type_tag,
+                          type_tag_of)
 from ._compile import (_OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, copy_with_constants,
                        wide_vectors)
 from ._views import _STORAGE, BF16, BF16_SR, F16, F32, F64, NONE, View, _c32
@@ -247,37 +246,10 @@ def _call_segment(typingctx, address, ptrs, k, keys, a, b, c):
     argtys = (ptrs, types.intp, keys, types.intp, types.intp, c)
 
     def codegen(context, builder, sig, args):
-        fnty = context.call_conv.get_function_type(types.void, argtys)
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        context.call_conv.call_function(builder, fn, types.void, argtys, args[1:])
+        call_native(context, builder, args[0], argtys, args[1:])
         return context.get_dummy_value()
 
     return types.void(types.int64, *argtys), codegen
-
-
-def consts_type(consts, *arg_types):
-    """The Numba type of ``consts(*args)`` for arguments of ``arg_types``, as a compiled caller
-    types it (the type a kernel called by address gets its scalars in)."""
-    ctx = cpu_target.typing_context
-    ctx.refresh()
-    return ctx.resolve_function_type(ctx.resolve_value_type(consts), arg_types, {}).return_type
-
-
-def type_tag(numba_type):
-    """A number for a Numba type, the same in every process (a CRC of its name)."""
-    return zlib.crc32(str(numba_type).encode())
-
-
-@intrinsic
-def _type_tag_of(typingctx, value):
-    """type_tag of ``value``'s type, a constant of the compiled code (so a driver loaded from
-    Numba's disk cache carries the tag of the type it was compiled with)."""
-    tag = type_tag(value)
-
-    def codegen(context, builder, sig, args):
-        return context.get_constant(types.int64, tag)
-
-    return types.int64(value), codegen
 
 
 def _driver(ptrs, offsets, keys, nthreads, grad_scale, maximize, scalars, segment, ctag,
@@ -290,7 +262,7 @@ def _driver(ptrs, offsets, keys, nthreads, grad_scale, maximize, scalars, segmen
     segment called with another type would read its arguments wrongly, so that is refused
     before any element is touched."""
     c = CONSTS(REAL, grad_scale, maximize, scalars)
-    if _type_tag_of(c) != ctag:
+    if type_tag_of(c) != ctag:
         raise TypeError("the segment was compiled for other scalars than the driver's")
     n = offsets.shape[0] - 1
     total = offsets[n]
@@ -436,8 +408,7 @@ class ManyKernel:
         # the driver's entry point for exactly these types, which skips the dispatcher's type
         # resolution and converts each later call's numbers itself (an int to float64,
         # anything to bool).
-        scalars = tuple(bool(s) if isinstance(s, (bool, np.bool_)) else float(s)
-                        for s in scalars)
+        scalars = normalised_scalars(scalars)
         real = np.float64 if codes[0] == F64 else np.float32
         segment, align = self.segment(codes, flags)
         driver = self.driver(real, parallel)

@@ -34,9 +34,10 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 from numba.np.ufunc.parallel import _launch_threads
 
+from ._by_address import (call_native, consts_type, normalised_scalars, type_tag,
+                          type_tag_of)
 from ._compile import _OPTIONS, PARALLEL_MIN, _run_parallel, _Runtime, _stale_with_package, \
     copy_with_constants
-from ._many import _type_tag_of, consts_type, type_tag
 
 STEP = FLAGS = None       # the constants of a loop's copy (SingleKernel.loop)
 RAN, WRONG_TAG = -1, -2   # run_loop's answers besides a missing loop's index
@@ -81,14 +82,12 @@ def _call_loop(typingctx, address, arrays, c):
     argtys = (*arrays.types, c)
 
     def codegen(context, builder, sig, args):
-        fnty = context.call_conv.get_function_type(types.void, argtys)
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
         values = []
         for t, v in zip(arrays.types, cgutils.unpack_tuple(builder, args[1])):
             a = context.make_array(t)(context, builder, v)
             a.meminfo = cgutils.get_null_value(a.meminfo.type)
             values.append(a._getvalue())
-        context.call_conv.call_function(builder, fn, types.void, argtys, values + [args[2]])
+        call_native(context, builder, args[0], argtys, values + [args[2]])
         return context.get_dummy_value()
 
     return types.void(types.int64, arrays, c), codegen
@@ -106,7 +105,7 @@ def run_loop(table, k, c, arrays):
     its loops take; entry k + 1: loop k's address, 0 until compiled) over ``arrays`` with
     the scalars ``c``: RAN, or k if that loop is not compiled yet, or WRONG_TAG (nothing
     written in either case)."""
-    if _load_i64(table, 0) != _type_tag_of(c):
+    if _load_i64(table, 0) != type_tag_of(c):
         return WRONG_TAG
     address = _load_i64(table, k + 1)
     if address == 0:
@@ -116,13 +115,10 @@ def run_loop(table, k, c, arrays):
 
 
 def _normalised(args, n_arrays):
-    """A call's arguments as the body is compiled for them: the arrays, grad_scale a float,
-    maximize and use_acc bools, the rule's scalars bools or floats (so one compiled entry point
-    serves every later call: it converts each call's numbers itself)."""
-    scalars = tuple(bool(s) if isinstance(s, (bool, np.bool_)) else float(s)
-                    for s in args[n_arrays + 2:])
+    """A call's arguments (after param) as the body is compiled for them: the arrays,
+    grad_scale a float, maximize and use_acc bools, the rule's scalars normalised."""
     return (*args[:n_arrays - 1], float(args[n_arrays - 1]), bool(args[n_arrays]),
-            bool(args[n_arrays + 1]), *scalars)
+            bool(args[n_arrays + 1]), *normalised_scalars(args[n_arrays + 2:]))
 
 
 class SingleKernel:
