@@ -11,7 +11,8 @@
  * registry refuses an extension built for a CPU this one is not, see backends.py):
  *   bfloat16 store: AVX-512 BF16 VCVTNEPS2BF16 (whose rounding formats.py adopts: RNE, NaN
  *                   quieted, zero/subnormal to a signed zero), else the same in integer ops;
- *   float16:        AVX-512F / F16C VCVTPH2PS and VCVTPS2PH, else _Float16 conversions;
+ *   float16:        F16C VCVTPH2PS and VCVTPS2PH (256-bit also with AVX-512: fgd_ld16_bf16),
+ *                   else _Float16 conversions;
  *   everything else in GCC vector extensions (lowered to whatever SIMD the target has).
  * fgd_format_paths() says which, for `fastgd info`.
  */
@@ -102,22 +103,38 @@ static inline int fgd_ld_prefetches(int fmt) {
 }
 /* --- 16 lanes ------------------------------------------------------------------------------- */
 
+/* The loads widen in 256-bit halves, also with AVX-512: gcc's tunings vectorise the rule's
+ * arithmetic at 256 bits, and while 512-bit operations are in flight an Intel core runs vector
+ * operations on two ports instead of three (ports 0 and 1 fuse), so one 512-bit widening cost
+ * the whole lane loop a port. One-process A/B on an Intel Xeon (Sapphire Rapids class), 16M,
+ * against one 512-bit vpmovzxwd a load: one thread bf16 AdamW 0.87x the time, fp16 0.85x, master
+ * weights 0.83x, float32 params with bf16 states 0.84x; two threads bf16 0.96x, fp16 0.88x,
+ * the rest level. Not for stochastic rounding's own arrays (fgd_ld16_bf16_512): its hash is
+ * 512-bit anyway (fgd_sr_bits16), and there the halves only added operations (1.03-1.10x). */
 static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* s, float* L) {
-#if defined(__AVX512F__)
-    /* one vpmovzxwd from memory: gcc lowers the vector-extension widening below to two
-     * half-width ones, an extract and an insert */
-    _mm512_storeu_si512(L, _mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                               _mm256_loadu_si256((const __m256i*)s)), 16));
+#if defined(__AVX2__)
+    _mm256_storeu_si256((__m256i*)L, _mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                                         _mm_loadu_si128((const __m128i*)s)), 16));
+    _mm256_storeu_si256((__m256i*)(L + 8), _mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                                               _mm_loadu_si128((const __m128i*)(s + 8))), 16));
 #else
     fgd_u16x16 h; memcpy(&h, s, 32);
     fgd_u32x16 u = __builtin_convertvector(h, fgd_u32x16) << 16;
     memcpy(L, &u, 64);
 #endif
 }
-static inline __attribute__((always_inline)) void fgd_ld16_f16(const uint16_t* s, float* L) {
+/* one vpmovzxwd from memory for the arrays of a stochastically rounded (code 4) loop */
+static inline __attribute__((always_inline)) void fgd_ld16_bf16_512(const uint16_t* s, float* L) {
 #if defined(__AVX512F__)
-    _mm512_storeu_ps(L, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)s)));
-#elif defined(__F16C__)
+    _mm512_storeu_si512(L, _mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                               _mm256_loadu_si256((const __m256i*)s)), 16));
+#else
+    fgd_ld16_bf16(s, L);
+#endif
+}
+/* 256-bit halves with AVX-512 too: see fgd_ld16_bf16 */
+static inline __attribute__((always_inline)) void fgd_ld16_f16(const uint16_t* s, float* L) {
+#if defined(__F16C__)
     _mm256_storeu_ps(L, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)s)));
     _mm256_storeu_ps(L + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s + 8))));
 #else
@@ -244,7 +261,8 @@ static inline __attribute__((always_inline)) void fgd_ld(int fmt, const char* ba
         if (fgd_ld_prefetches(fmt))
             __builtin_prefetch(base + (i + FGD_PF_AHEAD) * (fmt == FGD_F32 ? 4 : 2), 0, 3);
         switch (fmt) {
-        case FGD_BF16: case FGD_BF16_SR: fgd_ld16_bf16((const uint16_t*)base + i, L); return;
+        case FGD_BF16: fgd_ld16_bf16((const uint16_t*)base + i, L); return;
+        case FGD_BF16_SR: fgd_ld16_bf16_512((const uint16_t*)base + i, L); return;
         case FGD_F16: fgd_ld16_f16((const uint16_t*)base + i, L); return;
         default: memcpy(L, (const float*)base + i, 64); return;
         }
@@ -294,10 +312,8 @@ static inline const char* fgd_format_paths(void) {
         "portable integer rounding (vector extensions)"
 #endif
         "; float16: "
-#if defined(__AVX512F__)
-        "AVX-512F loads (vcvtph2ps, 16 lanes), F16C stores (vcvtps2ph, 2 x 8 lanes)"
-#elif defined(__F16C__)
-        "F16C (vcvtps2ph, 8 lanes)"
+#if defined(__F16C__)
+        "F16C (vcvtph2ps, vcvtps2ph, 8 lanes)"
 #else
         "portable (_Float16 conversions)"
 #endif
