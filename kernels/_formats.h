@@ -106,11 +106,13 @@ static inline int fgd_ld_prefetches(int fmt) {
 /* The loads widen in 256-bit halves, also with AVX-512: gcc's tunings vectorise the rule's
  * arithmetic at 256 bits, and while 512-bit operations are in flight an Intel core runs vector
  * operations on two ports instead of three (ports 0 and 1 fuse), so one 512-bit widening cost
- * the whole lane loop a port. One-process A/B on an Intel Xeon (Sapphire Rapids class), 16M,
- * against one 512-bit vpmovzxwd a load: one thread bf16 AdamW 0.87x the time, fp16 0.85x, master
- * weights 0.83x, float32 params with bf16 states 0.84x; two threads bf16 0.96x, fp16 0.88x,
- * the rest level. Not for stochastic rounding's own arrays (fgd_ld16_bf16_512): its hash is
- * 512-bit anyway (fgd_sr_bits16), and there the halves only added operations (1.03-1.10x). */
+ * the whole lane loop a port. One-process A/Bs on an Intel Xeon (Sapphire Rapids class) against
+ * one 512-bit widening a load (bench/results/2026-12-03-xeon-ab-halfloads-s30.txt, 16M): fp16
+ * AdamW 0.84-0.98x the time, bf16 0.95x on two threads and 0.87-1.0x on one, bf16 params with
+ * 8-bit states 0.81-0.88x, master weights and the mixed widths 0.83-1.09x (the host's noise:
+ * the unchanged float32 and 8-bit rows came out 0.81-1.03x). Not for stochastic rounding's own
+ * arrays (fgd_ld16_bf16_512): its hash is 512-bit anyway (fgd_sr_bits16), and there the halves
+ * only added operations (1.02-1.10x in cache). */
 static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* s, float* L) {
 #if defined(__AVX2__)
     _mm256_storeu_si256((__m256i*)L, _mm256_slli_epi32(_mm256_cvtepu16_epi32(
