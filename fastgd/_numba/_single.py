@@ -10,8 +10,10 @@ serial loop with runtime flags outgrows LLVM's unswitching budget and stays scal
 flag combination has its own loop: a copy of ``_loop<n>`` (n state arrays) running the rule's
 element update ``STEP`` (the one its ``<rule>_many`` kernel runs) with ``FLAGS`` frozen in.
 
-A rule's kernel body (``_<rule>`` in fastgd/_numba/<rule>.py) casts its scalars once (its
-CONSTS) and calls ``run_loop`` with the index of its flags (``flag_index``): the loop is called
+A rule's kernel body (``_<rule>`` in fastgd/_numba/<rule>.py) takes the kernel's arguments and,
+last, ``loops`` (the loop table's address, which the kernel appends: the body's docstring is the
+kernel's and leaves it out), casts its scalars once (its CONSTS) and returns what ``run_loop``
+returns for the index of its flags (``flag_index``): the loop is called
 by address from a table the Python side fills, so compiling the body compiles no loop, and a
 loop is compiled (serial or parallel) on the first call that needs it. RMSprop's first call
 compiled all eight loops of its variant (an empty cache, float32, this Xeon: 3.1 s serial,
