@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 
 import numpy
 from Cython.Build import cythonize
@@ -71,6 +72,28 @@ def _compile_args():
     return args
 
 
+# A float32 loop for _vector_bits: the shape of a rule's arithmetic on its lanes.
+_PROBE = "void f(float* restrict a, const float* restrict b, int n) { for (int i = 0; i < n; i++) a[i] = a[i] * b[i] + b[i]; }"
+
+
+def _vector_bits(compiler):
+    """The width in bits ``compiler`` vectorises a float32 loop at with the kernels' flags: its
+    tuning's preferred width, which no macro tells. gcc 12 prefers 256 bits on Intel's AVX-512
+    cores (their tunings), and 512 where it does not know the CPU (a Zen 4 is -march=znver3 plus
+    AVX-512 to gcc 12.2). Read off the assembly of a probe: 512 if it uses zmm registers, else
+    256; 256 if the compiler cannot be run (the portable choice: kernels/_formats.h)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(_PROBE + "\n")
+        try:
+            asm = subprocess.run([compiler, *_compile_args(), "-S", "-o", "-", src],
+                                 capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return 256
+    return 512 if "%zmm" in asm else 256
+
+
 def _link_args():
     return ["-fopenmp"] if _openmp() else []
 
@@ -85,7 +108,15 @@ class BuildExtWithInfo(build_ext):
         if not self.parallel:
             self.parallel = os.cpu_count() or 1
 
+    def build_extensions(self):
+        # the 16-bit lane loads widen at the width the rules' arithmetic runs at (kernels/_formats.h)
+        self.vector_bits = _vector_bits(self.compiler.compiler_so[0])
+        for ext in self.extensions:
+            ext.define_macros.append(("FGD_VECTOR_BITS", str(self.vector_bits)))
+        super().build_extensions()
+
     def run(self):
+        self.vector_bits = None
         super().run()
         if not self.extensions:
             return
@@ -99,6 +130,7 @@ class BuildExtWithInfo(build_ext):
             "link_args": _link_args(),
             "march": _march(),
             "openmp": _openmp(),
+            "vector_bits": self.vector_bits,
             "compiler": cc,
             "machine": platform.machine(),
             "build_cpu_simd_flags": _cpu_simd_flags() if _march() == "native" else [],

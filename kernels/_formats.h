@@ -11,7 +11,7 @@
  * registry refuses an extension built for a CPU this one is not, see backends.py):
  *   bfloat16 store: AVX-512 BF16 VCVTNEPS2BF16 (whose rounding formats.py adopts: RNE, NaN
  *                   quieted, zero/subnormal to a signed zero), else the same in integer ops;
- *   float16:        F16C VCVTPH2PS and VCVTPS2PH (256-bit also with AVX-512: fgd_ld16_bf16),
+ *   float16:        F16C VCVTPH2PS and VCVTPS2PH (loads at FGD_VECTOR_BITS: fgd_ld16_bf16),
  *                   else _Float16 conversions;
  *   everything else in GCC vector extensions (lowered to whatever SIMD the target has).
  * fgd_format_paths() says which, for `fastgd info`.
@@ -103,18 +103,39 @@ static inline int fgd_ld_prefetches(int fmt) {
 }
 /* --- 16 lanes ------------------------------------------------------------------------------- */
 
-/* The loads widen in 256-bit halves, also with AVX-512: gcc's tunings vectorise the rule's
- * arithmetic at 256 bits, and while 512-bit operations are in flight an Intel core runs vector
- * operations on two ports instead of three (ports 0 and 1 fuse), so one 512-bit widening cost
- * the whole lane loop a port. One-process A/Bs on an Intel Xeon (Sapphire Rapids class) against
- * one 512-bit widening a load (bench/results/2026-12-03-xeon-ab-halfloads-s30.txt, 16M): fp16
- * AdamW 0.84-0.98x the time, bf16 0.95x on two threads and 0.87-1.0x on one, bf16 params with
- * 8-bit states 0.81-0.88x, master weights and the mixed widths 0.83-1.09x (the host's noise:
- * the unchanged float32 and 8-bit rows came out 0.81-1.03x). Not for stochastic rounding's own
- * arrays (fgd_ld16_bf16_512): its hash is 512-bit anyway (fgd_sr_bits16), and there the halves
- * only added operations (1.02-1.10x in cache). */
-static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* s, float* L) {
-#if defined(__AVX2__)
+/* FGD_VECTOR_BITS: the width gcc vectorises the rules' lane arithmetic at with this build's
+ * flags (setup.py probes it: 512 or 256). The 16-bit loads widen into the lane array at that
+ * width, so the arithmetic's loads of it forward from one store each:
+ *   - 256 (gcc 12's Intel tunings): 256-bit halves. While 512-bit operations are in flight an
+ *     Intel core runs vector operations on two ports instead of three (ports 0 and 1 fuse), so
+ *     one 512-bit widening cost the whole lane loop a port. One-process A/Bs on an Intel Xeon
+ *     (Sapphire Rapids class) against one 512-bit widening a load
+ *     (bench/results/2026-12-03-xeon-ab-halfloads-s30.txt, 16M): fp16 AdamW 0.84-0.98x the
+ *     time, bf16 0.95x on two threads and 0.87-1.0x on one, bf16 params with 8-bit states
+ *     0.81-0.88x, master weights and the mixed widths 0.83-1.09x (the host's noise: the
+ *     unchanged float32 and 8-bit rows came out 0.81-1.03x).
+ *   - 512 (a CPU gcc 12 does not tune for, e.g. an AMD Zen 4 with AVX-512): one 512-bit
+ *     widening. The halves there are two 256-bit stores under each 512-bit load of the
+ *     arithmetic, a failed store forward: bf16 AdamW 1.45-1.49x the time, fp16 1.47-1.58x, bf16
+ *     params with float32 states 1.23-1.30x, with 8-bit states 1.32x (one-process A/B, Zen 4,
+ *     16M, 1 and 2 threads, bench/results/2026-12-04-zen4-ab-loadwidth-s32.txt).
+ * Stochastic rounding's own arrays load at 512 bits either way (fgd_ld16_bf16_512): its hash is
+ * 512-bit (fgd_sr_bits16), and there the halves only added operations (1.02-1.10x in cache). */
+#ifndef FGD_VECTOR_BITS
+#define FGD_VECTOR_BITS 256
+#endif
+#if defined(__AVX512F__) && FGD_VECTOR_BITS >= 512
+#define FGD_LD_512 1
+#else
+#define FGD_LD_512 0
+#endif
+/* one vpmovzxwd from memory (gcc lowers the vector-extension widening to two half-width ones,
+ * an extract and an insert) */
+static inline __attribute__((always_inline)) void fgd_ld16_bf16_512(const uint16_t* s, float* L) {
+#if defined(__AVX512F__)
+    _mm512_storeu_si512(L, _mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                               _mm256_loadu_si256((const __m256i*)s)), 16));
+#elif defined(__AVX2__)
     _mm256_storeu_si256((__m256i*)L, _mm256_slli_epi32(_mm256_cvtepu16_epi32(
                                          _mm_loadu_si128((const __m128i*)s)), 16));
     _mm256_storeu_si256((__m256i*)(L + 8), _mm256_slli_epi32(_mm256_cvtepu16_epi32(
@@ -125,18 +146,20 @@ static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* 
     memcpy(L, &u, 64);
 #endif
 }
-/* one vpmovzxwd from memory for the arrays of a stochastically rounded (code 4) loop */
-static inline __attribute__((always_inline)) void fgd_ld16_bf16_512(const uint16_t* s, float* L) {
-#if defined(__AVX512F__)
-    _mm512_storeu_si512(L, _mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                               _mm256_loadu_si256((const __m256i*)s)), 16));
+static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* s, float* L) {
+#if FGD_LD_512 || !defined(__AVX2__)
+    fgd_ld16_bf16_512(s, L);
 #else
-    fgd_ld16_bf16(s, L);
+    _mm256_storeu_si256((__m256i*)L, _mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                                         _mm_loadu_si128((const __m128i*)s)), 16));
+    _mm256_storeu_si256((__m256i*)(L + 8), _mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                                               _mm_loadu_si128((const __m128i*)(s + 8))), 16));
 #endif
 }
-/* 256-bit halves with AVX-512 too: see fgd_ld16_bf16 */
 static inline __attribute__((always_inline)) void fgd_ld16_f16(const uint16_t* s, float* L) {
-#if defined(__F16C__)
+#if FGD_LD_512
+    _mm512_storeu_ps(L, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)s)));
+#elif defined(__F16C__)
     _mm256_storeu_ps(L, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)s)));
     _mm256_storeu_ps(L + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s + 8))));
 #else
@@ -314,10 +337,19 @@ static inline const char* fgd_format_paths(void) {
         "portable integer rounding (vector extensions)"
 #endif
         "; float16: "
-#if defined(__F16C__)
+#if FGD_LD_512
+        "AVX-512F loads (vcvtph2ps, 16 lanes), F16C stores (vcvtps2ph, 8 lanes)"
+#elif defined(__F16C__)
         "F16C (vcvtph2ps, vcvtps2ph, 8 lanes)"
 #else
         "portable (_Float16 conversions)"
+#endif
+#if defined(__AVX512F__)
+#if FGD_LD_512
+        "; 16-bit loads 512-bit (the rules' arithmetic runs at 512 bits)"
+#else
+        "; 16-bit loads in 256-bit halves (the rules' arithmetic runs at 256 bits)"
+#endif
 #endif
         ;
 }

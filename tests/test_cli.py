@@ -178,6 +178,20 @@ def test_info(capsys):
     assert ("8-bit quantize: AVX-512" in out) == bool(_quant.VECTOR_Q8), out
 
 
+def test_the_16_bit_loads_widen_at_the_probed_vector_width():
+    """setup.py probes the width gcc vectorises the rules' arithmetic at and builds every module
+    with it (FGD_VECTOR_BITS): the Cython 16-bit loads say the width the build recorded."""
+    if "cython" not in fastgd.available_backends():
+        pytest.skip("the Cython extension is not built")
+    info = registry.build_info()
+    paths = registry.kernel("format_paths", "cython")()
+    assert info.get("vector_bits") in (256, 512), info
+    if "avx512f" in info.get("build_cpu_simd_flags", []):
+        assert "16-bit loads" in paths, paths        # the width matters only with AVX-512
+    if "16-bit loads" in paths:
+        assert ("16-bit loads 512-bit" in paths) == (info["vector_bits"] == 512), (info, paths)
+
+
 def test_verify_passes(capsys):
     assert cli.main(["verify"]) == 0
     out = capsys.readouterr().out
