@@ -105,7 +105,8 @@ static inline int fgd_ld_prefetches(int fmt) {
 
 /* FGD_VECTOR_BITS: the width gcc vectorises the rules' lane arithmetic at with this build's
  * flags (setup.py probes it: 512 or 256). The 16-bit loads widen into the lane array at that
- * width, so the arithmetic's loads of it forward from one store each:
+ * width, so the arithmetic's loads of it forward from one store each (and the stores read it at
+ * that width, fgd_lane_bits):
  *   - 256 (gcc 12's Intel tunings): 256-bit halves. While 512-bit operations are in flight an
  *     Intel core runs vector operations on two ports instead of three (ports 0 and 1 fuse), so
  *     one 512-bit widening cost the whole lane loop a port. One-process A/Bs on an Intel Xeon
@@ -125,9 +126,9 @@ static inline int fgd_ld_prefetches(int fmt) {
 #define FGD_VECTOR_BITS 256
 #endif
 #if defined(__AVX512F__) && FGD_VECTOR_BITS >= 512
-#define FGD_LD_512 1
+#define FGD_LANES_512 1
 #else
-#define FGD_LD_512 0
+#define FGD_LANES_512 0
 #endif
 /* one vpmovzxwd from memory (gcc lowers the vector-extension widening to two half-width ones,
  * an extract and an insert) */
@@ -147,7 +148,7 @@ static inline __attribute__((always_inline)) void fgd_ld16_bf16_512(const uint16
 #endif
 }
 static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* s, float* L) {
-#if FGD_LD_512 || !defined(__AVX2__)
+#if FGD_LANES_512 || !defined(__AVX2__)
     fgd_ld16_bf16_512(s, L);
 #else
     _mm256_storeu_si256((__m256i*)L, _mm256_slli_epi32(_mm256_cvtepu16_epi32(
@@ -157,7 +158,7 @@ static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* 
 #endif
 }
 static inline __attribute__((always_inline)) void fgd_ld16_f16(const uint16_t* s, float* L) {
-#if FGD_LD_512
+#if FGD_LANES_512
     _mm512_storeu_ps(L, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)s)));
 #elif defined(__F16C__)
     _mm256_storeu_ps(L, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)s)));
@@ -187,16 +188,22 @@ static inline __attribute__((always_inline)) fgd_u16x16 fgd_bf16x16(fgd_u32x16 u
     return __builtin_convertvector(r, fgd_u16x16);
 #endif
 }
-/* The stores read their lane array in 256-bit halves: gcc's tunings (Intel's and AMD's, gcc 12)
- * vectorise the rule that fills it at 256 bits, and a 512-bit load of two 256-bit stores is a
- * failed store forward (~20 cycles; Intel's cores pay it, AMD's did not show it). On an Intel
- * Xeon (Sapphire Rapids class), one-process A/B against 512-bit loads here, 16M, 1 and 2
- * threads: bf16 AdamW 2.1-2.2x, fp16 2.4-2.5x, the mixed-width recipes 1.1-1.3x, stochastic
- * rounding 1.6-1.7x, bf16 params with 8-bit states 1.3x, float32 level
- * (bench/results/2026-12-02-xeon-ab-lanestores-s24.txt). Halves also forward from one 512-bit
- * store, should a tuning vectorise the rule at 512 bits. */
+/* The stores read their lane array at FGD_VECTOR_BITS too, the width of the rule's stores into it:
+ *   - 256: in halves. A 512-bit load of two 256-bit stores is a failed store forward (~20
+ *     cycles). On an Intel Xeon (Sapphire Rapids class), one-process A/B against 512-bit loads
+ *     here, 16M, 1 and 2 threads: bf16 AdamW 2.1-2.2x, fp16 2.4-2.5x, the mixed-width recipes
+ *     1.1-1.3x, stochastic rounding 1.6-1.7x, bf16 params with 8-bit states 1.3x, float32 level
+ *     (bench/results/2026-12-02-xeon-ab-lanestores-s24.txt).
+ *   - 512: one 512-bit conversion where halves (which forward from one 512-bit store too) took
+ *     two and an insert. One-process A/B on an AMD Zen 4, 16M, against the halves: bf16 AdamW
+ *     0.80x the time on one thread and 0.83-0.94x on two, fp16 0.81-0.83x and 0.92-0.94x,
+ *     stochastic rounding 0.87-0.91x and 0.82-0.88x, master weights 0.92-0.94x and 0.88-0.89x;
+ *     in cache (256K) bf16 0.73x, fp16 0.78x
+ *     (bench/results/2026-12-04-zen4-ab-lanestores-s32.txt). */
 static inline __attribute__((always_inline)) fgd_u32x16 fgd_lane_bits(const float* L) {
-#if defined(__AVX512F__)
+#if FGD_LANES_512
+    return (fgd_u32x16)_mm512_loadu_si512(L);
+#elif defined(__AVX512F__)
     /* one vector for fgd_bf16x16's 512-bit masks, loaded in halves */
     __m256i lo = _mm256_loadu_si256((const __m256i*)L);
     __m256i hi = _mm256_loadu_si256((const __m256i*)(L + 8));
@@ -206,7 +213,10 @@ static inline __attribute__((always_inline)) fgd_u32x16 fgd_lane_bits(const floa
 #endif
 }
 static inline __attribute__((always_inline)) void fgd_st16_bf16(const float* L, uint16_t* d) {
-#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+#if FGD_LANES_512 && defined(__AVX512BF16__)
+    __m256bh r = _mm512_cvtneps_pbh(_mm512_loadu_ps(L));
+    memcpy(d, &r, 32);
+#elif defined(__AVX512BF16__) && defined(__AVX512VL__)
     __m128bh r0 = _mm256_cvtneps_pbh(_mm256_loadu_ps(L));
     __m128bh r1 = _mm256_cvtneps_pbh(_mm256_loadu_ps(L + 8));
     memcpy(d, &r0, 16);
@@ -270,7 +280,9 @@ static inline __attribute__((always_inline)) void fgd_st16_bf16_sr(const float* 
 #endif
 }
 static inline __attribute__((always_inline)) void fgd_st16_f16(const float* L, uint16_t* d) {
-#if defined(__F16C__)      /* 256-bit halves with AVX-512 too: see fgd_st16_bf16 */
+#if FGD_LANES_512
+    _mm256_storeu_si256((__m256i*)d, _mm512_cvtps_ph(_mm512_loadu_ps(L), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__)    /* 256-bit halves with AVX-512 at 256-bit vectors: see fgd_lane_bits */
     _mm_storeu_si128((__m128i*)d, _mm256_cvtps_ph(_mm256_loadu_ps(L), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     _mm_storeu_si128((__m128i*)(d + 8), _mm256_cvtps_ph(_mm256_loadu_ps(L + 8), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #else
@@ -337,18 +349,18 @@ static inline const char* fgd_format_paths(void) {
         "portable integer rounding (vector extensions)"
 #endif
         "; float16: "
-#if FGD_LD_512
-        "AVX-512F loads (vcvtph2ps, 16 lanes), F16C stores (vcvtps2ph, 8 lanes)"
+#if FGD_LANES_512
+        "AVX-512F (vcvtph2ps, vcvtps2ph, 16 lanes)"
 #elif defined(__F16C__)
         "F16C (vcvtph2ps, vcvtps2ph, 8 lanes)"
 #else
         "portable (_Float16 conversions)"
 #endif
 #if defined(__AVX512F__)
-#if FGD_LD_512
-        "; 16-bit loads 512-bit (the rules' arithmetic runs at 512 bits)"
+#if FGD_LANES_512
+        "; 16-bit loads and stores 512-bit (the rules' arithmetic runs at 512 bits)"
 #else
-        "; 16-bit loads in 256-bit halves (the rules' arithmetic runs at 256 bits)"
+        "; 16-bit loads and stores in 256-bit halves (the rules' arithmetic runs at 256 bits)"
 #endif
 #endif
         ;

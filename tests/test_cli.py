@@ -187,9 +187,9 @@ def test_the_16_bit_loads_widen_at_the_probed_vector_width():
     paths = registry.kernel("format_paths", "cython")()
     assert info.get("vector_bits") in (256, 512), info
     if "avx512f" in info.get("build_cpu_simd_flags", []):
-        assert "16-bit loads" in paths, paths        # the width matters only with AVX-512
-    if "16-bit loads" in paths:
-        assert ("16-bit loads 512-bit" in paths) == (info["vector_bits"] == 512), (info, paths)
+        assert "16-bit loads and stores" in paths, paths   # the width matters only with AVX-512
+    if "16-bit loads and stores" in paths:
+        assert ("16-bit loads and stores 512-bit" in paths) == (info["vector_bits"] == 512), (info, paths)
 
 
 def test_verify_passes(capsys):
