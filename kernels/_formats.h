@@ -85,7 +85,13 @@ static inline uint16_t fgd_to_f16(float x) {
  * ahead of on one thread. One thread, same-process A/B of the two builds on Zen 5: bf16 AdamW
  * 1.16x (16M) and 1.03x (64M), fp16 1.13x and 1.12x, float32 params with bf16 states 1.19x
  * (64M), bf16 params with float32 states 1.02x (64M); two threads within 2%, +2-5% with
- * float32 states (1024 and 4096 elements ahead measured too: 2048 best or level). Not for
+ * float32 states (1024 and 4096 elements ahead measured too: 2048 best or level). On a Zen 4
+ * (32 KiB L1 data cache where Zen 5 has 48) it is the other way: without it the lane loops took
+ * 0.82-0.90x the time on one thread and 0.74-0.97x on two (16M; 64M 0.80-0.91x), 512 or 1024
+ * elements ahead 0.87-1.0x, prefetcht1 0.88-0.96x (one-process A/Bs,
+ * bench/results/2026-12-04-zen4-ab-prefetch-s32.txt). setup.py builds with FGD_PF_AHEAD 0 (no
+ * prefetch; the quantized layout then prefetches those streams itself) where the build CPU's
+ * L1 data cache is under 48 KiB: a rule fitted to those two CPUs, the Xeon (48 KiB) keeps 2048. Not for
  * code 4 (stochastic rounding is compute-bound: with its roles prefetched it ran 2-4% slower,
  * measured against a build that also differed in its flags; the grad's prefetch alone cost
  * 2%), and the quantized layout no longer
@@ -99,7 +105,7 @@ static inline uint16_t fgd_to_f16(float x) {
 /* Whether fgd_ld prefetches a role in format `fmt` (the quantized layout leaves such a role's
  * stream to the lane loop: kernels/_layout.pxd, _q_segment) */
 static inline int fgd_ld_prefetches(int fmt) {
-    return fmt == FGD_F32 || fmt == FGD_BF16 || fmt == FGD_F16;
+    return FGD_PF_AHEAD > 0 && (fmt == FGD_F32 || fmt == FGD_BF16 || fmt == FGD_F16);
 }
 /* --- 16 lanes ------------------------------------------------------------------------------- */
 
@@ -340,6 +346,8 @@ static inline __attribute__((always_inline)) void fgd_st(int fmt, const float* L
     }
 }
 
+#define FGD_STR_(x) #x
+#define FGD_STR(x) FGD_STR_(x)
 /* Which conversion instructions this build uses (fastgd info). */
 static inline const char* fgd_format_paths(void) {
     return "bfloat16: "
@@ -355,6 +363,11 @@ static inline const char* fgd_format_paths(void) {
         "F16C (vcvtph2ps, vcvtps2ph, 8 lanes)"
 #else
         "portable (_Float16 conversions)"
+#endif
+#if FGD_PF_AHEAD > 0
+        "; lane loads prefetch " FGD_STR(FGD_PF_AHEAD) " elements ahead"
+#else
+        "; no software prefetch in the lane loops"
 #endif
 #if defined(__AVX512F__)
 #if FGD_LANES_512

@@ -178,9 +178,10 @@ def test_info(capsys):
     assert ("8-bit quantize: AVX-512" in out) == bool(_quant.VECTOR_Q8), out
 
 
-def test_the_16_bit_loads_widen_at_the_probed_vector_width():
+def test_the_lane_loops_are_built_as_setup_py_chose():
     """setup.py probes the width gcc vectorises the rules' arithmetic at and builds every module
-    with it (FGD_VECTOR_BITS): the Cython 16-bit loads say the width the build recorded."""
+    with it (FGD_VECTOR_BITS), and chooses the lane loops' prefetch from the L1 data cache
+    (FGD_PF_AHEAD): the Cython build says what build_info.json recorded."""
     if "cython" not in fastgd.available_backends():
         pytest.skip("the Cython extension is not built")
     info = registry.build_info()
@@ -190,6 +191,14 @@ def test_the_16_bit_loads_widen_at_the_probed_vector_width():
         assert "16-bit loads and stores" in paths, paths   # the width matters only with AVX-512
     if "16-bit loads and stores" in paths:
         assert ("16-bit loads and stores 512-bit" in paths) == (info["vector_bits"] == 512), (info, paths)
+    # and the lane loops prefetch as setup.py chose (none where the L1 data cache is under 48 KiB)
+    ahead = info.get("prefetch_ahead")
+    if info.get("march") == "native" and info.get("l1d_bytes"):
+        assert (ahead == 0) == (info["l1d_bytes"] < 48 * 1024), info
+    if ahead == 0:
+        assert "no software prefetch in the lane loops" in paths, paths
+    else:
+        assert f"lane loads prefetch {ahead or 2048} elements ahead" in paths, (info, paths)
 
 
 def test_verify_passes(capsys):
