@@ -77,7 +77,8 @@ _PROBE = "void f(float* restrict a, const float* restrict b, int n) { for (int i
 
 
 def _vector_bits(compiler):
-    """The width in bits ``compiler`` vectorises a float32 loop at with the kernels' flags: its
+    """The width in bits ``compiler`` (the extensions' command line: the compiler and its
+    flags) vectorises a float32 loop at with the kernels' flags too: its
     tuning's preferred width, which no macro tells. gcc 12 prefers 256 bits on Intel's AVX-512
     cores (their tunings), and 512 where it does not know the CPU (a Zen 4 is -march=znver3 plus
     AVX-512 to gcc 12.2). Read off the assembly of a probe: 512 if it uses zmm registers, else
@@ -87,7 +88,7 @@ def _vector_bits(compiler):
         with open(src, "w") as f:
             f.write(_PROBE + "\n")
         try:
-            asm = subprocess.run([compiler, *_compile_args(), "-S", "-o", "-", src],
+            asm = subprocess.run([*compiler, *_compile_args(), "-S", "-o", "-", src],
                                  capture_output=True, text=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError):
             return 256
@@ -139,8 +140,9 @@ class BuildExtWithInfo(build_ext):
             self.parallel = os.cpu_count() or 1
 
     def build_extensions(self):
-        # the 16-bit lane loads widen at the width the rules' arithmetic runs at (kernels/_formats.h)
-        self.vector_bits = _vector_bits(self.compiler.compiler_so[0])
+        # the lane loops' 16-bit loads and stores at the width the rules' arithmetic runs at,
+        # their prefetch by the L1 data cache (kernels/_formats.h)
+        self.vector_bits = _vector_bits(self.compiler.compiler_so)
         ahead = _prefetch_ahead()
         for ext in self.extensions:
             ext.define_macros.append(("FGD_VECTOR_BITS", str(self.vector_bits)))

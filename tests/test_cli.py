@@ -6,6 +6,7 @@ import sys
 import types
 
 import pytest
+from _helpers import require_backend
 
 import fastgd
 from fastgd import backends as registry
@@ -182,8 +183,7 @@ def test_the_lane_loops_are_built_as_setup_py_chose():
     """setup.py probes the width gcc vectorises the rules' arithmetic at and builds every module
     with it (FGD_VECTOR_BITS), and chooses the lane loops' prefetch from the L1 data cache
     (FGD_PF_AHEAD): the Cython build says what build_info.json recorded."""
-    if "cython" not in fastgd.available_backends():
-        pytest.skip("the Cython extension is not built")
+    require_backend("cython")
     info = registry.build_info()
     paths = registry.kernel("format_paths", "cython")()
     assert info.get("vector_bits") in (256, 512), info
