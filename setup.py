@@ -143,15 +143,15 @@ class BuildExtWithInfo(build_ext):
         # the lane loops' 16-bit loads and stores at the width the rules' arithmetic runs at,
         # their prefetch by the L1 data cache (kernels/_formats.h)
         self.vector_bits = _vector_bits(self.compiler.compiler_so)
-        ahead = _prefetch_ahead()
+        self.prefetch_ahead = _prefetch_ahead()
         for ext in self.extensions:
             ext.define_macros.append(("FGD_VECTOR_BITS", str(self.vector_bits)))
-            if ahead is not None:
-                ext.define_macros.append(("FGD_PF_AHEAD", str(ahead)))
+            if self.prefetch_ahead is not None:
+                ext.define_macros.append(("FGD_PF_AHEAD", str(self.prefetch_ahead)))
         super().build_extensions()
 
     def run(self):
-        self.vector_bits = None
+        self.vector_bits = self.prefetch_ahead = None
         super().run()
         if not self.extensions:
             return
@@ -167,7 +167,7 @@ class BuildExtWithInfo(build_ext):
             "openmp": _openmp(),
             "vector_bits": self.vector_bits,
             "l1d_bytes": _l1d_bytes() if _march() == "native" else None,
-            "prefetch_ahead": _prefetch_ahead(),     # FGD_PF_AHEAD; null: kernels/_formats.h's 2048
+            "prefetch_ahead": self.prefetch_ahead,   # FGD_PF_AHEAD; null: kernels/_formats.h's 2048
             "compiler": cc,
             "machine": platform.machine(),
             "build_cpu_simd_flags": _cpu_simd_flags() if _march() == "native" else [],

@@ -136,13 +136,9 @@ static inline int fgd_ld_prefetches(int fmt) {
 #else
 #define FGD_LANES_512 0
 #endif
-/* one vpmovzxwd from memory (gcc lowers the vector-extension widening to two half-width ones,
- * an extract and an insert) */
-static inline __attribute__((always_inline)) void fgd_ld16_bf16_512(const uint16_t* s, float* L) {
-#if defined(__AVX512F__)
-    _mm512_storeu_si512(L, _mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                               _mm256_loadu_si256((const __m256i*)s)), 16));
-#elif defined(__AVX2__)
+/* 256-bit halves with AVX2, else the portable widening */
+static inline __attribute__((always_inline)) void fgd_ld16_bf16_halves(const uint16_t* s, float* L) {
+#if defined(__AVX2__)
     _mm256_storeu_si256((__m256i*)L, _mm256_slli_epi32(_mm256_cvtepu16_epi32(
                                          _mm_loadu_si128((const __m128i*)s)), 16));
     _mm256_storeu_si256((__m256i*)(L + 8), _mm256_slli_epi32(_mm256_cvtepu16_epi32(
@@ -153,14 +149,21 @@ static inline __attribute__((always_inline)) void fgd_ld16_bf16_512(const uint16
     memcpy(L, &u, 64);
 #endif
 }
+/* one vpmovzxwd from memory with AVX-512 (gcc lowers the vector-extension widening to two
+ * half-width ones, an extract and an insert) */
+static inline __attribute__((always_inline)) void fgd_ld16_bf16_512(const uint16_t* s, float* L) {
+#if defined(__AVX512F__)
+    _mm512_storeu_si512(L, _mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                               _mm256_loadu_si256((const __m256i*)s)), 16));
+#else
+    fgd_ld16_bf16_halves(s, L);
+#endif
+}
 static inline __attribute__((always_inline)) void fgd_ld16_bf16(const uint16_t* s, float* L) {
-#if FGD_LANES_512 || !defined(__AVX2__)
+#if FGD_LANES_512
     fgd_ld16_bf16_512(s, L);
 #else
-    _mm256_storeu_si256((__m256i*)L, _mm256_slli_epi32(_mm256_cvtepu16_epi32(
-                                         _mm_loadu_si128((const __m128i*)s)), 16));
-    _mm256_storeu_si256((__m256i*)(L + 8), _mm256_slli_epi32(_mm256_cvtepu16_epi32(
-                                               _mm_loadu_si128((const __m128i*)(s + 8))), 16));
+    fgd_ld16_bf16_halves(s, L);
 #endif
 }
 static inline __attribute__((always_inline)) void fgd_ld16_f16(const uint16_t* s, float* L) {
